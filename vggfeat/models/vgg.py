@@ -1,0 +1,238 @@
+"""VGG configurations A, A-LRN, B, C, D, E (paper Table 1) with a convolutional head.
+
+The architecture is data: each configuration is one list of layer tokens, turned into
+layers by one function, as in torchvision. Parameter names and shapes equal
+torchvision's (`features.N.*`, `classifier.{0,3,6}.*`), so its state dicts load unchanged.
+
+fc6/fc7/fc8 keep their `nn.Linear` parameters but can also run as convolutions (fc6 as a
+k x k conv with k = crop_size / 32, fc7/fc8 as 1x1 convs) by viewing the same weights
+(timm's ConvMlp idea). That gives dense evaluation over whole images of any size without
+copying or converting weights.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Layer tokens: an int is a 3x3 conv with that many channels, ("1x1", n) a 1x1 conv
+# (configuration C), "M" a 2x2/2 max pool, "LRN" AlexNet's local response normalisation.
+CONFIGS: dict[str, list] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg11-lrn": [64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16-1x1": [64, 64, "M", 128, 128, "M", 256, 256, ("1x1", 256), "M",
+                  512, 512, ("1x1", 512), "M", 512, 512, ("1x1", 512), "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+              512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+              512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+# Batch-norm variants exist for torchvision's BN checkpoints.
+BN_ARCHS = {f"{name}-bn": name for name in ("vgg11", "vgg13", "vgg16", "vgg19")}
+PAPER_NAMES = {"A": "vgg11", "A-LRN": "vgg11-lrn", "B": "vgg13", "C": "vgg16-1x1",
+               "D": "vgg16", "E": "vgg19"}
+ARCHS = tuple(CONFIGS) + tuple(BN_ARCHS)
+DENSE_LAYERS = ("pool5", "fc6", "fc7", "fc8")
+FC_WIDTH = 4096
+TOTAL_STRIDE = 32  # five 2x2/2 max pools
+
+
+def canonical_arch(arch: str) -> str:
+    """Return vggfeat's name for an architecture given by name or paper letter.
+
+    Accepts "vgg16", "D", "vgg16_bn", "VGG16-BN" and the like.
+    """
+    if arch in PAPER_NAMES:
+        return PAPER_NAMES[arch]
+    name = arch.lower().replace("_", "-")
+    if name.upper() in PAPER_NAMES:
+        return PAPER_NAMES[name.upper()]
+    if name not in ARCHS:
+        known = ", ".join(list(ARCHS) + list(PAPER_NAMES))
+        raise ValueError(f"unknown architecture {arch!r}; choose one of: {known}")
+    return name
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+def make_features(config: list, width: float = 1.0, batch_norm: bool = False) -> nn.Sequential:
+    """Turn a list of layer tokens into the convolutional trunk."""
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for token in config:
+        if token == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        elif token == "LRN":
+            # AlexNet's n=5, alpha=1e-4, k=2; torch divides alpha by n (SPEC section 1).
+            layers.append(nn.LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0))
+        else:
+            kernel, channels = (1, token[1]) if isinstance(token, tuple) else (3, token)
+            out_channels = _scaled(channels, width)
+            layers.append(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.ReLU(inplace=True))
+            in_channels = out_channels
+    return nn.Sequential(*layers)
+
+
+class VGG(nn.Module):
+    """A VGG net whose head also runs densely over whole images.
+
+    Args:
+        features: the convolutional trunk (ends with pool5).
+        num_classes: outputs of fc8.
+        width: channel multiplier (1.0 for the paper's nets; 0.125 for test-sized nets).
+        crop_size: training crop side; fc6's kernel is crop_size / 32.
+        dropout: dropout probability after fc6 and fc7.
+    """
+
+    def __init__(self, features: nn.Sequential, num_classes: int = 1000, width: float = 1.0,
+                 crop_size: int = 224, dropout: float = 0.5):
+        super().__init__()
+        if crop_size % TOTAL_STRIDE:
+            raise ValueError(f"crop_size must be a multiple of 32, got {crop_size}")
+        self.features = features
+        self.kernel = crop_size // TOTAL_STRIDE
+        pool5_channels = [m for m in features if isinstance(m, nn.Conv2d)][-1].out_channels
+        hidden = _scaled(FC_WIDTH, width)
+        self.classifier = nn.Sequential(
+            nn.Linear(pool5_channels * self.kernel**2, hidden), nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+        self.meta: dict = {}
+
+    # -- the three parts -------------------------------------------------------------
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """pool5 map (N, 512*width, H/32, W/32)."""
+        return self.features(x)
+
+    def forward_head(self, pool5: torch.Tensor, layer: str = "fc8") -> torch.Tensor:
+        """Apply fc6..`layer` as convolutions; returns (N, C, h, w) maps.
+
+        A pool5 map of exactly k x k takes the flatten + linear path, which is the same
+        computation (a k x k valid conv over a k x k input) but faster.
+        """
+        fc6, relu6, drop6, fc7, relu7, drop7, fc8 = self.classifier
+        if pool5.shape[-2:] == (self.kernel, self.kernel):
+            x = fc6(pool5.flatten(1))[:, :, None, None]
+        else:
+            weight = fc6.weight.view(fc6.out_features, -1, self.kernel, self.kernel)
+            x = F.conv2d(pool5, weight, fc6.bias)
+        x = drop6(relu6(x))
+        if layer == "fc6":
+            return x
+        x = drop7(relu7(_linear_1x1(x, fc7)))
+        if layer == "fc7":
+            return x
+        return _linear_1x1(x, fc8)
+
+    def dense(self, x: torch.Tensor, layer: str = "fc8") -> torch.Tensor:
+        """Maps of `layer` over whole images: (N, C, floor(H/32) - k + 1, floor(W/32) - k + 1).
+
+        Args:
+            x: normalised images (N, 3, H, W), H and W at least crop_size.
+            layer: "pool5", "fc6", "fc7" (both after ReLU) or "fc8" (class scores).
+        """
+        if layer not in DENSE_LAYERS:
+            raise ValueError(f"layer must be one of {DENSE_LAYERS}, got {layer!r}")
+        pool5 = self.forward_features(x)
+        if layer == "pool5":
+            return pool5
+        if min(pool5.shape[-2:]) < self.kernel:
+            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than the "
+                             f"{self.kernel * TOTAL_STRIDE}-pixel crop this net was built for")
+        return self.forward_head(pool5, layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes); for inputs larger than a crop, the spatial mean."""
+        return self.dense(x, "fc8").mean((2, 3))
+
+    # -- introspection ----------------------------------------------------------------
+
+    def conv_layers(self) -> list[nn.Conv2d]:
+        """The trunk's convolutions, in order."""
+        return [m for m in self.features if isinstance(m, nn.Conv2d)]
+
+    def fc_layers(self) -> list[nn.Linear]:
+        """fc6, fc7, fc8."""
+        return [m for m in self.classifier if isinstance(m, nn.Linear)]
+
+    def feature_dim(self, layer: str = "fc7") -> int:
+        """Channels of a dense layer's map."""
+        fc6, fc7, fc8 = self.fc_layers()
+        dims = {"pool5": self.conv_layers()[-1].out_channels, "fc6": fc6.out_features,
+                "fc7": fc7.out_features, "fc8": fc8.out_features}
+        return dims[layer]
+
+
+def _linear_1x1(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """A Linear layer applied at every position of an (N, C, h, w) map (a 1x1 conv)."""
+    if x.shape[-2:] == (1, 1):
+        return linear(x.flatten(1))[:, :, None, None]
+    return F.conv2d(x, linear.weight[:, :, None, None], linear.bias)
+
+
+def init_weights(model: VGG, init: str = "normal", std: float = 0.01) -> None:
+    """Initialise as the paper: zero-mean normal (std 0.01, SPEC choice) or Glorot; biases 0."""
+    if init not in ("normal", "xavier"):
+        raise ValueError(f"init must be 'normal' or 'xavier', got {init!r}")
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if init == "normal":
+                nn.init.normal_(module.weight, 0.0, std)
+            else:
+                nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def build_backbone(arch: str, *, num_classes: int = 1000, width: float = 1.0,
+                   crop_size: int = 224, init: str = "normal", dropout: float = 0.5) -> VGG:
+    """Build a VGG configuration in train mode.
+
+    Args:
+        arch: "vgg11", "vgg11-lrn", "vgg13", "vgg16-1x1", "vgg16", "vgg19", a "-bn"
+            variant, or a paper letter ("A", "A-LRN", "B", "C", "D", "E").
+        num_classes: outputs of fc8.
+        width: channel multiplier; 1.0 is the paper's net.
+        crop_size: training crop side (a multiple of 32).
+        init: "normal" (std 0.01, biases 0) or "xavier".
+        dropout: dropout after fc6 and fc7.
+
+    Example:
+        >>> net = build_backbone("A", width=0.125, crop_size=64, num_classes=10)
+        >>> net(torch.zeros(2, 3, 64, 64)).shape
+        torch.Size([2, 10])
+    """
+    name = canonical_arch(arch)
+    batch_norm = name in BN_ARCHS
+    config = CONFIGS[BN_ARCHS.get(name, name)]
+    model = VGG(make_features(config, width, batch_norm), num_classes, width, crop_size, dropout)
+    init_weights(model, init)
+    model.meta = default_meta(name, width=width, crop_size=crop_size, num_classes=num_classes)
+    return model.train()
+
+
+def default_meta(arch: str, *, width: float, crop_size: int, num_classes: int) -> dict:
+    """Metadata of a freshly built net; preprocessing defaults to torchvision's ImageNet stats."""
+    from vggfeat.models.preprocessing import TORCHVISION_IMAGENET
+
+    return {"arch": arch, "width": width, "crop_size": crop_size, "num_classes": num_classes,
+            "batch_norm": arch in BN_ARCHS, "preprocessing": dict(TORCHVISION_IMAGENET),
+            "source": None, "sha256": None}
+
+
+def dense_output_size(size: int, crop_size: int = 224) -> int:
+    """Side of the dense map for an input side: floor(size/32) - crop_size/32 + 1."""
+    return math.floor(size / TOTAL_STRIDE) - crop_size // TOTAL_STRIDE + 1
