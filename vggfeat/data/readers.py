@@ -91,7 +91,8 @@ def _listing(path: Path, limit: int = 8) -> str:
     if not path.is_dir():
         return f"{path} is a file, not a folder"
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+    more = f", ... ({len(names)} entries)" if len(names) > limit else ""
+    shown = ", ".join(names[:limit]) + more
     return f"{path} contains: {shown or 'nothing'}"
 
 
@@ -108,7 +109,8 @@ def _require_file(path: Path, what: str) -> Path:
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    visible = not path.name.startswith(".")
+    return visible and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
 def _read_columns(path: Path, min_cols: int) -> list[list[str]]:
@@ -227,7 +229,7 @@ class VOCReader(DatasetReader):
         ids: list[str] | None = None
         columns = []
         for class_file in class_files:
-            _require_file(class_file, f"the {split} labels of class {class_file.stem.split('_')[0]}")
+            _require_file(class_file, f"the {split} labels of {class_file.stem.rsplit('_', 1)[0]}")
             rows = _read_columns(class_file, 2)
             these = [r[0] for r in rows]
             if ids is None:
@@ -526,7 +528,8 @@ class Caltech256Reader(Caltech101Reader):
         bad = [p.name for p in class_dirs if not re.fullmatch(r"\d{3}\.\S+", p.name)]
         if bad:
             raise DatasetLayoutError(
-                f"{self.base}: class folders must be named NNN.name (e.g. 001.ak47); found {bad[:3]}"
+                f"{self.base}: class folders must be named NNN.name (e.g. 001.ak47); "
+                f"found {bad[:3]}"
             )
 
 
@@ -543,7 +546,9 @@ class FolderReader(_ClassFolderReader):
     def __init__(self, root, **options):
         super().__init__(root, **options)
         self.base = _require_dir(self.root, "a folder with one sub-folder per class")
-        subdirs = sorted(p for p in self.base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        subdirs = sorted(
+            p for p in self.base.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
         names = {p.name for p in subdirs}
         self._split_of: dict[str, str] = {}
         if {"train", "test"} <= names and names <= set(SPLIT_NAMES):
@@ -633,7 +638,9 @@ class CSVReader(DatasetReader):
         split = row.get("split", "")
         if split:
             if split not in SPLIT_NAMES:
-                raise DatasetLayoutError(f"{where}: split must be one of {SPLIT_NAMES}, not {split!r}")
+                raise DatasetLayoutError(
+                    f"{where}: split must be one of {SPLIT_NAMES}, not {split!r}"
+                )
             if self._split_of.setdefault(sample_id, split) != split:
                 raise DatasetLayoutError(f"{where}: {sample_id} is in two splits")
         known = self._label_of.setdefault(sample_id, [])
