@@ -1,0 +1,1 @@
+"""Evaluation: VOC metrics, linear-SVM probes, benchmark protocols and reports."""
