@@ -1,0 +1,121 @@
+"""`vggfeat extract`: every image a dataset's protocol needs -> one HDF5 feature cache."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from vggfeat.data.readers import DATASETS
+
+# Exit status when some images could not be read (and --skip-bad was not given).
+EXIT_BAD_IMAGES = 3
+
+
+def parse_scales(ctx, param, value):
+    """'256,384,512' or '256 384 512' -> (256, 384, 512); None keeps the dataset's default."""
+    if value is None:
+        return None
+    try:
+        scales = tuple(int(v) for v in value.replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a list of integers, e.g. 256,384,512") \
+            from None
+    if not scales:
+        raise click.BadParameter("give at least one scale, e.g. 256,384,512")
+    return scales
+
+
+def parse_options(ctx, param, values):
+    """KEY=VALUE pairs -> dict (true/false become booleans)."""
+    options = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE, e.g. drop_background=true")
+        low = value.lower()
+        options[key] = {"true": True, "false": False}.get(low, value)
+    return options
+
+
+def default_out(dataset: str, weights: str, layer: str) -> Path:
+    stem = Path(str(weights)).stem or str(weights)
+    return Path(f"{dataset}-{stem}-{layer}.h5")
+
+
+@click.command()
+@click.option("--dataset", required=True, type=click.Choice(DATASETS), help="Dataset reader.")
+@click.option("--root", required=True, type=click.Path(path_type=Path),
+              help="Dataset folder (a CSV file for --dataset csv).")
+@click.option("--weights", required=True,
+              help="Weights file (.pth) or torchvision name, e.g. vgg16.")
+@click.option("--arch", default=None, help="Architecture, when the weights cannot say.")
+@click.option("--scales", callback=parse_scales, default=None,
+              help="Smallest image side(s) Q, e.g. 256,384,512 [default: the dataset's].")
+@click.option("--layer", type=click.Choice(["fc7", "fc6", "pool5"]), default="fc7",
+              show_default=True, help="Layer to pool (fc6/fc7 after ReLU).")
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="Average with the horizontally flipped image.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Most images per batch (batches hold one image shape).")
+@click.option("--max-pixels", type=click.IntRange(1), default=None,
+              help="Most pixels per batch, flips counted [default: 4194304].")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
+              help="Decoding processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+              show_default=True, help="bf16 runs the net under autocast.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Storage type of the descriptors.")
+@click.option("--option", "reader_options", multiple=True, callback=parse_options,
+              metavar="KEY=VALUE", help="Reader option, e.g. drop_background=true (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output file [default: <dataset>-<weights>-<layer>.h5].")
+@click.option("--overwrite", is_flag=True, help="Replace a file made with another configuration.")
+@click.option("--skip-bad", is_flag=True, help="Exit 0 even if some images cannot be read.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_pixels, workers,
+            device, precision, dtype, reader_options, out, overwrite, skip_bad, quiet):
+    """Compute the paper's descriptors of a dataset into one resumable HDF5 file.
+
+    Every image the dataset's protocol needs (VOC 2007: trainval and test; voc2012-action:
+    images and person boxes) is rescaled to each scale, run densely through the net, pooled
+    and flip-averaged. Rerunning resumes; bad images are listed and recorded in `failed`
+    (exit status 3 unless --skip-bad). Under `torchrun --nproc-per-node N -m vggfeat extract`
+    the processes share the work and write the same file.
+
+    \b
+    Example:
+        vggfeat extract --dataset voc2007 --root ~/data/VOCdevkit --weights vgg16
+        vggfeat extract --dataset folder --root photos/ --weights vgg19 --scales 256,384,512
+    """
+    from vggfeat.data.readers import DatasetLayoutError, open_dataset
+    from vggfeat.features.cache import CacheError
+    from vggfeat.features.engine import DEFAULT_MAX_PIXELS
+    from vggfeat.features.pipeline import extract_to_cache
+    from vggfeat.models import WeightsError
+
+    try:
+        reader = open_dataset(dataset, root, **reader_options)
+        images, boxes = reader.images(), reader.boxes()
+    except (DatasetLayoutError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    out = out or default_out(dataset, weights, layer)
+    try:
+        summary = extract_to_cache(
+            images, out, weights=weights, arch=arch, scales=scales or reader.default_scales,
+            layer=layer, flip=flip, boxes=boxes, batch_size=batch_size,
+            max_pixels=max_pixels or DEFAULT_MAX_PIXELS, workers=workers, device=device,
+            precision=precision, dtype=dtype, overwrite=overwrite, dataset=dataset,
+            root=reader.root, reader_options=reader.options, progress=not quiet,
+            log=lambda message: click.echo(message, err=True))
+    except (WeightsError, CacheError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    from vggfeat.features import distributed
+
+    if distributed.rank() == 0:
+        for line in summary.lines():
+            click.echo(line, err=True)
+    distributed.shutdown()
+    if summary.failed and not skip_bad:
+        sys.exit(EXIT_BAD_IMAGES)

@@ -1,0 +1,111 @@
+"""Robust image decoding: any file a dataset may hold -> an 8-bit RGB PIL image.
+
+Whatever the stored form (grayscale, CMYK, palette, RGBA, 16-bit, EXIF-rotated), the
+descriptor pipeline sees plain RGB. Anything that cannot be decoded raises `BadImageError`
+naming the file and the reason, so that a long extraction can record it and go on.
+
+Choices (documented, see SPEC section 5 for the descriptor):
+
+- Alpha is dropped, not composited (torchvision's ``convert("RGB")`` convention).
+- 16-bit and 32-bit integer grayscale are scaled from 0..65535 to 0..255; float images are
+  clipped to 0..255.
+- The EXIF orientation tag is applied before anything else, boxes included.
+- An image with more than `MAX_PIXELS` pixels is refused before its pixels are decoded
+  (a "decompression bomb": a small file that would expand to gigabytes).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own warning threshold (~89.5 Mpixels, a 9459 x 9459 image).
+MAX_PIXELS = 89_478_485
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be used; ``reason`` says why, ``path`` which file."""
+
+    def __init__(self, path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}; replace or remove the file "
+                         "(vggfeat extract records it in `failed` and goes on)")
+
+
+def open_rgb(path: str | os.PathLike, box: tuple[int, int, int, int] | None = None,
+             max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file to an 8-bit RGB PIL image.
+
+    Args:
+        path: the image file.
+        box: optional 0-based (x0, y0, x1, y1) region, exclusive end, in the upright
+            (EXIF-rotated) image; clipped to the image.
+        max_pixels: refuse images with more pixels than this (decompression bombs).
+
+    Raises:
+        BadImageError: missing, empty, not an image, corrupt, truncated, too large, or an
+            empty box.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and above 2x raises) on bombs; we apply our own limit below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise BadImageError(path, f"decompression bomb: {width} x {height} = "
+                                        f"{width * height} pixels exceeds {max_pixels}")
+                image.load()  # decode now, so truncation and corruption surface here
+                image = ImageOps.exif_transpose(image)
+                rgb = to_rgb(image)
+    except BadImageError:
+        raise
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not an image (no decoder recognises its format)") from None
+    except Image.DecompressionBombError as error:
+        raise BadImageError(path, f"decompression bomb: {error}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        kind = "truncated" if "truncated" in str(error).lower() else "corrupt"
+        raise BadImageError(path, f"{kind} image data ({error})") from None
+    return crop(rgb, box, path) if box is not None else rgb
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise BadImageError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise BadImageError(path, "empty file (0 bytes)")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB (alpha dropped, 16-bit scaled down)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        array = np.asarray(image)
+        if image.mode == "F":
+            array = np.clip(array, 0, 255)
+        else:  # 16-bit data, whatever the container (I;16, I;16B, I)
+            array = np.clip(array.astype(np.float64), 0, 65535) * (255.0 / 65535.0)
+        return Image.fromarray(np.round(array).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P":
+        # Via RGBA so a transparency entry in the palette is honoured, then alpha dropped.
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def crop(image: Image.Image, box: tuple[int, int, int, int], path: Path) -> Image.Image:
+    """Crop a 0-based, exclusive-end box, clipped to the image; empty -> BadImageError."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    x0, y0 = max(x0, 0), max(y0, 0)
+    x1, y1 = min(x1, image.width), min(y1, image.height)
+    if x1 <= x0 or y1 <= y0:
+        raise BadImageError(path, f"box {tuple(box)} is empty inside the "
+                            f"{image.width} x {image.height} image")
+    return image.crop((x0, y0, x1, y1))

@@ -1,0 +1,170 @@
+"""Images -> HDF5 cache: the work behind `vggfeat extract` and `extract_to_cache`.
+
+Resumable (rows already done are skipped), crash-safe (``OUT.partial`` until complete),
+multi-process under torchrun (ranks take every world_size-th pending row; rank 0 writes the
+file, the others write shards that rank 0 merges), and bad images never stop the run.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from vggfeat.features import cache, distributed
+from vggfeat.features.descriptor import DescriptorConfig
+from vggfeat.features.engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, Engine, resolve_device
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did. `failed` lists (id, reason) of every unreadable image in the file."""
+
+    path: Path
+    images: int
+    computed: int
+    seconds: float
+    complete: bool
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary (one line per bad image, then the totals)."""
+        rate = self.computed / self.seconds if self.seconds > 0 else 0.0
+        out = [f"bad image {image_id}: {reason}" for image_id, reason in self.failed]
+        state = "written" if self.complete else "NOT complete (rerun to resume)"
+        out.append(f"{self.images} images ({self.computed} computed this run, "
+                   f"{len(self.failed)} failed) in {self.seconds:.1f} s ({rate:.2f} images/s); "
+                   f"{self.path} {state}")
+        return out
+
+
+def item_id(item) -> str:
+    """A sample's id, or the path itself for a plain path."""
+    return str(getattr(item, "id", item))
+
+
+def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, model=None,
+                     arch: str | None = None, scales: Sequence[int] = (256, 384, 512),
+                     layer: str = "fc7", flip: bool = True, boxes: Sequence = (),
+                     batch_size: int = DEFAULT_BATCH_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     workers: int = 0, device: str = "auto", precision: str = "fp32",
+                     dtype: str = "float32", overwrite: bool = False, dataset: str = "items",
+                     root: str | os.PathLike | None = None, reader_options: dict | None = None,
+                     progress: bool = True, log: Callable[[str], None] | None = None,
+                     ) -> ExtractSummary:
+    """Compute the descriptors of `items` into the HDF5 cache at `path` (the CLI's file).
+
+    Args:
+        items: samples (objects with ``id``, ``path`` and optional ``box``, as
+            `vggfeat.data.readers.Sample`) or image paths (the id is the path as given).
+            Ids must be unique.
+        path: the output file; ``path.partial`` while incomplete.
+        weights: weights file or torchvision name (see `load_backbone`); or give `model`.
+        model: an already loaded backbone instead of `weights`.
+        arch: architecture, when the weights file cannot say.
+        scales: the Q values (smallest image side).
+        layer: "fc7", "fc6" or "pool5".
+        flip: average with the horizontally flipped image.
+        boxes: samples of the ``boxes`` group (voc2012-action person boxes).
+        batch_size, max_pixels, workers, device, precision: see `Engine`.
+        dtype: "float32" or "float16" storage.
+        overwrite: replace a file made with another configuration instead of refusing.
+        dataset, root, reader_options: recorded in the file's attributes.
+        progress: a tqdm bar on stderr (rank 0 only).
+        log: where warnings go (default: stderr).
+
+    Returns:
+        ExtractSummary (the same on every rank).
+
+    Raises:
+        vggfeat.features.cache.ConfigMismatchError: the file exists with another configuration.
+    """
+    log = log or (lambda message: print(message, file=sys.stderr))
+    start = time.perf_counter()
+    sources = {cache.ROOT_GROUP: list(items)}
+    if boxes:
+        sources[cache.BOXES_GROUP] = list(boxes)
+    groups = {g: [item_id(s) for s in samples] for g, samples in sources.items()}
+    for g, ids in groups.items():
+        _check_unique(ids, g)
+
+    device = distributed.init(resolve_device(device))
+    rank, world = distributed.rank(), distributed.world_size()
+    if model is None:
+        from vggfeat.models import load_backbone
+
+        model = load_backbone(weights, arch)
+    config = DescriptorConfig.from_model(model, scales, layer=layer, flip=flip,
+                                         precision=precision)
+    attrs = cache.cache_attributes(config, dataset=dataset, root=root,
+                                   reader_options=reader_options, dtype=dtype)
+    out = Path(path)
+    plan = distributed.broadcast(_plan(out, attrs, groups, model.feature_dim(layer), overwrite,
+                                       log) if rank == 0 else None)
+    if isinstance(plan, Exception):
+        raise plan
+    engine = Engine(model, config, batch_size=batch_size, max_pixels=max_pixels,
+                    workers=workers, device=device)
+    computed = 0
+    for g, todo in plan.items():
+        mine = todo[rank::world]
+        writer = _writer(out, rank, g, attrs, groups[g], mine, model.feature_dim(layer))
+        computed += _run_group(engine, sources[g], mine, writer, g, progress and rank == 0)
+    distributed.barrier()  # every shard closed
+    summary = None
+    if rank == 0:
+        cache.merge_shards(out, log)
+        complete = cache.finalize(out)
+        final = out if complete else cache.partial_path(out)
+        failed = [f for g in groups for f in cache.read_failed(final, g)]
+        summary = ExtractSummary(final, sum(map(len, groups.values())), 0,
+                                 time.perf_counter() - start, complete, failed)
+    summary = distributed.broadcast(summary)
+    summary.computed = distributed.total(computed)
+    return summary
+
+
+def _check_unique(ids: list[str], group: str) -> None:
+    dupes = [i for i, n in Counter(ids).items() if n > 1]
+    if dupes:
+        raise ValueError(f"ids must be unique; {len(dupes)} repeated in group {group} "
+                         f"(e.g. {dupes[:3]})")
+
+
+def _plan(out, attrs, groups, dim, overwrite, log):
+    """Rank 0: prepare the partial file; pending rows per group (or the error, for all ranks)."""
+    try:
+        partial = cache.open_for_writing(out, attrs, groups, dim, overwrite=overwrite, log=log)
+    except (cache.CacheError, OSError) as error:
+        return error
+    return {g: cache.pending(partial, g) for g in groups}
+
+
+def _writer(out, rank, group, attrs, ids, indices, dim) -> cache.RowWriter:
+    if rank == 0:
+        return cache.RowWriter(cache.partial_path(out), group)
+    return cache.RowWriter(cache.create_shard(out, rank, group, attrs, ids, indices, dim))
+
+
+def _run_group(engine: Engine, samples, indices, writer, group, show: bool) -> int:
+    label = "boxes" if group == cache.BOXES_GROUP else "images"
+    bar = tqdm(total=len(indices), desc=f"extract {label}", unit="img", disable=not show,
+               file=sys.stderr, dynamic_ncols=True)
+    computed = 0
+    try:
+        for result in engine.run([(i, samples[i]) for i in indices]):
+            if result.error is not None:
+                writer.fail(result.index, result.error)
+            else:
+                writer.put(result.index, result.descriptor)
+                computed += 1
+            bar.update(1)
+    finally:
+        writer.close()
+        bar.close()
+    return computed
