@@ -21,7 +21,8 @@ def validate(preprocessing: dict) -> dict:
     if missing:
         raise ValueError(f"preprocessing lacks {sorted(missing)}: {preprocessing}")
     if preprocessing["channel_order"] not in ("RGB", "BGR"):
-        raise ValueError(f"channel_order must be RGB or BGR, got {preprocessing['channel_order']!r}")
+        order = preprocessing["channel_order"]
+        raise ValueError(f"channel_order must be RGB or BGR, got {order!r}")
     if len(preprocessing["mean"]) != 3 or len(preprocessing["std"]) != 3:
         raise ValueError(f"mean and std need 3 values each: {preprocessing}")
     return preprocessing

@@ -84,7 +84,9 @@ def read_checkpoint(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower() or "weights_only" in str(error):
+        # "Unsupported global": the pickle names a callable to import, i.e. it wants to
+        # run code. Any other unpickling failure is a damaged or foreign file.
+        if "Unsupported global" in str(error):
             raise WeightsError(
                 f"refused to load {path}: it holds Python objects other than tensors and plain "
                 "containers, and unpickling them could run code. vggfeat loads only "
@@ -165,7 +167,8 @@ def _key_order(key: str):
 
 
 def check_finite(state_dict: dict, path: Path) -> None:
-    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = [key for key, value in state_dict.items()
+           if value.is_floating_point() and not torch.isfinite(value).all()]
     if bad:
         raise WeightsError(f"{path} has NaN or Inf values in {bad[:10]}: the training run that "
                            "wrote it diverged or the file is damaged; use another checkpoint.")
