@@ -1,0 +1,127 @@
+"""vggfeat.features.engine: batching by exact shape, invariance, bounded memory, bad images."""
+import numpy as np
+import pytest
+import torch
+from helpers_features import random_rgb, write_bad_images, write_png
+
+from vggfeat.features.descriptor import DescriptorConfig
+from vggfeat.features.engine import Engine, ShapeBatcher, resolve_device
+from vggfeat.models import load_backbone
+
+SCALES = (64, 96)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_weights):
+    return load_backbone(tiny_weights)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """12 images in 5 shapes (some share a resized shape, some do not)."""
+    folder = tmp_path_factory.mktemp("images")
+    shapes = [(48, 64), (48, 64), (60, 80), (64, 48), (50, 50), (48, 64), (75, 100),
+              (64, 48), (33, 70), (48, 64), (50, 50), (60, 80)]
+    return [write_png(folder / f"{k:02d}.png", random_rgb(h, w, seed=k))
+            for k, (h, w) in enumerate(shapes)]
+
+
+def run(model, items, **options):
+    config = DescriptorConfig.from_model(model, SCALES)
+    engine = Engine(model, config, device="cpu", **options)
+    return {r.index: r for r in engine.run(items)}
+
+
+def test_batch_size_worker_and_order_invariance(tiny, images):
+    items = list(enumerate(images))
+    base = run(tiny, items, batch_size=1)
+    variants = [
+        run(tiny, items, batch_size=5),
+        run(tiny, items, batch_size=32, workers=2),
+        run(tiny, items[::-1], batch_size=3),
+        run(tiny, items, batch_size=32, max_pixels=64 * 86 * 2),  # about one image a batch
+        run(tiny, items, channels_last=False),
+    ]
+    for results in variants:
+        assert sorted(results) == sorted(base)
+        for index, result in base.items():
+            np.testing.assert_allclose(results[index].descriptor, result.descriptor,
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_an_image_alone_equals_it_in_a_crowd(tiny, images):
+    crowd = run(tiny, list(enumerate(images)), batch_size=16)
+    alone = run(tiny, [(7, images[7])])
+    np.testing.assert_allclose(alone[7].descriptor, crowd[7].descriptor, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_images_become_errors_and_the_rest_go_on(tiny, images, tmp_path):
+    bad = write_bad_images(tmp_path)
+    items = [(0, images[0]), *((k + 1, tmp_path / name) for k, name in enumerate(bad)),
+             (99, images[1])]
+    results = run(tiny, items, batch_size=4)
+    assert results[0].descriptor is not None and results[99].descriptor is not None
+    for k, word in enumerate(bad.values()):
+        assert results[k + 1].descriptor is None and word in results[k + 1].error
+
+
+def test_batches_hold_one_shape_within_budget():
+    batcher = ShapeBatcher(batch_size=4, max_pixels=3 * 10 * 10 * 2, copies=2)
+    rng = np.random.default_rng(0)
+    shapes = [(10, 10), (10, 12), (12, 10)]
+    batches = []
+    for index in range(40):
+        h, w = shapes[rng.integers(3)]
+        batches += list(batcher.add(index, 0, torch.zeros(3, h, w)))
+        assert batcher.pending <= 4 * batcher.max_pixels // 2  # bounded while filling
+    batches += list(batcher.flush())
+    assert sorted(i for b in batches for i, _, _ in b) == list(range(40))
+    for batch in batches:
+        assert len({tuple(image.shape) for _, _, image in batch}) == 1
+        h, w = batch[0][2].shape[-2:]
+        assert len(batch) * h * w * 2 <= batcher.max_pixels or len(batch) == 1
+        assert len(batch) <= 4
+    assert not batcher.buckets and batcher.pending == 0
+
+
+class OutOfMemoryAbove:
+    """A real backbone that raises CUDA's out-of-memory error for batches above `limit`
+    (what a GPU does when a batch does not fit); used to exercise the halving path on CPU."""
+
+    def __init__(self, model, limit):
+        self.model, self.limit, self.sizes = model, limit, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def to(self, *args, **kwargs):
+        self.model = self.model.to(*args, **kwargs)
+        return self
+
+    def eval(self):
+        return self
+
+    def dense(self, x, layer):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.model.dense(x, layer)
+
+
+def test_out_of_memory_halves_the_batch(tiny, images):
+    same_shape = [(k, images[k]) for k in (0, 1, 5, 9)]  # four 48 x 64 images
+    limited = OutOfMemoryAbove(tiny, limit=4)  # image + flip: two images per pass at most
+    results = run(limited, same_shape, batch_size=4)
+    expected = run(tiny, same_shape, batch_size=1)
+    # 4 images + flips refused, then two halves; the halved budget holds for later batches.
+    assert limited.sizes[:3] == [8, 4, 4] and max(limited.sizes[3:]) <= 4
+    for index, result in expected.items():
+        np.testing.assert_allclose(results[index].descriptor, result.descriptor, rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_device_auto_on_this_machine():
+    expected = "cuda" if torch.cuda.is_available() else (
+        "mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
