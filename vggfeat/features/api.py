@@ -55,10 +55,10 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     -----
     `X` is a sequence of images: paths, PIL images, or arrays of shape (H, W) or
     (H, W, 3). A numeric ndarray is a batch: (n, H, W, 3) or (n, H, W) images, and, so
-    that scikit-learn's array-based estimator checks apply, a 2-D array (n, F) is read as
-    n grayscale images of 1 x F pixels. Float pixels are taken as [0, 1], integers as
-    0..255. `fit` only loads the weights (nothing is learnt from the images); rows are
-    float32.
+    that scikit-learn's array-based estimator checks apply, a 2-D array (n, F) (or a list
+    of n lists of F numbers) is read as n grayscale images of 1 x F pixels. Float pixels
+    are taken as [0, 1], integers as 0..255. `fit` only loads the weights (nothing is
+    learnt from the images); rows are float32.
 
     Examples
     --------
@@ -141,11 +141,15 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """X -> list of engine sources: paths, PIL images or (3, H, W) float tensors."""
         if isinstance(X, (str, os.PathLike)):
             raise TypeError("X must be a sequence of images; wrap a single path in a list")
-        if _is_numeric_2d(X):
-            # The documented adaptation: rows are 1 x F grayscale images.
-            X = validate_data(self, X, reset=reset, dtype=None, ensure_min_samples=1)
+        if (not isinstance(X, Sequence | np.ndarray) and hasattr(X, "__array__")) or (
+                isinstance(X, list | tuple) and X and isinstance(X[0], list | tuple)):
+            X = np.asarray(X)  # array-likes and nested lists of numbers
+        if _is_table(X):
+            # The documented adaptation: rows of a 2-D array are 1 x F grayscale images.
+            # validate_data also gives scikit-learn's errors (1-D, sparse, NaN, F changed).
+            X = validate_data(self, X, reset=reset, dtype="numeric")
             return [_array_image(row[None, :]) for row in X]
-        if isinstance(X, np.ndarray) and X.dtype != object:
+        if isinstance(X, np.ndarray) and X.dtype.kind in "biuf":
             if X.ndim not in (3, 4):
                 raise ValueError(f"a numeric array of images must be (n, H, W) or (n, H, W, 3) "
                                  f"(or (n, F) rows), got shape {X.shape}")
@@ -164,12 +168,15 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return tags
 
 
-def _is_numeric_2d(X) -> bool:
-    if hasattr(X, "tocsr") or hasattr(X, "toarray"):  # sparse: let validate_data refuse it
+def _is_table(X) -> bool:
+    """Sparse matrices, and numeric (or numeric-object) arrays of 1 or 2 dimensions."""
+    if hasattr(X, "tocsr"):
         return True
-    if isinstance(X, np.ndarray):
-        return X.ndim == 2 and (X.dtype != object or not _holds_images(X))
-    return False
+    if not isinstance(X, np.ndarray) or X.ndim > 2:
+        return False
+    if X.dtype.kind in "biufc":
+        return True
+    return X.ndim == 2 and X.dtype == object and not _holds_images(X)
 
 
 def _holds_images(X: np.ndarray) -> bool:
