@@ -1,0 +1,147 @@
+"""`vggfeat train-backbone` and `vggfeat eval-backbone`: thin layers over vggfeat.training."""
+import json
+from pathlib import Path
+
+import click
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def _ints(ctx, param, text):
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+@click.command("train-backbone")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="DIR with train/<class>/* and val/<class>/* (ImageNet layout).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="RUN_DIR for checkpoint.pth, log.jsonl, config.json and backbone.pth.")
+@click.option("--arch", default="vgg11", show_default=True,
+              help="vgg11..vgg19 (+ -bn), vgg11-lrn, vgg16-1x1, or a paper letter A..E.")
+@click.option("--width", default=1.0, show_default=True, help="Channel multiplier.")
+@click.option("--crop-size", default=224, show_default=True, help="Training crop side.")
+@click.option("--init", type=click.Choice(["normal", "xavier"]), default="normal",
+              show_default=True, help="Random init: normal (std 0.01) or Glorot.")
+@click.option("--init-from", type=click.Path(exists=True, path_type=Path),
+              help="Net A run folder or backbone: copy its first 4 convs and 3 FC layers.")
+@click.option("--finetune-from", type=click.Path(exists=True, path_type=Path),
+              help="Run folder or backbone of the same configuration to start from.")
+@click.option("--dropout", default=0.5, show_default=True, help="Dropout after fc6 and fc7.")
+@click.option("--epochs", default=74, show_default=True)
+@click.option("--batch-size", default=256, show_default=True,
+              help="Global batch, split evenly over torchrun processes.")
+@click.option("--lr", default=0.01, show_default=True)
+@click.option("--momentum", default=0.9, show_default=True)
+@click.option("--weight-decay", default=5e-4, show_default=True)
+@click.option("--lr-patience", default=3, show_default=True,
+              help="Epochs without val top-1 improvement before lr /= 10.")
+@click.option("--lr-drops", default=3, show_default=True, help="Most lr divisions.")
+@click.option("--scale", default=256, show_default=True, help="Fixed training scale S.")
+@click.option("--scale-jitter", nargs=2, type=int, default=None,
+              help="S_MIN S_MAX: random S per image (e.g. 256 512); overrides --scale.")
+@click.option("--val-scale", type=int, default=None,
+              help="Q of the single-crop validation [S, or the middle of the jitter range].")
+@click.option("--no-flip", is_flag=True, help="Disable random horizontal flips.")
+@click.option("--color-shift", default=0.1, show_default=True,
+              help="Std of AlexNet's PCA colour shift; 0 disables it.")
+@click.option("--mean", default="0.485,0.456,0.406", show_default=True,
+              help="RGB mean in [0, 1], stored in the backbone.")
+@click.option("--std", default="0.229,0.224,0.225", show_default=True, help="RGB std.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--workers", default=8, show_default=True, help="Decoding processes per rank.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              show_default=True)
+@click.option("--channels-last", is_flag=True, help="NHWC memory format (faster on GPUs).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--synthetic", is_flag=True, help="Random fixed images instead of --data.")
+@click.option("--synthetic-size", default=2560, show_default=True)
+@click.option("--num-classes", default=1000, show_default=True, help="With --synthetic only.")
+@click.option("--max-bad-fraction", default=0.01, show_default=True,
+              help="Abort when a larger share of images cannot be decoded.")
+@click.option("--max-steps", type=int, default=None, help="Stop each epoch after N steps.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--force-resume", is_flag=True,
+              help="Resume even if architecture or dataset changed.")
+@click.option("--tensorboard", is_flag=True, help="Also log to RUN_DIR/tensorboard.")
+@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+def train_backbone(**opts):
+    """Train a VGG backbone with the paper's recipe (one process, or many under torchrun).
+
+    \b
+    Examples:
+        vggfeat train-backbone --data ~/imagenet --arch A --out runs/A
+        vggfeat train-backbone --data ~/imagenet --arch D --init-from runs/A --out runs/D
+        torchrun --nproc-per-node 8 -m vggfeat train-backbone --data ~/imagenet \\
+            --arch E --init-from runs/A --precision bf16 --channels-last --out runs/E
+    """
+    from vggfeat.training import CheckpointError, TrainingDataError, TrainingError, train
+
+    resume, force = opts.pop("resume"), opts.pop("force_resume")
+    opts["compile"] = opts.pop("compile_")
+    opts["flip"] = not opts.pop("no_flip")
+    try:
+        opts["mean"], opts["std"] = _floats(opts["mean"]), _floats(opts["std"])
+    except ValueError:
+        raise click.BadParameter("--mean/--std take three comma-separated numbers") from None
+    opts["scale_jitter"] = list(opts["scale_jitter"]) if opts["scale_jitter"] else None
+    if not opts["synthetic"] and opts["data"] is None:
+        raise click.UsageError("give --data DIR (with train/ and val/) or --synthetic.")
+    try:
+        result = train(resume=resume, force_resume=force, **opts)
+    except (TrainingError, TrainingDataError, CheckpointError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    if not opts["quiet"] and result.get("epoch"):
+        click.echo(f"backbone: {result['backbone']}", err=True)
+
+
+@click.command("eval-backbone")
+@click.option("--data", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Validation folder VAL_DIR/<class>/* (or DIR holding val/).")
+@click.option("--weights", required=True, multiple=True,
+              help="Backbone file or run folder; give several for an ensemble.")
+@click.option("--scales", callback=_ints, default=None,
+              help="Test scales Q, e.g. 256,384,512 [the paper's for the net's training S].")
+@click.option("--method", type=click.Choice(["dense", "multicrop", "both"]), default="both",
+              show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", default=4, show_default=True)
+@click.option("--limit", type=int, default=None, help="Evaluate on N images spread over classes.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the rows as JSON.")
+@click.option("--quiet", is_flag=True)
+def eval_backbone(data, weights, scales, method, device, workers, limit, json_out, quiet):
+    """Top-1/top-5 error by dense, multi-crop and combined evaluation (paper Tables 3-6).
+
+    \b
+    Example:
+        vggfeat eval-backbone --data ~/imagenet/val --weights runs/D runs/E \\
+            --scales 256,384,512 --method both
+    """
+    import torch
+
+    from vggfeat.models import WeightsError
+    from vggfeat.training.evaluate import EvaluationError, evaluate_backbones, format_table
+
+    if (data / "val").is_dir():
+        data = data / "val"
+    paths = [str(Path(w) / "backbone.pth") if Path(w).is_dir() else w for w in weights]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        rows, pred = evaluate_backbones(paths, data, scales, method, device, workers, quiet, limit)
+    except (WeightsError, EvaluationError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    if pred.bad:
+        click.echo(f"skipped {len(pred.bad)} unreadable images, e.g. {pred.bad[:3]}", err=True)
+    click.echo(format_table(rows))
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=1) + "\n")

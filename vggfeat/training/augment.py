@@ -1,0 +1,127 @@
+"""Training and validation transforms of the paper's recipe (SPEC section 3).
+
+Every random choice for one image is drawn from a generator seeded by
+(seed, epoch, dataset index) (see `sample_generator`), never from a worker's or a rank's
+global RNG state. So an epoch's augmentation does not depend on the number of
+DataLoader workers or processes, and a resumed run needs no iterator state.
+
+The transforms return uint8 crops plus a per-image RGB shift (the PCA colour
+augmentation): conversion to float, the shift and the mean/std normalisation happen
+on the device, on the whole batch, which keeps the host-to-device copy four times
+smaller and the worker processes cheap.
+"""
+import numpy as np
+import torch
+from PIL import Image
+
+# AlexNet's PCA colour augmentation: eigen decomposition of the ImageNet RGB pixel
+# covariance (RGB in [0, 1]), as in fb.resnet.torch and the SPEC. Eigenvectors are the
+# columns of EIGVEC (the rows listed in the SPEC are the matrix rows).
+EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+EIGVEC = torch.tensor(
+    [
+        [-0.5675, 0.7192, 0.4009],
+        [-0.5808, -0.0045, -0.8140],
+        [-0.5836, -0.6948, 0.4203],
+    ]
+)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one image of one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator that decides every random augmentation of one image in one epoch."""
+    return torch.Generator().manual_seed(sample_seed(seed, epoch, index))
+
+
+def rescale(img: Image.Image, size: int) -> Image.Image:
+    """Isotropically rescales a PIL image so that its smallest side equals `size`."""
+    w, h = img.size
+    if min(w, h) == size:
+        return img
+    ratio = size / min(w, h)
+    new = (max(size, round(w * ratio)), max(size, round(h * ratio)))
+    return img.resize(new, Image.Resampling.BILINEAR)
+
+
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 tensor (3, H, W)."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def pca_shift(alpha: torch.Tensor) -> torch.Tensor:
+    """The RGB offset sum_i p_i * alpha_i * lambda_i for per-image weights alpha (3,)."""
+    return EIGVEC @ (alpha * EIGVAL)
+
+
+class TrainTransform:
+    """Rescale to S (fixed or jittered), random crop, random flip, PCA colour shift.
+
+    Args:
+        scale: training scale S (int) or a (S_min, S_max) range for scale jittering,
+            S drawn uniformly per image.
+        crop_size: side of the square random crop.
+        flip: random horizontal flips with probability 0.5.
+        lighting_std: standard deviation of the PCA weights alpha (0.1 in AlexNet);
+            0 disables the colour shift.
+    """
+
+    def __init__(self, scale, crop_size: int, flip: bool = True, lighting_std: float = 0.1):
+        lo, hi = (scale, scale) if isinstance(scale, int) else tuple(scale)
+        if lo > hi or lo < crop_size:
+            raise ValueError(
+                f"training scale {scale} must be >= crop size {crop_size} (and min <= max)"
+            )
+        self.scale_range = (int(lo), int(hi))
+        self.crop_size = crop_size
+        self.flip = flip
+        self.lighting_std = lighting_std
+        # JPEGs may be decoded at reduced size as long as the smallest side stays >= S_max.
+        self.draft_size = self.scale_range[1]
+
+    def __call__(self, img: Image.Image, gen: torch.Generator):
+        """Returns (uint8 crop (3, crop, crop), float RGB shift (3,))."""
+        lo, hi = self.scale_range
+        # The draws always happen in the same order so that each image's augmentation is
+        # a pure function of its generator.
+        s = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+        img = rescale(img, s)
+        w, h = img.size
+        c = self.crop_size
+        top = int(torch.randint(0, h - c + 1, (1,), generator=gen))
+        left = int(torch.randint(0, w - c + 1, (1,), generator=gen))
+        flip = bool(torch.rand(1, generator=gen) < 0.5)
+        alpha = torch.randn(3, generator=gen) * self.lighting_std
+        x = to_uint8_tensor(img.crop((left, top, left + c, top + c)))
+        if self.flip and flip:
+            x = x.flip(-1)
+        return x, pca_shift(alpha)
+
+
+class ValTransform:
+    """Rescale to Q and take the central crop (single-crop validation during training)."""
+
+    def __init__(self, scale: int, crop_size: int):
+        if scale < crop_size:
+            raise ValueError(f"validation scale {scale} must be >= crop size {crop_size}")
+        self.scale = scale
+        self.crop_size = crop_size
+        self.draft_size = scale
+
+    def __call__(self, img: Image.Image, gen=None):
+        img = rescale(img, self.scale)
+        w, h = img.size
+        c = self.crop_size
+        top, left = (h - c) // 2, (w - c) // 2
+        return to_uint8_tensor(img.crop((left, top, left + c, top + c))), torch.zeros(3)
+
+
+def apply_on_device(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """uint8 batch (N, 3, H, W) and RGB shifts (N, 3) -> float RGB in [0, 1] plus shift.
+
+    The shifted values may leave [0, 1] slightly, as in AlexNet (no clamping).
+    """
+    return x.float().div_(255).add_(shift.to(x.device, torch.float32)[:, :, None, None])

@@ -1,0 +1,118 @@
+"""Training checkpoints: atomic writes, `weights_only=True` loading, RNG states, resume checks.
+
+A checkpoint holds only tensors, numbers, strings and plain dicts/lists, so
+`torch.load(path, weights_only=True)` reads it without unpickling arbitrary objects:
+model, optimizer, scheduler and grad-scaler state dicts, epoch, step, the RNG states
+(python, numpy, torch, CUDA) as lists/tensors, the config as a plain dict and the classes.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pth"
+
+# Config entries that define what is being trained: changing one of them between runs
+# makes --resume meaningless (another network or another dataset).
+IDENTITY_KEYS = ("arch", "width", "crop_size", "num_classes", "classes", "train_digest")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit the run it should continue."""
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write `state` atomically: temporary file, flush, fsync, rename, fsync the folder.
+
+    A crash at any moment leaves either the previous checkpoint or the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """`torch.load(weights_only=True)` with an error naming the file and the fix."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}; start without --resume.") from None
+    except Exception as error:  # damaged, truncated or unsafe files all need the same fix
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}. "
+                              "Delete it to start over, or restore it from a backup.") from None
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise CheckpointError(f"{path} is not a vggfeat training checkpoint (it has no model "
+                              "and epoch); give the run folder written by train-backbone.")
+    return state
+
+
+# -- RNG states as plain data ---------------------------------------------------------
+
+def rng_state() -> dict:
+    """Python, numpy, torch and CUDA RNG states as tensors, lists and numbers."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": np_state["state"]["key"].astype(np.int64).tolist(),
+                  "pos": int(np_state["state"]["pos"]),
+                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state({"bit_generator": npy["bit_generator"],
+                         "state": {"key": np.array(npy["key"], dtype=np.uint32),
+                                   "pos": npy["pos"]},
+                         "has_gauss": npy["has_gauss"], "gauss": npy["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- resume checks --------------------------------------------------------------------
+
+def check_resumable(saved: dict, current: dict, path: Path, force: bool = False) -> list[str]:
+    """Compare the identity of a saved run with the requested one.
+
+    Returns the differences (for a warning when forced); raises CheckpointError when they
+    differ and `force` is False.
+    """
+    diffs = []
+    for key in IDENTITY_KEYS:
+        old, new = saved.get(key), current.get(key)
+        if old != new:
+            if key == "classes":
+                diffs.append(f"classes: {len(old or [])} saved vs {len(new or [])} now")
+            else:
+                diffs.append(f"{key}: {old!r} saved vs {new!r} now")
+    if diffs and not force:
+        raise CheckpointError(
+            f"{path} was written by another configuration ({'; '.join(diffs)}). Resume with "
+            "the same architecture and dataset, choose another --out, or pass --force-resume "
+            "to continue anyway.")
+    return diffs
