@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from conftest import make_tiny_backbone
 from helpers_datasets import make_folder_dataset
-from helpers_features import random_rgb, reference_descriptor, write_png
+from helpers_features import random_rgb, reference_descriptor, single_thread, write_png
 from PIL import Image
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import LinearSVC
@@ -13,6 +13,12 @@ from vggfeat.data.images import BadImageError
 from vggfeat.data.readers import open_dataset
 from vggfeat.features import FeatureExtractor, extract_to_cache, load_features
 from vggfeat.models import load_backbone, save_backbone
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

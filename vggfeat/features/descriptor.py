@@ -89,8 +89,7 @@ def describe(model, images: torch.Tensor, config: DescriptorConfig) -> torch.Ten
     x = normalize(images, config.preprocessing)
     if config.flip:
         x = torch.cat([x, x.flip(-1)])
-    if images.device.type == "cpu" or images.is_cuda:
-        x = x.contiguous(memory_format=_memory_format(model))
+    x = x.contiguous(memory_format=_memory_format(model))
     with _autocast(images.device.type, config.precision):
         pooled_maps = pooled(model, x, config.layer)
     if config.flip:
