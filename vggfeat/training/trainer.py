@@ -472,14 +472,14 @@ def _train(cfg, device, resume, force_resume):
     for epoch in range(start_epoch, cfg["epochs"]):
         seed_everything(cfg["seed"], epoch, rank)
         loader.sampler.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
+        lr, bad_before = optimizer.param_groups[0]["lr"], bad.total_bad
         stats = train_one_epoch(train_model, loader, optimizer, scaler, cfg, device, epoch, bad,
                                 preprocessing)
         stats.update(validate(model, val, cfg, device, preprocessing))
         scheduler.step(stats["val_top1_err"])
         step += stats.pop("steps")
         record = {"epoch": epoch + 1, "step": step, "lr": lr, **stats,
-                  "bad_images": bad.total_bad,
+                  "bad_images": bad.total_bad - bad_before,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if main:
             with open(log_path, "a") as log:
