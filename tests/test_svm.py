@@ -1,0 +1,126 @@
+"""The SVM probe: the batched torch solver against liblinear, C selection, VOC difficult."""
+import numpy as np
+import pytest
+import torch
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from vggfeat.evaluation.svm import (
+    LinearSVMProbe,
+    cv_folds,
+    holdout_split,
+    solve_squared_hinge_liblinear,
+    solve_squared_hinge_torch,
+)
+
+
+def _descriptors(n_classes=8, per_class=40, dim=96, noise=2.0, seed=0):
+    """ReLU'd, L2-normalised features with class structure, like pooled fc7 descriptors."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, 32))
+    proj = rng.normal(size=(32, dim)) / np.sqrt(32)
+    y = np.repeat(np.arange(n_classes), per_class)
+    x = np.maximum((centres[y] + noise * rng.normal(size=(len(y), 32))) @ proj, 0)
+    x += 0.05 * np.abs(rng.normal(size=x.shape))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+
+
+def _objective(X, y, w, b, C):
+    margins = np.maximum(0, 1 - y * (X.astype(np.float64) @ w + b))
+    return 0.5 * (w @ w + b * b) + C * np.sum(margins**2)
+
+
+@parametrize_with_checks([LinearSVMProbe(C=(0.1, 1.0), cv=2)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0, 100.0])
+def test_torch_solver_reaches_liblinear_optimum(C):
+    X, y = _descriptors(n_classes=5, per_class=30)
+    Y = np.where(y[:, None] == np.arange(5), 1, -1)
+    W, b, _ = solve_squared_hinge_torch(X, Y, np.full(5, C), tol=1e-6, dtype=torch.float64)
+    W_ref, b_ref, _ = solve_squared_hinge_liblinear(X, Y, np.full(5, C), tol=1e-8,
+                                                    max_iter=100_000)
+    for k in range(5):
+        ours, ref = _objective(X, Y[:, k], W[k], b[k], C), _objective(X, Y[:, k], W_ref[k],
+                                                                       b_ref[k], C)
+        # Same strictly convex problem: same optimum (ours may be marginally lower).
+        assert ours == pytest.approx(ref, rel=1e-5)
+        np.testing.assert_allclose(W[k], W_ref[k], atol=2e-3 * max(1, np.abs(W_ref[k]).max()))
+
+
+def test_default_solver_matches_liblinear_accuracy_with_selection():
+    X_all, y_all = _descriptors(n_classes=6, per_class=60, seed=1)
+    X, y, Xte, yte = X_all[::2], y_all[::2], X_all[1::2], y_all[1::2]
+    ours = LinearSVMProbe(cv=0.2).fit(X, y)
+    ref = LinearSVMProbe(cv=0.2, solver="liblinear").fit(X, y)
+    np.testing.assert_array_equal(ours.C_, ref.C_)
+    assert abs(ours.score(Xte, yte) - ref.score(Xte, yte)) <= 0.003 + 1e-12
+
+
+def test_difficult_examples_never_change_the_fit():
+    X, y = _descriptors(n_classes=3)
+    Y = np.where(y[:, None] == np.arange(3), 1, -1)
+    base = LinearSVMProbe(C=1.0).fit(X, Y)
+    rng = np.random.default_rng(0)
+    X_more = np.concatenate([X, rng.random((10, X.shape[1]), dtype=np.float32)])
+    Y_more = np.concatenate([Y, np.zeros((10, 3), int)])
+    more = LinearSVMProbe(C=1.0).fit(X_more, Y_more)
+    np.testing.assert_allclose(more.coef_, base.coef_, rtol=1e-5, atol=1e-6)
+    as_positive = LinearSVMProbe(C=1.0, difficult="positive").fit(X_more, Y_more)
+    assert not np.allclose(as_positive.coef_, base.coef_, atol=1e-3)
+
+
+def test_indicator_and_voc_label_matrices_agree():
+    X, y = _descriptors(n_classes=3)
+    indicator = (y[:, None] == np.arange(3)).astype(int)
+    a = LinearSVMProbe(C=1.0).fit(X, indicator)
+    b = LinearSVMProbe(C=1.0).fit(X, 2 * indicator - 1)
+    np.testing.assert_allclose(a.coef_, b.coef_)
+    assert a.multi_label_ and a.predict(X[:4]).shape == (4, 3)
+
+
+def test_c_is_chosen_per_class_on_training_data_and_reproducibly():
+    X, y = _descriptors(n_classes=4, per_class=24, seed=3)
+    a = LinearSVMProbe(cv=3, random_state=5).fit(X, y)
+    b = LinearSVMProbe(cv=3, random_state=5).fit(X, y)
+    np.testing.assert_array_equal(a.C_, b.C_)
+    assert a.cv_scores_.shape == (4, 5)
+    # Each class's C is the grid value with the best mean held-out AP (smallest on ties).
+    np.testing.assert_array_equal(a.C_, np.asarray(a.C)[np.argmax(a.cv_scores_, axis=1)])
+
+
+def test_binary_gives_one_svm():
+    X, y = _descriptors(n_classes=2)
+    probe = LinearSVMProbe(C=1.0).fit(X, np.where(y == 1, "dog", "cat"))
+    assert probe.coef_.shape == (1, X.shape[1])
+    assert probe.decision_function(X).shape == (len(X),)
+    assert probe.score(X, np.where(y == 1, "dog", "cat")) > 0.9
+
+
+def test_bad_inputs_fail_before_fitting():
+    X, y = _descriptors(n_classes=3)
+    bad = X.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        LinearSVMProbe().fit(bad, y)
+    bad[3, 5] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        LinearSVMProbe().fit(bad, y)
+    Y = np.where(y[:, None] == np.arange(3), 1, -1)
+    Y[:, 2] = -1
+    with pytest.raises(ValueError, match="class 2 has no positive training example"):
+        LinearSVMProbe().fit(X, Y)
+    with pytest.raises(ValueError, match="C must be positive"):
+        LinearSVMProbe(C=0).fit(X, y)
+
+
+def test_holdout_is_per_class_and_disjoint():
+    y = np.repeat(np.arange(4), 30)
+    train, val = holdout_split(y, 0.2, random_state=0)
+    assert np.bincount(y[val]).tolist() == [6, 6, 6, 6]
+    assert not set(train) & set(val) and len(train) + len(val) == len(y)
+    train2, val2 = holdout_split(y, 0.2, random_state=0)
+    np.testing.assert_array_equal(val, val2)
+    folds = cv_folds(len(y), y, 3, random_state=0)
+    assert sorted(np.concatenate([v for _, v in folds]).tolist()) == list(range(len(y)))
