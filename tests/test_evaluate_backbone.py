@@ -159,6 +159,16 @@ def test_cli_prints_the_table(setup):
     assert "dense" in result.output and "multi-crop" not in result.output
 
 
+def test_cli_ensemble_with_several_weights_after_one_option(setup):
+    root, paths, *_ = setup
+    result = run_cli(["eval-backbone", "--data", root, "--weights", paths[0], paths[1],
+                      "--scales", "64", "--method", "dense", "--workers", "0", "--quiet",
+                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    ensemble = [line for line in result.output.splitlines() if " & " in line]
+    assert len(ensemble) == 1 and "dense" in ensemble[0]
+
+
 def test_cli_scale_below_crop_is_a_clear_error(setup):
     root, paths, *_ = setup
     result = run_cli(["eval-backbone", "--data", root / "val", "--weights", paths[0],

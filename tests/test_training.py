@@ -108,6 +108,20 @@ def test_init_from_with_another_width_is_a_clear_error(tmp_path):
     assert "does not fit" in result.output and "width" in result.output
 
 
+def test_finetune_from_starts_from_the_trained_net(learned_run, tmp_path):
+    root, out = learned_run
+    result = run_cli(["train-backbone", "--data", root, "--out", tmp_path / "ft", *TINY_OPTIONS,
+                      "--epochs", "0", "--batch-size", "16", "--finetune-from", out])
+    assert result.exit_code == 0, result.output
+    trained = load_backbone(out / "backbone.pth").state_dict()
+    start = load_backbone(tmp_path / "ft" / "backbone.pth").state_dict()
+    assert all(torch.equal(trained[k], start[k]) for k in trained)
+    result = run_cli(["train-backbone", "--data", root, "--out", tmp_path / "ft2", *TINY_OPTIONS,
+                      "--arch", "B", "--epochs", "0", "--batch-size", "16",
+                      "--finetune-from", out])
+    assert result.exit_code == 1 and "another configuration" in result.output
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path):
     """2 gloo processes x 8 images == 1 process x 16 images per step, to float rounding.

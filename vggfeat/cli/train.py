@@ -107,7 +107,7 @@ def train_backbone(**opts):
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Validation folder VAL_DIR/<class>/* (or DIR holding val/).")
 @click.option("--weights", required=True, multiple=True,
-              help="Backbone file or run folder; give several for an ensemble.")
+              help="Backbone file or run folder; several (--weights A B) for an ensemble.")
 @click.option("--scales", callback=_ints, default=None,
               help="Test scales Q, e.g. 256,384,512 [the paper's for the net's training S].")
 @click.option("--method", type=click.Choice(["dense", "multicrop", "both"]), default="both",
@@ -118,7 +118,9 @@ def train_backbone(**opts):
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the rows as JSON.")
 @click.option("--quiet", is_flag=True)
-def eval_backbone(data, weights, scales, method, device, workers, limit, json_out, quiet):
+@click.argument("more_weights", nargs=-1, metavar="")
+def eval_backbone(data, weights, scales, method, device, workers, limit, json_out, quiet,
+                  more_weights):
     """Top-1/top-5 error by dense, multi-crop and combined evaluation (paper Tables 3-6).
 
     \b
@@ -133,6 +135,7 @@ def eval_backbone(data, weights, scales, method, device, workers, limit, json_ou
 
     if (data / "val").is_dir():
         data = data / "val"
+    weights = [*weights, *more_weights]  # `--weights A B` reads B as a trailing argument
     paths = [str(Path(w) / "backbone.pth") if Path(w).is_dir() else w for w in weights]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

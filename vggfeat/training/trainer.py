@@ -101,7 +101,7 @@ def make_config(**options) -> dict:
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown training options: {sorted(unknown)}")
-    cfg = {**DEFAULTS, **{k: v for k, v in options.items()}}
+    cfg = {**DEFAULTS, **options}
     cfg["arch"] = canonical_arch(cfg["arch"])
     for key in ("data", "out", "init_from", "finetune_from"):
         cfg[key] = None if cfg[key] is None else str(cfg[key])
@@ -300,11 +300,29 @@ class BadImageCounter:
                 "re-download them, or raise --max-bad-fraction.")
 
 
+def autocast_for(cfg: dict, device: torch.device):
+    """Mixed precision as configured (bf16 needs no grad scaler; fp16 does)."""
+    dtype = torch.float16 if cfg["precision"] == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=cfg["precision"] != "fp32")
+
+
+def train_step(model, x, y, optimizer, scaler, autocast):
+    """One SGD step on a prepared batch; returns the (detached) loss and logits."""
+    with autocast:
+        logits = model(x)
+        # Mean over this rank's batch; DDP averages over ranks -> the global-batch mean.
+        loss = F.cross_entropy(logits.float(), y, reduction="sum") / max(len(y), 1)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
 def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, bad, preprocessing):
     """One pass over the training loader; returns loss, top-1 error, images/s."""
     model.train()
-    autocast = torch.autocast(device.type, dtype=torch.float16 if cfg["precision"] == "fp16"
-                              else torch.bfloat16, enabled=cfg["precision"] != "fp32")
+    autocast = autocast_for(cfg, device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, top-1 hits, n
     c = cfg["crop_size"]
     steps = len(loader) if cfg["max_steps"] is None else min(len(loader), cfg["max_steps"])
@@ -320,18 +338,10 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, bad, p
         bad.add(len(labels), bad_paths)
         x = prepare_batch(images, shifts, preprocessing, device, cfg["channels_last"])
         y = labels.to(device, non_blocking=True)
-        with autocast:
-            logits = model(x)
-            # Mean over this rank's batch; DDP averages over ranks -> the global-batch mean.
-            loss = F.cross_entropy(logits.float(), y, reduction="sum") / max(len(y), 1)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss, logits = train_step(model, x, y, optimizer, scaler, autocast)
         with torch.no_grad():
-            sums += torch.stack([loss.detach().double() * len(y),
-                                 topk_correct(logits, y, (1,))[0].double(),
-                                 torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+            n = torch.full((), len(y), device=device, dtype=torch.float64)
+            sums += torch.stack([loss.double() * n, topk_correct(logits, y, (1,))[0].double(), n])
         if (step + 1) % 100 == 0:
             bad.check()
         bar.update()
@@ -354,8 +364,7 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, bad, p
 def validate(model, loader, cfg, device, preprocessing):
     """Single-centre-crop validation over all ranks' shards: loss, top-1 and top-5 error (%)."""
     model.eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=cfg["precision"] != "fp32")
+    autocast = autocast_for(cfg, device)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, top1, top5, n
     for images, labels, shifts, _ in loader:
         if images is None:
