@@ -124,12 +124,12 @@ def make_voc(root, year: str = "2007", n_per_split: dict | None = None, seed: in
     counter = 0
     for split, n in n_per_split.items():
         ids, rows = [], []
-        for i in range(n):
+        for _ in range(n):
             counter += 1
             image_id = f"{counter:06d}" if year == "2007" else f"2008_{counter:06d}"
             y = -np.ones(len(classes), dtype=np.int8)
             objects = []
-            main = (i + counter) % len(classes)
+            main = counter % len(classes)
             y[main] = 1
             objects.append({"name": classes[main], "box": _random_box(rng, size)})
             if rng.random() < second_frac:
@@ -368,8 +368,8 @@ def write_feature_cache(path, *, dataset: str, root, ids, descriptors, reader_op
         group.create_dataset("descriptors", data=these_desc)
         flags = np.ones(len(these_ids), bool) if done is None else np.asarray(done, bool)
         group.create_dataset("done", data=flags)
-        group.create_dataset("failed_ids", data=np.array([], dtype=object), dtype=string)
-        group.create_dataset("failed_reasons", data=np.array([], dtype=object), dtype=string)
+        failed = np.dtype([("id", string), ("reason", string)])
+        group.create_dataset("failed", shape=(0,), maxshape=(None,), dtype=failed)
 
     with h5py.File(path, "w") as f:
         fill(f, ids, descriptors)

@@ -1,0 +1,125 @@
+"""`vggfeat svm-eval`: linear SVMs on cached descriptors, with the dataset's protocol."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import click
+
+
+def parse_C(ctx, param, values):
+    """'--C 0.1,1,10' or '--C 0.1 --C 1' -> ascending tuple; none: the default grid."""
+    if not values:
+        return None
+    try:
+        grid = sorted({float(v) for item in values for v in item.replace(",", " ").split()})
+    except ValueError:
+        raise click.BadParameter(f"{values!r} is not a list of numbers, e.g. 0.1,1,10") from None
+    if not grid or grid[0] <= 0:
+        raise click.BadParameter("C values must be positive, e.g. 0.1,1,10")
+    return tuple(grid)
+
+
+def parse_cv(ctx, param, value):
+    """An int >= 2 (folds) or a fraction in (0, 1) (held out once)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a number of folds (3) or a fraction (0.2)") \
+            from None
+    if number.is_integer() and number >= 2:
+        return int(number)
+    if 0 < number < 1:
+        return number
+    raise click.BadParameter(f"{value!r}: give a number of folds >= 2 or a fraction in (0, 1)")
+
+
+@click.command("svm-eval")
+@click.argument("features", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--aggregate", type=click.Choice(["avg", "stack"]), default=None,
+              help="Combine scales by averaging or stacking [default: the dataset's: avg for "
+                   "VOC, stack for Caltech].")
+@click.option("--block-l2", is_flag=True, help="L2-normalise each cache's block before stacking.")
+@click.option("--C", "C", multiple=True, callback=parse_C,
+              help="C value(s), e.g. 0.1,1,10 [default: 0.01,0.1,1,10,100]; one value: no "
+                   "selection.")
+@click.option("--cv", callback=parse_cv, default=None,
+              help="Folds (e.g. 3) or held-out fraction (e.g. 0.2) of the training data for "
+                   "choosing C [default: VOC 3 folds, Caltech/custom 0.2].")
+@click.option("--solver", type=click.Choice(["torch", "liblinear"]), default="torch",
+              show_default=True, help="torch: batched Newton solver; liblinear: LinearSVC.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Torch device for the solver: cpu, cuda, cuda:1 or auto.")
+@click.option("--difficult", type=click.Choice(["ignore", "positive"]), default="ignore",
+              show_default=True, help="VOC difficult images in training (never scored).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random splits and of the cross-validation folds.")
+@click.option("--splits", "n_splits", type=click.IntRange(1), default=3, show_default=True,
+              help="Number of random splits (Caltech and custom data without a split).")
+@click.option("--splits-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Reuse the splits.csv of an earlier run.")
+@click.option("--train-per-class", type=click.IntRange(1), default=None,
+              help="Caltech training images per class [default: 30 / 60].")
+@click.option("--test-per-class", type=click.IntRange(1), default=None,
+              help="Caltech test images per class [default: 50 / the rest].")
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="The dataset's location, if it moved since the extraction.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: <first cache's name>-svm].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, seed, n_splits,
+             splits_file, train_per_class, test_per_class, root, out, quiet):
+    """Train one-vs-rest linear SVMs on FEATURES (HDF5 caches from `vggfeat extract`) and
+    evaluate them with the dataset's protocol.
+
+    The dataset, its location and its reader options come from the cache. Several caches
+    of the same images (e.g. Net-D and Net-E) are stacked. C is chosen per class on the
+    training data only. Writes results.csv, summary.json, scores.csv and PR plots.
+
+    \b
+    Example:
+        vggfeat svm-eval voc2007-vgg16-fc7.h5 --out results/voc07
+        vggfeat svm-eval caltech101-vgg16-fc7.h5 caltech101-vgg19-fc7.h5 --C 0.1,1,10
+    """
+    from vggfeat.data.readers import DatasetLayoutError
+    from vggfeat.evaluation import inputs, protocols, report
+
+    settings = protocols.Settings(
+        C=C or protocols.C_GRID, cv=cv, solver=solver, device=_device(device),
+        difficult=difficult, seed=seed, n_splits=n_splits, train_per_class=train_per_class,
+        test_per_class=test_per_class, splits_file=splits_file, verbose=not quiet,
+    )
+    out = out or Path(f"{features[0].stem}-svm")
+    try:
+        infos = [inputs.read_cache_info(p) for p in features]
+        inputs.check_same_dataset(infos)
+        reader = inputs.open_reader(infos[0], root)
+        aggregate = aggregate or reader.default_aggregate
+        infos, feats = inputs.load(features, aggregate, block_l2=block_l2)
+        result = protocols.run_protocol(reader, feats, settings, out)
+    except (inputs.EvaluationInputError, DatasetLayoutError) as exc:
+        raise click.ClickException(str(exc)) from None
+    paper = report.paper_figure(result, [i.arch for i in infos], [i.layer for i in infos])
+    click.echo(report.format_table(result, paper))
+    recorded = {**dataclasses.asdict(settings), "aggregate": aggregate, "block_l2": block_l2,
+                "root": str(reader.root)}
+    sources = [{"path": str(i.path), "arch": i.arch, "layer": i.layer, "scales": list(i.scales)}
+               for i in infos]
+    files = report.write_report(result, out, recorded, sources, paper)
+    written = sorted(str(p) for p in list(files.values()) + result.files)
+    click.echo(f"wrote {len(written)} files to {out}", err=True)
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    svm_eval(sys.argv[1:])
