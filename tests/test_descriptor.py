@@ -20,13 +20,14 @@ def tiny(tiny_weights):
     return load_backbone(tiny_weights)
 
 
-@pytest.mark.parametrize(("layer", "flip"), [("fc7", True), ("fc6", False), ("pool5", True)])
-def test_one_image_equals_float64_reference(tiny, tmp_path, layer, flip):
+@pytest.mark.parametrize(("layer", "flip", "fast_cpu"), [
+    ("fc7", True, True), ("fc7", True, False), ("fc6", False, True), ("pool5", True, True)])
+def test_one_image_equals_float64_reference(tiny, tmp_path, layer, flip, fast_cpu):
     pixels = random_rgb(70, 93, seed=1)  # not a multiple of 32; upscaled at Q=96
     path = write_png(tmp_path / "a.png", pixels)
     scales = (64, 96)
     config = DescriptorConfig.from_model(tiny, scales, layer=layer, flip=flip)
-    (result,) = Engine(tiny, config, device="cpu").run([(0, path)])
+    (result,) = Engine(tiny, config, device="cpu", fast_cpu=fast_cpu).run([(0, path)])
     expected = reference_descriptor(tiny, pixels, scales, layer=layer, flip=flip)
     assert result.descriptor.shape == (2, tiny.feature_dim(layer))
     assert result.descriptor.dtype == np.float32

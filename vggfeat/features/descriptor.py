@@ -74,28 +74,31 @@ def config_key(record: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def pooled(model, x: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
-    """Global average pool of `layer`'s dense map over normalised images: (N, D) float32."""
-    return model.dense(x, layer).float().mean(dim=(2, 3))
-
-
-def describe(model, images: torch.Tensor, config: DescriptorConfig) -> torch.Tensor:
+def describe(model, images: torch.Tensor, config: DescriptorConfig, dense=None) -> torch.Tensor:
     """Descriptors of same-sized images (N, 3, H, W) in [0, 1] on the model's device.
+
+    Args:
+        model: the backbone (its ``dense`` map and weight layout are used).
+        images: RGB in [0, 1], all of one size.
+        config: layer, flip, precision, preprocessing.
+        dense: optional replacement for ``model.dense`` computing the same map
+            (`vggfeat.features.cpu.CpuDense`).
 
     Returns:
         (N, D) float32: pooled `config.layer`, averaged with the flipped image's if
         `config.flip`. Image and flip go through the net as one batch of 2N.
     """
+    dense = dense or model.dense
     x = normalize(images, config.preprocessing)
     if config.flip:
         x = torch.cat([x, x.flip(-1)])
     x = x.contiguous(memory_format=_memory_format(model))
     with _autocast(images.device.type, config.precision):
-        pooled_maps = pooled(model, x, config.layer)
+        pooled = dense(x, config.layer).float().mean(dim=(2, 3))
     if config.flip:
         n = images.shape[0]
-        pooled_maps = (pooled_maps[:n] + pooled_maps[n:]) / 2
-    return pooled_maps
+        pooled = (pooled[:n] + pooled[n:]) / 2
+    return pooled
 
 
 def _memory_format(model) -> torch.memory_format:
