@@ -112,7 +112,8 @@ def test_resume_refuses_another_configuration(data, tmp_path):
     # Nothing was overwritten by the refused attempts.
     assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["epoch"] == 1
     # Asked for explicitly, it continues.
-    result = train(changed, tmp_path / "run", "--epochs", "2", "--resume", "--force-resume")
+    with pytest.warns(UserWarning, match="despite: train_digest"):
+        result = train(changed, tmp_path / "run", "--epochs", "2", "--resume", "--force-resume")
     assert result.exit_code == 0, result.output
     assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["epoch"] == 2
 
