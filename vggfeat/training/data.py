@@ -15,6 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -103,17 +104,20 @@ class FolderDataset(Dataset):
     """
 
     def __init__(self, images: ImageList, transform, seed: int = 0):
-        self.images = images
+        self.root = images.root
+        # numpy arrays, not lists of Python objects: forked workers touching list items
+        # would copy the pages (refcounts), growing memory with every epoch on ImageNet.
+        self.paths = np.array([rel for rel, _ in images.samples])
+        self.labels = np.array([label for _, label in images.samples], dtype=np.int64)
         self.transform = transform
         self.seed = seed
 
     def __len__(self):
-        return len(self.images.samples)
+        return len(self.labels)
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        rel, label = self.images.samples[index]
-        path = self.images.root / rel
+        label, path = int(self.labels[index]), self.root / str(self.paths[index])
         try:
             img = open_rgb(path, self.transform.draft_size)
         except DECODE_ERRORS:

@@ -207,7 +207,7 @@ def default_scales(model) -> list[int]:
     if isinstance(s, list | tuple):
         return [s[0], (s[0] + s[1]) // 2, s[1]]
     if isinstance(s, int):
-        return [max(s - 32, model.meta["crop_size"]), s, s + 32]
+        return sorted({max(s - 32, model.meta["crop_size"]), s, s + 32})
     return [256, 384, 512]
 
 
