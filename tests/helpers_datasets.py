@@ -222,13 +222,25 @@ def make_voc_action(root, n_per_split: dict | None = None, seed: int = 0, size=(
         if split == "test":
             del out.labels[split]
             continue
-        for k, action in enumerate(actions):
-            lines = []
-            for key, lab in zip(out.ids[split], out.labels[split][:, k], strict=True):
-                image_id, objidx = key.split("#")
-                lines.append(f"{image_id} {objidx} {int(lab):2d}")
-            _write_lines(action_dir / f"{action}_{split}.txt", lines)
+        _write_action_labels(action_dir, split, out.ids[split], out.labels[split])
+    if "train" in out.ids and "val" in out.ids:  # the devkit ships trainval files too
+        keys = out.ids["train"] + out.ids["val"]
+        order = np.argsort(keys, kind="stable")
+        y = np.concatenate([out.labels["train"], out.labels["val"]])[order]
+        _write_action_labels(voc / "ImageSets" / "Action", "trainval",
+                             [keys[i] for i in order], y)
+        _write_lines(voc / "ImageSets" / "Action" / "trainval.txt",
+                     sorted({k.split("#")[0] for k in keys}))
     return out
+
+
+def _write_action_labels(action_dir: Path, split: str, keys, labels) -> None:
+    for k, action in enumerate(VOC_ACTIONS):
+        lines = []
+        for key, lab in zip(keys, labels[:, k], strict=True):
+            image_id, objidx = key.split("#")
+            lines.append(f"{image_id} {objidx} {int(lab):2d}")
+        _write_lines(action_dir / f"{action}_{split}.txt", lines)
 
 
 def make_caltech(root, kind: str = "101", classes=None, per_class=8, seed: int = 0,

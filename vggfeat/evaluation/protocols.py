@@ -137,6 +137,17 @@ def _multilabel_split(result, features, train: Labels, test: Labels, split, sett
     return _ap_rows(result, split, scores, test.y, probe.C_)
 
 
+def _trainval(reader) -> Labels:
+    """The trainval labels, or train and val joined where no trainval files exist."""
+    if "trainval" in reader.splits():
+        return reader.labels("trainval")
+    train, val = reader.labels("train"), reader.labels("val")
+    ids = train.ids + val.ids
+    order = np.argsort(ids, kind="stable")
+    return Labels([ids[i] for i in order], train.classes,
+                  np.concatenate([train.y, val.y])[order])
+
+
 def _write_server_files(out: Path | None, pattern: str, classes, ids, scores, line) -> list:
     if out is None:
         return []
@@ -168,7 +179,7 @@ def voc_classification(reader, features: Features, settings: Settings, out=None)
     features.rows(test.ids, f"split {eval_split}")
     server = reader.name == "voc2012" and "test" in reader.splits()
     if server:
-        full = reader.labels("trainval")
+        full = _trainval(reader)
         test_ids = reader.split_ids("test")
         features.rows(test_ids, "split test")
         _check_positives(full.y, result.classes, "voc2012 trainval")
@@ -230,7 +241,7 @@ def voc_action(reader, features: Features, settings: Settings, out=None) -> Resu
         result.headline[f"mAP_voc07[{variant}]"] = m07
     result.headline["headline"] = f"mAP_voc10[{variants[-1]}]"
     if server:
-        full = reader.labels("trainval")
+        full = _trainval(reader)
         test_ids = reader.split_ids("test")
         boxes = variants[-1] == "image+box"
         probe = _fit(settings, _action_X(features, full.ids, boxes, "trainval"), full.y, 3)
