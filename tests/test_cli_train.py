@@ -72,6 +72,12 @@ def test_too_many_unreadable_images_abort(data, tmp_path):
     assert "--max-bad-fraction" in result.output
 
 
+def test_divergence_stops_without_saving_the_diverged_net(data, tmp_path):
+    result = train(data, tmp_path / "run", "--epochs", "1", "--lr", "1e6")
+    assert result.exit_code == 1 and "diverged" in result.output
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()
+
+
 def test_synthetic_data_with_max_steps(tmp_path):
     result = run_cli(["train-backbone", "--synthetic", "--synthetic-size", "64",
                       "--num-classes", "5", "--out", tmp_path / "run", *TINY_OPTIONS,

@@ -465,6 +465,8 @@ def _train(cfg, device, resume, force_resume):
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, step = state["epoch"], state["step"]
+        # Each epoch reseeds from (seed, epoch, rank) anyway; restoring the saved states
+        # also covers any RNG use between epochs.
         set_rng_state(state["rng"])
     train_model = D.wrap_ddp(model, device)
     if cfg["compile"]:
@@ -490,6 +492,10 @@ def _train(cfg, device, resume, force_resume):
         record = {"epoch": epoch + 1, "step": step, "lr": lr, **stats,
                   "bad_images": bad.total_bad - bad_before,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if not math.isfinite(stats["train_loss"]):  # before saving: keep the last good one
+            raise TrainingError(f"the loss diverged in epoch {epoch + 1} (NaN/Inf); lower --lr "
+                                "or use --init xavier / --init-from for deep nets; the last "
+                                "good checkpoint (if any) is kept.")
         if main:
             with open(log_path, "a") as log:
                 log.write(json.dumps(record) + "\n")
@@ -497,26 +503,26 @@ def _train(cfg, device, resume, force_resume):
                 for key, value in record.items():
                     if isinstance(value, float):
                         writer.add_scalar(key, value, epoch + 1)
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                             "epoch": epoch + 1, "step": step, "rng": rng_state(),
-                             "config": cfg, "classes": list(cfg["classes"])},
-                            run_dir / CHECKPOINT_NAME)
+            save_checkpoint(checkpoint_state(model, optimizer, scheduler, scaler, epoch + 1,
+                                             step, cfg), run_dir / CHECKPOINT_NAME)
             if not cfg["quiet"]:
                 print(format_record(record), file=sys.stderr)
-        if not math.isfinite(stats["train_loss"]):
-            raise TrainingError(f"the loss diverged in epoch {epoch + 1} (NaN/Inf); lower --lr "
-                                "or use --init xavier / --init-from for deep nets.")
     if main:
         if start_epoch >= cfg["epochs"] and state is None:  # --epochs 0: the initial net
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                             "epoch": 0, "step": 0, "rng": rng_state(), "config": cfg,
-                             "classes": list(cfg["classes"])}, run_dir / CHECKPOINT_NAME)
+            save_checkpoint(checkpoint_state(model, optimizer, scheduler, scaler, 0, 0, cfg),
+                            run_dir / CHECKPOINT_NAME)
         save_backbone(model.cpu().eval(), run_dir / "backbone.pth")
         if writer is not None:
             writer.close()
     return {**record, "run_dir": str(run_dir), "backbone": str(run_dir / "backbone.pth")}
+
+
+def checkpoint_state(model, optimizer, scheduler, scaler, epoch, step, cfg) -> dict:
+    """Everything --resume needs, as tensors and plain containers (weights_only loadable)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": epoch, "step": step, "rng": rng_state(), "config": cfg,
+            "classes": list(cfg["classes"])}
 
 
 def format_record(r: dict) -> str:
