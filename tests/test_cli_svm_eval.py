@@ -1,0 +1,153 @@
+"""`vggfeat svm-eval` through click's CliRunner, on real HDF5 caches of generated layouts."""
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers_datasets import class_descriptors, make_caltech, make_voc, write_feature_cache
+
+from vggfeat.cli import cli
+from vggfeat.data.readers import open_dataset
+
+FAST = ["--C", "0.1,1,10", "-q"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, ["svm-eval", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    """A VOC 2007 layout and two caches of its images (as Net-D and Net-E)."""
+    base = tmp_path_factory.mktemp("voc")
+    data = make_voc(base / "data", "2007", {"train": 30, "val": 30, "test": 40})
+    ids = [s.id for s in open_dataset("voc2007", data.root).images()]
+    labels = dict(zip(data.ids["trainval"] + data.ids["test"],
+                      np.concatenate([data.labels["trainval"], data.labels["test"]]),
+                      strict=True))
+    y = np.array([labels[i] for i in ids])
+    x = class_descriptors(np.where(y == 0, 1, y), dim=40, scales=2, noise=0.3, seed=0)
+    d = write_feature_cache(base / "d.h5", dataset="voc2007", root=data.root, ids=ids,
+                            descriptors=x, arch="vgg16")
+    e = write_feature_cache(base / "e.h5", dataset="voc2007", root=data.root, ids=ids,
+                            descriptors=x[:, :, ::-1] + 0.01, arch="vgg19")
+    return data, ids, x, d, e
+
+
+def test_help():
+    result = CliRunner().invoke(cli, ["svm-eval", "--help"])
+    assert result.exit_code == 0
+    assert "--solver" in result.output and "Example" in result.output
+
+
+def test_voc07_end_to_end_writes_every_output(voc, tmp_path):
+    data, _, _, d, _ = voc
+    out = tmp_path / "out"
+    result = _invoke(d, "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert "mAP (VOC07 11-point)" in result.output and "mAP (VOC2010+)" in result.output
+    assert "paper (Net-D) 89.3" in result.output
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 20 and float(np.mean([float(r["ap_voc07"]) for r in rows])) > 0.9
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "voc2007" and summary["settings"]["C"] == [0.1, 1.0, 10.0]
+    assert set(summary["chosen_C"]["test"]) == set(r["class"] for r in rows)
+    assert summary["headline"]["headline"] == "mAP_voc07"
+    with (out / "scores.csv").open() as fh:
+        scores = list(csv.DictReader(fh))
+    assert [r["id"] for r in scores] == data.ids["test"] and "cat" in scores[0]
+    assert (out / "pr_test.png").stat().st_size > 1000
+
+
+def test_two_nets_are_stacked_and_compared_with_d_and_e(voc, tmp_path):
+    _, _, _, d, e = voc
+    result = _invoke(d, e, "--out", tmp_path / "de", "--C", "1")
+    assert result.exit_code == 0, result.output
+    assert "paper (Net-D&E) 89.7" in result.output
+
+
+def test_nan_descriptors_fail_before_fitting(voc, tmp_path):
+    data, ids, x, _, _ = voc
+    bad = x.copy()
+    bad[4, 1, 7] = np.nan
+    path = write_feature_cache(tmp_path / "nan.h5", dataset="voc2007", root=data.root, ids=ids,
+                               descriptors=bad)
+    result = _invoke(path, "--out", tmp_path / "out", *FAST)
+    assert result.exit_code == 1
+    assert "nan.h5" in result.output and "NaN or Inf" in result.output and ids[4] in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_caches_of_different_datasets_or_images_are_refused(voc, tmp_path):
+    data, ids, x, d, _ = voc
+    other = write_feature_cache(tmp_path / "other.h5", dataset="voc2007", root=tmp_path,
+                                ids=ids, descriptors=x)
+    result = _invoke(d, other, "--out", tmp_path / "o", *FAST)
+    assert result.exit_code == 1 and "other.h5" in result.output and "same images" in result.output
+    fewer = write_feature_cache(tmp_path / "fewer.h5", dataset="voc2007", root=data.root,
+                                ids=ids[1:], descriptors=x[1:])
+    result = _invoke(d, fewer, "--out", tmp_path / "o", *FAST)
+    assert result.exit_code == 1 and "different images" in result.output
+
+
+def test_ids_missing_from_the_cache_are_named(voc, tmp_path):
+    data, ids, x, _, _ = voc
+    done = np.ones(len(ids), bool)
+    done[-1] = False  # e.g. an image that failed to decode
+    path = write_feature_cache(tmp_path / "partial.h5", dataset="voc2007", root=data.root,
+                               ids=ids, descriptors=x, done=done)
+    with pytest.warns(UserWarning, match="1 rows have no descriptor"):
+        result = _invoke(path, "--out", tmp_path / "o", *FAST)
+    assert result.exit_code == 1
+    assert ids[-1] in result.output and "vggfeat extract" in result.output
+
+
+def test_class_without_positive_and_moved_dataset(tmp_path):
+    data = make_voc(tmp_path / "data", "2007", {"train": 12, "val": 12, "test": 12})
+    ids = [s.id for s in open_dataset("voc2007", data.root).images()]
+    x = np.abs(np.random.default_rng(0).normal(size=(len(ids), 1, 16)))
+    path = write_feature_cache(tmp_path / "c.h5", dataset="voc2007", root=data.root, ids=ids,
+                               descriptors=x)
+    main = data.root / "VOCdevkit/VOC2007/ImageSets/Main"
+    (main / "bus_trainval.txt").write_text("".join(f"{i} -1\n" for i in data.ids["trainval"]))
+    result = _invoke(path, "--out", tmp_path / "o", *FAST)
+    assert result.exit_code == 1 and "bus have no positive training example" in result.output
+    moved = tmp_path / "moved"
+    data.root.rename(moved)
+    result = _invoke(path, "--out", tmp_path / "o", *FAST)
+    assert result.exit_code == 1 and "--root" in result.output
+    result = _invoke(path, "--root", moved, "--out", tmp_path / "o", *FAST)
+    assert result.exit_code == 1 and "bus have no positive" in result.output  # found again
+
+
+def test_caltech_splits_file_repeats_a_run(tmp_path):
+    data = make_caltech(tmp_path / "data", "256", per_class=9)
+    x = class_descriptors(data.labels["all"], dim=24, scales=3, noise=0.4)
+    path = write_feature_cache(tmp_path / "cal.h5", dataset="caltech256", root=data.root,
+                               ids=data.ids["all"], descriptors=x, arch="vgg19")
+    first = _invoke(path, "--out", tmp_path / "a", "--train-per-class", "6", "--seed", "3", *FAST)
+    assert first.exit_code == 0, first.output
+    assert "mean class recall" in first.output and "paper (Net-E) 85.1 +- 0.3" in first.output
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["settings"]["aggregate"] == "stack"  # Caltech's default
+    again = _invoke(path, "--out", tmp_path / "b", "--splits-file", tmp_path / "a" / "splits.csv",
+                    *FAST)
+    assert again.exit_code == 0, again.output
+    results = [(tmp_path / run / "results.csv").read_text() for run in ("a", "b")]
+    assert results[0] == results[1]
+
+
+def test_bad_options_are_refused(voc, tmp_path):
+    _, _, _, d, _ = voc
+    assert _invoke(d, "--C", "0,1").exit_code == 2
+    assert _invoke(d, "--cv", "1").exit_code == 2
+    result = _invoke(tmp_path / "nope.h5")
+    assert result.exit_code == 1 and "nope.h5" in result.output
+    assert "vggfeat extract" in result.output
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f["x"] = [1]
+    result = _invoke(tmp_path / "plain.h5")
+    assert result.exit_code == 1 and "not a vggfeat feature cache" in result.output
