@@ -32,8 +32,8 @@ def images(tmp_path_factory):
             for k, (h, w) in enumerate(shapes)]
 
 
-def run(model, items, **options):
-    config = DescriptorConfig.from_model(model, SCALES)
+def run(model, items, precision="fp32", **options):
+    config = DescriptorConfig.from_model(model, SCALES, precision=precision)
     engine = Engine(model, config, device="cpu", **options)
     return {r.index: r for r in engine.run(items)}
 
@@ -124,6 +124,16 @@ def test_out_of_memory_halves_the_batch(tiny, images):
     for index, result in expected.items():
         np.testing.assert_allclose(results[index].descriptor, result.descriptor, rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_bf16_autocast_is_close_to_fp32(tiny, images):
+    items = list(enumerate(images[:3]))
+    fp32, bf16 = run(tiny, items), run(tiny, items, precision="bf16")
+    for index, result in fp32.items():
+        assert bf16[index].descriptor.dtype == np.float32  # pooled and stored in fp32
+        scale = np.abs(result.descriptor).max()
+        np.testing.assert_allclose(bf16[index].descriptor, result.descriptor, atol=0.05 * scale)
+        assert not np.array_equal(bf16[index].descriptor, result.descriptor)
 
 
 def test_device_auto_on_this_machine():

@@ -101,7 +101,10 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         model = load_backbone(self.weights, self.arch)
         self.config_ = DescriptorConfig.from_model(model, self.scales, layer=self.layer,
                                                    flip=self.flip)
-        self.model_ = model
+        # Built once per fit (the CPU fast path traces the net); not pickled (see below).
+        self._engine = Engine(model, self.config_, batch_size=self.batch_size,
+                              workers=self.workers, device=self.device)
+        self.model_ = self._engine.model
         dim = model.feature_dim(self.layer)
         self._n_features_out = dim * (len(self.config_.scales) if self.aggregate == "stack" else 1)
         return self
@@ -124,9 +127,9 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """
         check_is_fitted(self, "model_")
         images = self._images(X, reset=False)
-        engine = Engine(self.model_, self.config_, batch_size=self.batch_size,
-                        workers=self.workers, device=self.device)
-        self.model_ = engine.model
+        engine = getattr(self, "_engine", None) or Engine(
+            self.model_, self.config_, batch_size=self.batch_size, workers=self.workers,
+            device=self.device)
         descriptors = np.empty((len(images), len(self.config_.scales), self._dim()), np.float32)
         for result in engine.run(list(enumerate(images))):
             if result.error is not None:
@@ -160,6 +163,12 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if len(X) == 0:
             raise ValueError("X holds no images (0 samples); at least 1 is required")
         return [_array_image(x) if isinstance(x, np.ndarray) else x for x in X]
+
+    def __getstate__(self):
+        # The engine holds a TorchScript trace, which does not pickle; transform rebuilds it.
+        state = super().__getstate__()
+        state.pop("_engine", None)
+        return state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
