@@ -21,13 +21,17 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory):
-    """A narrow VGG-A trained 7 epochs on 4 classes x 64 generated JPEGs (about 8 s)."""
+    """A narrow VGG-A trained 6 epochs on 4 classes x 64 generated JPEGs (about 10 s).
+
+    Batch 8 at lr 0.003: over seeds 0-5 the final val top-1 error was 0-25% (chance 75%);
+    larger steps make this net without batch norm spike now and then.
+    """
     root = make_image_folder(tmp_path_factory.mktemp("shapes"), n_train=64, n_val=12)
     out = tmp_path_factory.mktemp("runs") / "A"
     with torch_threads(1):
         result = run_cli(["train-backbone", "--data", root, "--out", out, *TINY_OPTIONS,
-                          "--epochs", "7", "--batch-size", "16", "--lr", "0.005",
-                          "--lr-patience", "2", "--seed", "3"])
+                          "--epochs", "6", "--batch-size", "8", "--lr", "0.003",
+                          "--lr-patience", "2", "--seed", "0"])
     assert result.exit_code == 0, result.output
     return root, out
 
@@ -35,7 +39,7 @@ def learned_run(tmp_path_factory):
 def test_narrow_vgg_a_learns_well_above_chance(learned_run):
     _, out = learned_run
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == list(range(1, 8))
+    assert [r["epoch"] for r in log] == list(range(1, 7))
     for key in ("train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "lr",
                 "images_per_s", "train_time_s"):
         assert all(math.isfinite(r[key]) for r in log), key
@@ -111,13 +115,13 @@ def test_init_from_with_another_width_is_a_clear_error(tmp_path):
 def test_finetune_from_starts_from_the_trained_net(learned_run, tmp_path):
     root, out = learned_run
     result = run_cli(["train-backbone", "--data", root, "--out", tmp_path / "ft", *TINY_OPTIONS,
-                      "--epochs", "0", "--batch-size", "16", "--finetune-from", out])
+                      "--epochs", "0", "--batch-size", "8", "--finetune-from", out])
     assert result.exit_code == 0, result.output
     trained = load_backbone(out / "backbone.pth").state_dict()
     start = load_backbone(tmp_path / "ft" / "backbone.pth").state_dict()
     assert all(torch.equal(trained[k], start[k]) for k in trained)
     result = run_cli(["train-backbone", "--data", root, "--out", tmp_path / "ft2", *TINY_OPTIONS,
-                      "--arch", "B", "--epochs", "0", "--batch-size", "16",
+                      "--arch", "B", "--epochs", "0", "--batch-size", "8",
                       "--finetune-from", out])
     assert result.exit_code == 1 and "another configuration" in result.output
 
