@@ -70,9 +70,11 @@ def open_rgb(path: str | os.PathLike, box: tuple[int, int, int, int] | None = No
         raise BadImageError(path, "not an image (no decoder recognises its format)") from None
     except Image.DecompressionBombError as error:
         raise BadImageError(path, f"decompression bomb: {error}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
+    except Exception as error:  # decoders of malformed files raise anything
+        # (OSError, SyntaxError, struct.error, IndexError, ...): one bad file, not a crash.
         kind = "truncated" if "truncated" in str(error).lower() else "corrupt"
-        raise BadImageError(path, f"{kind} image data ({error})") from None
+        raise BadImageError(path, f"{kind} image data ({type(error).__name__}: {error})") \
+            from None
     return crop(rgb, box, path) if box is not None else rgb
 
 
