@@ -47,6 +47,7 @@ def test_batch_size_worker_and_order_invariance(tiny, images):
         run(tiny, items[::-1], batch_size=3),
         run(tiny, items, batch_size=32, max_pixels=64 * 86 * 2),  # about one image a batch
         run(tiny, items, channels_last=True, fast_cpu=False),  # eager model.dense
+        run(tiny, items, workers=1, resize_on_device=True),  # what CUDA does by default
     ]
     for results in variants:
         assert sorted(results) == sorted(base)

@@ -9,7 +9,9 @@ Why it is built this way:
 - Memory is bounded by a pixel budget per batch (image and flip counted), by a cap on the
   pixels waiting in partly filled batches, and on CUDA by halving a batch that runs out of
   memory (the budget stays halved for the rest of the run).
-- Decoding and rescaling run in DataLoader workers (``workers`` > 0) while the net runs.
+- Decoding (and, except on CUDA, rescaling) runs in DataLoader workers (``workers`` > 0)
+  while the net runs; on CUDA the decoded image is moved once and rescaled on the GPU.
+- On the CPU in fp32 the net runs through `vggfeat.features.cpu.CpuDense` (same numbers).
 """
 from __future__ import annotations
 
@@ -77,11 +79,15 @@ def load_image(source) -> torch.Tensor:
 
 
 class ScaledImages(Dataset):
-    """Item k: (index, [one (3, h, w) tensor per scale]) or (index, reason) for a bad image."""
+    """Item k: (index, [one (3, h, w) tensor per scale]) or (index, reason) for a bad image.
 
-    def __init__(self, items: Sequence[tuple[int, object]], scales: Sequence[int]):
+    With ``scales=None`` the list holds the decoded image itself (the engine rescales it on
+    the device: a third of the bytes to move at VOC's three scales, and GPU arithmetic).
+    """
+
+    def __init__(self, items: Sequence[tuple[int, object]], scales: Sequence[int] | None):
         self.items = items
-        self.scales = tuple(scales)
+        self.scales = None if scales is None else tuple(scales)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -92,6 +98,8 @@ class ScaledImages(Dataset):
             image = load_image(source)
         except BadImageError as error:
             return index, error.reason
+        if self.scales is None:
+            return index, [image]
         return index, [rescale(image, q).contiguous() for q in self.scales]
 
 
@@ -156,17 +164,20 @@ class Engine:
         channels_last: None picks it where faster (CUDA).
         fast_cpu: use `vggfeat.features.cpu.CpuDense` (same numbers, faster) for fp32 on the
             CPU; None means yes.
+        resize_on_device: rescale on `device` instead of in the loader; None: on CUDA.
     """
 
     def __init__(self, model, config: DescriptorConfig, *, batch_size: int = DEFAULT_BATCH_SIZE,
                  max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 0,
                  device: str | torch.device = "auto", channels_last: bool | None = None,
-                 fast_cpu: bool | None = None):
+                 fast_cpu: bool | None = None, resize_on_device: bool | None = None):
         if batch_size < 1 or max_pixels < 1 or workers < 0:
             raise ValueError("batch_size and max_pixels must be >= 1 and workers >= 0")
         self.device = resolve_device(device)
         self.model = prepare_model(model, self.device, channels_last)
         self.config = config
+        self.resize_on_device = (self.device.type == "cuda" if resize_on_device is None
+                                 else resize_on_device)
         self.dense = self.model.dense
         if self.device.type == "cpu" and config.precision == "fp32" and fast_cpu is not False:
             self.dense = fast_dense(self.model)
@@ -180,16 +191,23 @@ class Engine:
         batcher = ShapeBatcher(self.batch_size, self.max_pixels, 2 if self.config.flip else 1)
         self._batcher = batcher
         partial: dict[int, list] = {}
-        for index, images in self._load(items, scales):
+        for index, images in self._load(items, None if self.resize_on_device else scales):
             if isinstance(images, str):
                 yield Result(index, error=images)
                 continue
+            if self.resize_on_device:
+                images = self._rescale(images[0], scales)
             partial[index] = [None] * len(scales)
             for slot, image in enumerate(images):
                 for batch in batcher.add(index, slot, image):
                     yield from self._complete(batch, partial)
         for batch in batcher.flush():
             yield from self._complete(batch, partial)
+
+    @torch.inference_mode()
+    def _rescale(self, image: torch.Tensor, scales) -> list[torch.Tensor]:
+        image = image.to(self.device, non_blocking=True)
+        return [rescale(image, q).contiguous() for q in scales]
 
     @torch.inference_mode()
     def describe_batch(self, images: torch.Tensor) -> torch.Tensor:
