@@ -1,0 +1,345 @@
+"""The paper's transfer result in miniature, on real data, on the CPU, in minutes.
+
+    python -m vggfeat.demo --out demo_out [--quick] [--seed 0]
+
+The story of the paper's Appendix B, scaled down to scikit-learn's handwritten digits:
+
+1. ``vggfeat datasets make-digits``: the 1,797 UCI digits as image files; digits 0-4 for
+   the backbone (train/val), digits 5-9 for transfer.
+2. ``vggfeat train-backbone``: a narrow VGG-A (width 0.125, 32-pixel crops, Glorot init) on
+   digits 0-4 only. The same command with ``--epochs 0`` saves the same net untrained
+   (its initial weights, same seed): the random-backbone control.
+3. ``vggfeat extract``: multi-scale fc7 descriptors of digits 5-9, which the backbone never
+   saw, with each backbone.
+4. ``vggfeat svm-eval``: linear SVMs with a Caltech-style protocol (a fixed number of
+   training images per class, 3 seeded splits, mean class recall +- std) on each.
+5. Raw pixels through the same SVM protocol (the library, in-process).
+6. One table (printed, ``results.csv``, ``results.md``) and a plot (``results.png``).
+
+Every CLI step is printed as ``$ vggfeat ...`` and run as a subprocess of this Python, so
+any line can be copied onto one's own data. Rerunning with the same options into the same
+folder reuses the finished steps (a different configuration is refused, never mixed).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo; `QUICK` is the test suite's reduced version."""
+
+    size: int = 32                        # written image side; also the training crop
+    per_class: int | None = None          # images per digit (None: all, about 180)
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 0.02
+    scale_jitter: tuple[int, int] = (32, 40)   # training S range: random crops and scales
+    scales: tuple[int, ...] = (32, 48, 64)     # extraction Q values, stacked (Caltech)
+    train_per_class: int = 30             # Caltech-101's protocol: 30 training images
+    test_per_class: int = 50              # ... and up to 50 test images per class
+    splits: int = 3
+    seed: int = 0
+
+
+FULL = DemoConfig()
+QUICK = replace(FULL, per_class=100, epochs=10, train_per_class=15, test_per_class=50)
+
+RESULTS_CSV, RESULTS_MD, RESULTS_PNG = "results.csv", "results.md", "results.png"
+STATE = "demo.json"  # the configuration a folder was made with
+
+
+class DemoError(RuntimeError):
+    """A step failed or the output folder holds another demo; the message says what to do."""
+
+
+def command_line(args: list[str]) -> str:
+    """How a user types a step: `vggfeat ...`, arguments shell-quoted."""
+    return "vggfeat " + " ".join(shlex.quote(str(a)) for a in args)
+
+
+def run_step(args: list[str], *, echo, quiet: bool) -> None:
+    """Print a step as `$ vggfeat ...` and run it with this interpreter (sys.executable)."""
+    echo(f"$ {command_line(args)}")
+    stdout = subprocess.DEVNULL if quiet else None
+    stderr = subprocess.PIPE if quiet else None
+    done = subprocess.run([sys.executable, "-m", "vggfeat", *map(str, args)], stdout=stdout,
+                          stderr=stderr, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or "")[-2000:] if quiet else "(see the messages above)"
+        raise DemoError(f"step failed with exit status {done.returncode}: "
+                        f"{command_line(args)}\n{tail}")
+
+
+# -- the steps -------------------------------------------------------------------------
+
+
+def make_digits_step(cfg: DemoConfig, out: Path, **kw) -> Path:
+    digits = out / "digits"
+    if not (digits / "digits.json").is_file():
+        args = ["datasets", "make-digits", digits, "--size", cfg.size, "--seed", cfg.seed]
+        if cfg.per_class:
+            args += ["--per-class", cfg.per_class]
+        run_step(args, **kw)
+    return digits
+
+
+def train_step(cfg: DemoConfig, data: Path, run_dir: Path, epochs: int, **kw) -> Path:
+    """train-backbone into run_dir (resumed if interrupted); returns the backbone file."""
+    backbone = run_dir / "backbone.pth"
+    if backbone.is_file():
+        return backbone
+    args = ["train-backbone", "--data", data, "--out", run_dir, "--arch", "A",
+            "--width", 0.125, "--crop-size", cfg.size,
+            "--scale-jitter", *cfg.scale_jitter, "--val-scale", cfg.size,
+            "--init", "xavier", "--epochs", epochs, "--batch-size", cfg.batch_size,
+            "--lr", cfg.lr, "--color-shift", 0, "--workers", 0, "--device", "cpu",
+            "--seed", cfg.seed]
+    if (run_dir / "checkpoint.pth").is_file():
+        args.append("--resume")
+    run_step(args + (["--quiet"] if kw["quiet"] else []), **kw)
+    return backbone
+
+
+def extract_step(cfg: DemoConfig, root: Path, weights: Path, cache: Path, **kw) -> Path:
+    """extract fc7 descriptors of the transfer digits (resumes by itself)."""
+    if not cache.is_file():
+        args = ["extract", "--dataset", "folder", "--root", root, "--weights", weights,
+                "--scales", ",".join(map(str, cfg.scales)), "--layer", "fc7",
+                "--device", "cpu", "--batch-size", 64, "--out", cache]
+        run_step(args + (["--quiet"] if kw["quiet"] else []), **kw)
+    return cache
+
+
+def splits_step(cfg: DemoConfig, root: Path, out: Path, *, echo) -> Path:
+    """The Caltech-style splits of the transfer digits, drawn once and shared by every row.
+
+    `vggfeat.evaluation.protocols.draw_splits`: per class, seeded, `train_per_class` to
+    train and up to `test_per_class` to test; written as splits.csv for svm-eval.
+    """
+    from vggfeat.data.readers import open_dataset
+    from vggfeat.evaluation.protocols import draw_splits, write_splits
+
+    path = out / "splits.csv"
+    if not path.is_file():
+        labels = open_dataset("folder", root).labels()
+        splits = draw_splits(labels, cfg.train_per_class, cfg.test_per_class, cfg.splits,
+                             cfg.seed)
+        write_splits(path, splits, labels)
+        echo(f"# {cfg.splits} seeded splits, {cfg.train_per_class} train / up to "
+             f"{cfg.test_per_class} test images per class: {path}")
+    return path
+
+
+def pixel_vectors(root: Path) -> tuple[list[str], np.ndarray]:
+    """Each transfer image as its grayscale pixels, L2-normalised like the descriptors."""
+    from vggfeat.data.images import open_rgb
+    from vggfeat.data.readers import open_dataset
+
+    samples = open_dataset("folder", root).images()
+    X = np.stack([np.asarray(open_rgb(s.path).convert("L"), dtype=np.float64).ravel()
+                  for s in samples])
+    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    return [s.id for s in samples], X.astype(np.float32)
+
+
+def svm_eval_step(cfg: DemoConfig, cache: Path, splits: Path, out: Path, **kw) -> dict:
+    """svm-eval with the shared splits; returns its summary.json."""
+    summary = out / "summary.json"
+    if not summary.is_file():
+        args = ["svm-eval", cache, "--aggregate", "stack", "--splits-file", splits,
+                "--seed", cfg.seed, "--out", out]
+        run_step(args + (["--quiet"] if kw["quiet"] else []), **kw)
+    return json.loads(summary.read_text())
+
+
+def pixels_step(cfg: DemoConfig, root: Path, splits: Path, out: Path, *, echo) -> dict:
+    """Raw pixels through the same protocol and splits, in-process (the library's
+    `run_protocol`, as svm-eval calls it); writes the same report files as svm-eval."""
+    from vggfeat.data.readers import open_dataset
+    from vggfeat.evaluation.inputs import Features
+    from vggfeat.evaluation.protocols import Settings, run_protocol
+    from vggfeat.evaluation.report import write_report
+
+    summary = out / "summary.json"
+    if not summary.is_file():
+        echo("# raw pixels: vggfeat.evaluation.protocols.run_protocol(reader, pixels, "
+             f"Settings(splits_file={str(splits)!r}))")
+        ids, X = pixel_vectors(root)
+        settings = Settings(splits_file=splits, seed=cfg.seed)
+        result = run_protocol(open_dataset("folder", root), Features(ids, X, [root]), settings,
+                              out)
+        write_report(result, out, asdict(settings),
+                     [{"path": str(root), "arch": "pixels", "layer": f"{X.shape[1]} pixels"}])
+    return json.loads(summary.read_text())
+
+
+# -- the comparison --------------------------------------------------------------------
+
+
+def descriptor_dim(cache: Path) -> int:
+    import h5py
+
+    with h5py.File(cache, "r") as f:
+        _, n_scales, dim = f["descriptors"].shape
+    return int(n_scales * dim)
+
+
+def table_rows(cfg: DemoConfig, summaries: dict[str, dict], dims: dict[str, int]) -> list[dict]:
+    """One row per method: mean class recall +- std over the splits, in percent."""
+    scales = ",".join(map(str, cfg.scales))
+    what = {
+        "trained": ("VGG-A trained on digits 0-4", f"fc7, Q={scales} stacked"),
+        "random": ("VGG-A, same init, untrained", f"fc7, Q={scales} stacked"),
+        "pixels": ("none (raw pixels)", f"{cfg.size}x{cfg.size} grayscale"),
+    }
+    rows = []
+    for key, summary in summaries.items():
+        head = summary["headline"]
+        backbone, descriptor = what[key]
+        rows.append({
+            "method": key, "backbone": backbone, "descriptor": descriptor, "dim": dims[key],
+            "mean_class_recall": round(100 * head["mean_class_recall"], 2),
+            "std": round(100 * head["mean_class_recall_std"], 2),
+            "per_split": " ".join(f"{100 * r:.1f}" for r in head["mean_class_recall_per_split"]),
+        })
+    return rows
+
+
+def format_markdown(rows: list[dict], cfg: DemoConfig) -> str:
+    lines = [f"Digits 5-9 (never seen by the backbone), {cfg.train_per_class} training images "
+             f"per class, {cfg.splits} seeded splits (seed {cfg.seed}); linear SVMs, "
+             "mean class recall (%)", "",
+             "| backbone | descriptor | dim | mean class recall | per split |",
+             "|---|---|---:|---:|---|"]
+    lines += [f"| {r['backbone']} | {r['descriptor']} | {r['dim']} | "
+              f"{r['mean_class_recall']:.1f} +- {r['std']:.1f} | {r['per_split']} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[dict], cfg: DemoConfig, out: Path) -> str:
+    with (out / RESULTS_CSV).open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    text = format_markdown(rows, cfg)
+    (out / RESULTS_MD).write_text(text)
+    return text
+
+
+def plot(rows: list[dict], summaries: dict[str, dict], cfg: DemoConfig, path: Path) -> Path:
+    """Bars: mean class recall +- std; dots: the individual splits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    x = np.arange(len(rows))
+    means = [r["mean_class_recall"] for r in rows]
+    ax.bar(x, means, yerr=[r["std"] for r in rows], capsize=6,
+           color=["#2a6f97", "#a9a9a9", "#e09f3e"][: len(rows)])
+    for k, row in enumerate(rows):
+        per = [100 * v for v in summaries[row["method"]]["headline"]["mean_class_recall_per_split"]]
+        ax.plot(np.full(len(per), k), per, "k.", alpha=0.6)
+        ax.text(k, means[k] + row["std"] + 1, f"{means[k]:.1f}", ha="center")
+    ax.set_xticks(x, [r["backbone"].replace(" trained on", "\ntrained on")
+                      .replace(", same", ",\nsame") for r in rows], fontsize=8)
+    low = min(min(means) - 15, 50)
+    ax.set_ylim(max(0, low), 100)
+    ax.set_ylabel("mean class recall (%)")
+    ax.set_title(f"Transfer to unseen digits 5-9 ({cfg.train_per_class} train/class, "
+                 f"{cfg.splits} splits)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# -- the whole run ---------------------------------------------------------------------
+
+
+def check_state(cfg: DemoConfig, out: Path) -> None:
+    """Refuse an output folder holding a demo made with another configuration."""
+    state = out / STATE
+    wanted = json.loads(json.dumps(asdict(cfg)))
+    if state.is_file():
+        found = json.loads(state.read_text())
+        if found != wanted:
+            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+            raise DemoError(f"{out} holds a demo made with other settings ({', '.join(diff)}); "
+                            "choose another --out or delete that folder")
+    elif out.exists() and any(out.iterdir()):
+        raise DemoError(f"{out} is not empty and holds no demo ({state} missing); "
+                        "choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps(wanted, indent=1) + "\n")
+
+
+def run_demo(out, cfg: DemoConfig = FULL, *, quiet: bool = False, echo=print) -> list[dict]:
+    """Run every step into `out`; returns the table rows (also written to `out`)."""
+    out = Path(out).expanduser().resolve()
+    check_state(cfg, out)
+    kw = {"echo": echo, "quiet": quiet}
+    digits = make_digits_step(cfg, out, **kw)
+    transfer = digits / "transfer"
+    runs = {"trained": train_step(cfg, digits / "backbone", out / "runs" / "trained",
+                                  cfg.epochs, **kw),
+            # --epochs 0 saves the initial net: the same seed gives the trained net's start.
+            "random": train_step(cfg, digits / "backbone", out / "runs" / "random", 0, **kw)}
+    splits = splits_step(cfg, transfer, out, echo=echo)
+    summaries, dims = {}, {}
+    for name, weights in runs.items():
+        cache = extract_step(cfg, transfer, weights, out / "features" / f"{name}-fc7.h5", **kw)
+        summaries[name] = svm_eval_step(cfg, cache, splits, out / "svm" / name, **kw)
+        dims[name] = descriptor_dim(cache)
+    summaries["pixels"] = pixels_step(cfg, transfer, splits, out / "svm" / "pixels", echo=echo)
+    dims["pixels"] = cfg.size * cfg.size
+    rows = table_rows(cfg, summaries, dims)
+    echo("")
+    echo(write_table(rows, cfg, out))
+    plot(rows, summaries, cfg, out / RESULTS_PNG)
+    echo(f"table: {out / RESULTS_MD}, {out / RESULTS_CSV}; plot: {out / RESULTS_PNG}")
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m vggfeat.demo",
+        description="The VGG paper's transfer result in miniature, on scikit-learn's digits.",
+        epilog="Example: python -m vggfeat.demo --out demo_out")
+    parser.add_argument("--out", type=Path, default=Path("demo_out"),
+                        help="output folder (default: demo_out); rerunning resumes")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer images and epochs (the test suite's size)")
+    parser.add_argument("--seed", type=int, default=0, help="decides everything (default 0)")
+    parser.add_argument("--quiet", action="store_true", help="only the commands and the table")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = replace(QUICK if args.quick else FULL, seed=args.seed)
+    start = time.perf_counter()
+    try:
+        run_demo(args.out, cfg, quiet=args.quiet)
+    except DemoError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
