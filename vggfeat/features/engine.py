@@ -184,6 +184,7 @@ class Engine:
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.workers = workers
+        self._batcher: ShapeBatcher | None = None  # the running batcher (OOM shrinks it)
 
     def run(self, items: Sequence[tuple[int, object]]) -> Iterator[Result]:
         """Yield one `Result` per (index, source) item, in completion order."""
@@ -222,7 +223,7 @@ class Engine:
             half = images.shape[0] // 2
             pixels = images.shape[-1] * images.shape[-2] * (2 if self.config.flip else 1)
             self.max_pixels = max(pixels, half * pixels)
-            if getattr(self, "_batcher", None) is not None:
+            if self._batcher is not None:
                 self._batcher.max_pixels = self.max_pixels
             return torch.cat([self.describe_batch(images[:half]),
                               self.describe_batch(images[half:])])
