@@ -35,8 +35,9 @@ def test_sklearn_compatible(estimator, check):
 
 
 @pytest.mark.parametrize("C", [0.01, 1.0, 100.0])
-def test_torch_solver_reaches_liblinear_optimum(C):
-    X, y = _descriptors(n_classes=5, per_class=30)
+@pytest.mark.parametrize("dim", [96, 400], ids=["tall", "wide"])  # wide: row-space solve
+def test_torch_solver_reaches_liblinear_optimum(C, dim):
+    X, y = _descriptors(n_classes=5, per_class=30 if dim < 100 else 12, dim=dim)
     Y = np.where(y[:, None] == np.arange(5), 1, -1)
     W, b, _ = solve_squared_hinge_torch(X, Y, np.full(5, C), tol=1e-6, dtype=torch.float64)
     W_ref, b_ref, _ = solve_squared_hinge_liblinear(X, Y, np.full(5, C), tol=1e-8,
