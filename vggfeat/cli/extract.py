@@ -111,7 +111,7 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
             log=lambda message: click.echo(message, err=True))
     except (WeightsError, CacheError, ValueError) as error:
         raise click.ClickException(str(error)) from None
-    from vggfeat.features import distributed
+    from vggfeat import distributed
 
     if distributed.rank() == 0:
         for line in summary.lines():

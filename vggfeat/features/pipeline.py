@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vggfeat.features import cache, distributed
+from vggfeat import distributed
+from vggfeat.features import cache
 from vggfeat.features.descriptor import DescriptorConfig
 from vggfeat.features.engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, Engine, resolve_device
 

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from vggfeat import distributed as D
 from vggfeat.models import build_backbone, canonical_arch, load_backbone, normalize, save_backbone
-from vggfeat.training import distributed as D
 from vggfeat.training.augment import TrainTransform, ValTransform, apply_on_device
 from vggfeat.training.checkpoint import (
     CHECKPOINT_NAME,
@@ -435,15 +435,15 @@ def train(resume: bool = False, force_resume: bool = False, **options) -> dict:
         TrainingError, TrainingDataError, CheckpointError: problems the user can fix.
     """
     cfg = make_config(**options)
-    device = D.init_distributed(cfg["device"])
+    device = D.init(cfg["device"])
     try:
         return _train(cfg, device, resume, force_resume)
     finally:
-        D.cleanup()
+        D.shutdown()
 
 
 def _train(cfg, device, resume, force_resume):
-    rank, world = D.get_rank(), D.get_world_size()
+    rank, world = D.rank(), D.world_size()
     run_dir = Path(cfg["out"])
     loader, val = build_data(cfg, rank, world, pin_memory=device.type == "cuda")
     state = start_or_resume(cfg, run_dir, resume, force_resume)
