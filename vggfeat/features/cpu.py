@@ -1,27 +1,24 @@
 """A faster `model.dense` for fp32 on the CPU; the same numbers (tested against float64).
 
-Two costs dominate eager dense evaluation on the CPU besides the convolutions' arithmetic:
+Besides the convolutions' arithmetic, eager dense evaluation on the CPU pays for layouts:
 
 - Every eager oneDNN convolution reorders its input and weights into oneDNN's blocked
   layout and back. A frozen TorchScript trace of the trunk (``optimize_for_inference``)
   keeps activations blocked from conv1 to pool5, with the weights packed once.
-- fc6 as a 7x7 convolution repacks its 411 MB weight on every call. fc6 is a plain matrix
-  product over the k x k windows of pool5 (``unfold``), which reads the weight as it is;
-  fc7 is a matrix product per position.
+- The head (fc6, fc7) is `model.forward_head`: matrix products over pool5's windows.
 
-Measured on the project's 2-core CPU, VGG16 at Q=256, a batch of 2: the trunk about 1.2x,
-fc6 2.5x faster than eager. `fast_dense` falls back to ``model.dense`` when tracing fails.
+Measured on the project's 2-core CPU, VGG16 at Q=256, a batch of 2: the trunk about 1.2x
+faster than eager. `fast_dense` falls back to ``model.dense`` when tracing fails.
 """
 from __future__ import annotations
 
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 
 class CpuDense:
-    """Callable ``(x, layer) -> map`` equal to ``model.dense(x, layer)`` for layers up to fc7.
+    """Callable ``(x, layer) -> map`` equal to ``model.dense(x, layer)``.
 
     Args:
         model: a backbone in eval mode on the CPU (its weights are shared, not copied,
@@ -34,27 +31,11 @@ class CpuDense:
             warnings.simplefilter("ignore")  # TorchScript's deprecation notices
             traced = torch.jit.trace(model.features.eval(), example, check_trace=False)
             self.trunk = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-        fc6, fc7 = model.fc_layers()[:2]
-        self.kernel = model.kernel
-        self.fc6, self.fc7 = fc6, fc7
+        self.model = model
 
     def __call__(self, x: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
         pool5 = self.trunk(x.contiguous())
-        if layer == "pool5":
-            return pool5
-        n, _, h, w = pool5.shape
-        k = self.kernel
-        if h < k or w < k:
-            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than the {k * 32}-pixel "
-                             "crop this net was built for")
-        # (n, C*k*k, L) windows in (channel, row, column) order: fc6's flatten order.
-        windows = F.unfold(pool5, k).transpose(1, 2).reshape(-1, self.fc6.in_features)
-        y = torch.relu_(torch.addmm(self.fc6.bias, windows, self.fc6.weight.t()))
-        if layer == "fc7":
-            y = torch.relu_(torch.addmm(self.fc7.bias, y, self.fc7.weight.t()))
-        elif layer != "fc6":
-            raise ValueError(f"layer must be pool5, fc6 or fc7, got {layer!r}")
-        return y.view(n, h - k + 1, w - k + 1, -1).permute(0, 3, 1, 2)
+        return pool5 if layer == "pool5" else self.model.forward_head(pool5, layer)
 
 
 def fast_dense(model):

@@ -116,24 +116,27 @@ class VGG(nn.Module):
         return self.features(x)
 
     def forward_head(self, pool5: torch.Tensor, layer: str = "fc8") -> torch.Tensor:
-        """Apply fc6..`layer` as convolutions; returns (N, C, h, w) maps.
+        """Apply fc6..`layer` at every k x k window of pool5; returns (N, C, h, w) maps.
 
-        A pool5 map of exactly k x k takes the flatten + linear path, which is the same
-        computation (a k x k valid conv over a k x k input) but faster.
+        fc6 is a k x k convolution and fc7/fc8 are 1x1 convolutions, computed as matrix
+        products over pool5's windows (`unfold`, in fc6's (channel, row, column) flatten
+        order). That reads the Linear weights as they are, where a convolution would
+        repack fc6's 411 MB weight on every call; at exactly k x k it is the Linear head.
         """
         fc6, relu6, drop6, fc7, relu7, drop7, fc8 = self.classifier
-        if pool5.shape[-2:] == (self.kernel, self.kernel):
-            x = fc6(pool5.flatten(1))[:, :, None, None]
-        else:
-            weight = fc6.weight.view(fc6.out_features, -1, self.kernel, self.kernel)
-            x = F.conv2d(pool5, weight, fc6.bias)
-        x = drop6(relu6(x))
-        if layer == "fc6":
-            return x
-        x = drop7(relu7(_linear_1x1(x, fc7)))
-        if layer == "fc7":
-            return x
-        return _linear_1x1(x, fc8)
+        n, _, h, w = pool5.shape
+        k = self.kernel
+        if h < k or w < k:
+            raise ValueError(f"input of {h * TOTAL_STRIDE}x{w * TOTAL_STRIDE} pixels or less is "
+                             f"smaller than the {k * TOTAL_STRIDE}-pixel crop this net was "
+                             "built for; rescale it to at least the crop size")
+        windows = F.unfold(pool5, k).transpose(1, 2).reshape(-1, fc6.in_features)
+        x = drop6(relu6(fc6(windows)))
+        if layer != "fc6":
+            x = drop7(relu7(fc7(x)))
+        if layer == "fc8":
+            x = fc8(x)
+        return x.view(n, h - k + 1, w - k + 1, -1).permute(0, 3, 1, 2)
 
     def dense(self, x: torch.Tensor, layer: str = "fc8") -> torch.Tensor:
         """Maps of `layer` over whole images: (N, C, floor(H/32) - k + 1, floor(W/32) - k + 1).
@@ -145,12 +148,7 @@ class VGG(nn.Module):
         if layer not in DENSE_LAYERS:
             raise ValueError(f"layer must be one of {DENSE_LAYERS}, got {layer!r}")
         pool5 = self.forward_features(x)
-        if layer == "pool5":
-            return pool5
-        if min(pool5.shape[-2:]) < self.kernel:
-            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than the "
-                             f"{self.kernel * TOTAL_STRIDE}-pixel crop this net was built for")
-        return self.forward_head(pool5, layer)
+        return pool5 if layer == "pool5" else self.forward_head(pool5, layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes); for inputs larger than a crop, the spatial mean."""
@@ -172,13 +170,6 @@ class VGG(nn.Module):
         dims = {"pool5": self.conv_layers()[-1].out_channels, "fc6": fc6.out_features,
                 "fc7": fc7.out_features, "fc8": fc8.out_features}
         return dims[layer]
-
-
-def _linear_1x1(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """A Linear layer applied at every position of an (N, C, h, w) map (a 1x1 conv)."""
-    if x.shape[-2:] == (1, 1):
-        return linear(x.flatten(1))[:, :, None, None]
-    return F.conv2d(x, linear.weight[:, :, None, None], linear.bias)
 
 
 def init_weights(model: VGG, init: str = "normal", std: float = 0.01) -> None:
