@@ -117,7 +117,7 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
                 t[..., todo] for t in (active, Wa, Za, Ya, Ca, A, G, gnorm)
             )
             # Forcing term: loose early, tight near the optimum (superlinear convergence).
-            eta = torch.clamp(torch.sqrt(gnorm / g0[active]), max=0.1)
+            eta = torch.clamp(torch.sqrt(gnorm / g0[active]), min=0.01, max=0.1)
             # CG would end in d + 1 steps in exact arithmetic; allow float32 some slack.
             cg_steps = min(max_cg, 2 * Xa.shape[1])
             D, XD = _conjugate_gradient(Xa, A, Ca, -G, eta * gnorm, cg_steps)
@@ -295,6 +295,9 @@ def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
     best : ndarray of shape (n_classes,)
         Index into ``C_grid`` of the best C (the smallest among ties; the middle of the
         grid when no fold could score the class).
+    warm : ndarray of shape (n_classes, n_features + 1)
+        Each class's weights and bias at its best C in the last fold: a starting point
+        for the refit on all training data.
     """
     n_classes, n_C = Y.shape[1], len(C_grid)
     totals = np.zeros((n_classes, n_C))
@@ -312,7 +315,8 @@ def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
     best = np.where(
         counts[:, 0] > 0, np.argmax(np.nan_to_num(mean, nan=-1.0), axis=1), n_C // 2
     )
-    return mean, best
+    warm = np.stack([np.append(path[p][0][k], path[p][1][k]) for k, p in enumerate(best)])
+    return mean, best, warm
 
 
 # --------------------------------------------------------------------------------------
@@ -450,16 +454,17 @@ class LinearSVMProbe(ClassifierMixin, BaseEstimator):
                       "device": self.device}
         self.cv_scores_ = None
         chosen = np.zeros(Y.shape[1], dtype=np.int64)
+        warm = None
         n_folds = 0 if len(grid) == 1 else 1 if isinstance(self.cv, float) else int(self.cv)
         with tqdm(total=n_folds * len(grid) + 1, desc="SVMs (fold x C)", file=sys.stderr,
                   disable=not self.verbose, leave=False) as bar:
             if len(grid) > 1:
-                self.cv_scores_, chosen = select_C(
+                self.cv_scores_, chosen, warm = select_C(
                     X, Y, grid, cv=self.cv, strata=strata, random_state=self.random_state,
                     progress=bar.update, **fit_kwargs,
                 )
             self.C_ = np.asarray(grid)[chosen]
-            W, b, self.n_iter_ = fit_svms(X, Y, self.C_, **fit_kwargs)
+            W, b, self.n_iter_ = fit_svms(X, Y, self.C_, W0=warm, **fit_kwargs)
             bar.update()
         self.coef_, self.intercept_ = W, b
         return self
