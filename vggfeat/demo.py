@@ -6,7 +6,7 @@ The story of the paper's Appendix B, scaled down to scikit-learn's handwritten d
 
 1. ``vggfeat datasets make-digits``: the 1,797 UCI digits as image files; digits 0-4 for
    the backbone (train/val), digits 5-9 for transfer.
-2. ``vggfeat train-backbone``: a narrow VGG-A (width 0.125, 32-pixel crops, Glorot init) on
+2. ``vggfeat train-backbone``: a narrow VGG-A (width 0.125, 64-pixel crops, Glorot init) on
    digits 0-4 only. The same command with ``--epochs 0`` saves the same net untrained
    (its initial weights, same seed): the random-backbone control.
 3. ``vggfeat extract``: multi-scale fc7 descriptors of digits 5-9, which the backbone never
@@ -15,6 +15,13 @@ The story of the paper's Appendix B, scaled down to scikit-learn's handwritten d
    training images per class, 3 seeded splits, mean class recall +- std) on each.
 5. Raw pixels through the same SVM protocol (the library, in-process).
 6. One table (printed, ``results.csv``, ``results.md``) and a plot (``results.png``).
+
+What to expect (seed 0, 2-core CPU): the trained backbone's descriptors beat the untrained
+net's by a couple of points on every split, and raw pixels beat both: 8x8 digits are nearly
+linearly separable in pixel space, and five source classes of 721 images teach far less than
+ImageNet's thousand. The gap is small and needs the 64-pixel crop, every image and 12
+epochs: with 32-pixel crops, or 60 images per digit, the untrained net's fc7 wins (a random
+ReLU net is a good kernel for digits, and fc7 trained on five classes specialises to them).
 
 Every CLI step is printed as ``$ vggfeat ...`` and run as a subprocess of this Python, so
 any line can be copied onto one's own data. Rerunning with the same options into the same
@@ -39,22 +46,28 @@ import numpy as np
 class DemoConfig:
     """Sizes of the demo; `QUICK` is the test suite's reduced version."""
 
-    size: int = 32                        # written image side; also the training crop
+    size: int = 64                        # written image side; also the training crop
     per_class: int | None = None          # images per digit (None: all, about 180)
-    epochs: int = 15
+    epochs: int = 12
     batch_size: int = 32
     lr: float = 0.02
-    scale_jitter: tuple[int, int] = (32, 40)   # training S range: random crops and scales
-    scales: tuple[int, ...] = (32, 48, 64)     # extraction Q values, stacked (Caltech)
+    scale_jitter: tuple[int, int] = (64, 80)    # training S range: random crops and scales
+    scales: tuple[int, ...] = (64, 96, 128)     # extraction Q values, stacked (Caltech)
     train_per_class: int = 30             # Caltech-101's protocol: 30 training images
     test_per_class: int = 50              # ... and up to 50 test images per class
     splits: int = 3
-    C: float | None = None                # one SVM C for every class; None: svm-eval's grid
+    # One C for every class. Choosing C per class on 20% of 30 images (svm-eval's default)
+    # is mostly noise at this size, and per-class Cs make one-vs-rest scores incomparable.
+    C: float | None = 10.0
     seed: int = 0
 
 
 FULL = DemoConfig()
-QUICK = replace(FULL, per_class=100, epochs=10, train_per_class=15, test_per_class=50)
+# A smoke run of the same pipeline (the test suite's and `--quick`'s): 60 images per digit,
+# 3 epochs, one scale. Too small for the trained net to beat the random one; only FULL
+# shows that (see the module docstring).
+QUICK = replace(FULL, per_class=60, epochs=3, scales=(64,), train_per_class=15,
+                test_per_class=30)
 
 RESULTS_CSV, RESULTS_MD, RESULTS_PNG = "results.csv", "results.md", "results.png"
 STATE = "demo.json"  # the configuration a folder was made with
@@ -327,7 +340,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("demo_out"),
                         help="output folder (default: demo_out); rerunning resumes")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer images and epochs (the test suite's size)")
+                        help="a smoke run: fewer images, epochs and scales (about a minute); "
+                             "too small for the trained backbone to win")
     parser.add_argument("--seed", type=int, default=0, help="decides everything (default 0)")
     parser.add_argument("--quiet", action="store_true", help="only the commands and the table")
     return parser.parse_args(argv)
