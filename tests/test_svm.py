@@ -8,6 +8,7 @@ from vggfeat.evaluation.svm import (
     LinearSVMProbe,
     cv_folds,
     holdout_split,
+    refit_path,
     solve_squared_hinge_liblinear,
     solve_squared_hinge_torch,
 )
@@ -125,3 +126,16 @@ def test_holdout_is_per_class_and_disjoint():
     np.testing.assert_array_equal(val, val2)
     folds = cv_folds(len(y), y, 3, random_state=0)
     assert sorted(np.concatenate([v for _, v in folds]).tolist()) == list(range(len(y)))
+
+
+def test_refit_along_the_path_reaches_each_chosen_c():
+    X, y = _descriptors(n_classes=4, per_class=20)
+    Y = np.where(y[:, None] == np.arange(4), 1, -1)
+    grid, chosen = (0.1, 1.0, 10.0), np.array([2, 0, 1, 2])
+    W, b, _ = refit_path(X, Y, grid, chosen, tol=1e-6)
+    W_ref, b_ref, _ = solve_squared_hinge_liblinear(X, Y, np.take(grid, chosen), tol=1e-8,
+                                                    max_iter=100_000)
+    for k in range(4):
+        C = grid[chosen[k]]
+        assert _objective(X, Y[:, k], W[k], b[k], C) == pytest.approx(
+            _objective(X, Y[:, k], W_ref[k], b_ref[k], C), rel=1e-5)

@@ -246,6 +246,28 @@ def fit_path(X, Y, C_grid, *, progress=None, **fit_kwargs):
     return path
 
 
+def refit_path(X, Y, C_grid, chosen, **fit_kwargs):
+    """Each column at its chosen ``C_grid[chosen[k]]``, reached along the ascending grid
+    (warm starts), so a large C starts from the solution for the next smaller one and
+    columns that chose a small C stop early."""
+    n_cols = Y.shape[1]
+    W = np.zeros((n_cols, X.shape[1]))
+    b = np.zeros(n_cols)
+    n_iter = np.zeros(n_cols, dtype=np.int64)
+    W0 = previous = None
+    for p, c in enumerate(C_grid):
+        cols = np.flatnonzero(chosen >= p)
+        if cols.size == 0:
+            break
+        start = None if W0 is None else W0[np.searchsorted(previous, cols)]
+        Wp, bp, it = fit_svms(X, Y[:, cols], np.full(cols.size, c), W0=start, **fit_kwargs)
+        n_iter[cols] += it
+        done = chosen[cols] == p
+        W[cols[done]], b[cols[done]] = Wp[done], bp[done]
+        W0, previous = np.concatenate([Wp, bp[:, None]], axis=1), cols
+    return W, b, n_iter
+
+
 # --------------------------------------------------------------------------------------
 # Choosing C on training data only
 # --------------------------------------------------------------------------------------
@@ -295,9 +317,6 @@ def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
     best : ndarray of shape (n_classes,)
         Index into ``C_grid`` of the best C (the smallest among ties; the middle of the
         grid when no fold could score the class).
-    warm : ndarray of shape (n_classes, n_features + 1)
-        Each class's weights and bias at its best C in the last fold: a starting point
-        for the refit on all training data.
     """
     n_classes, n_C = Y.shape[1], len(C_grid)
     totals = np.zeros((n_classes, n_C))
@@ -315,8 +334,7 @@ def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
     best = np.where(
         counts[:, 0] > 0, np.argmax(np.nan_to_num(mean, nan=-1.0), axis=1), n_C // 2
     )
-    warm = np.stack([np.append(path[p][0][k], path[p][1][k]) for k, p in enumerate(best)])
-    return mean, best, warm
+    return mean, best
 
 
 # --------------------------------------------------------------------------------------
@@ -454,17 +472,16 @@ class LinearSVMProbe(ClassifierMixin, BaseEstimator):
                       "device": self.device}
         self.cv_scores_ = None
         chosen = np.zeros(Y.shape[1], dtype=np.int64)
-        warm = None
         n_folds = 0 if len(grid) == 1 else 1 if isinstance(self.cv, float) else int(self.cv)
         with tqdm(total=n_folds * len(grid) + 1, desc="SVMs (fold x C)", file=sys.stderr,
                   disable=not self.verbose, leave=False) as bar:
             if len(grid) > 1:
-                self.cv_scores_, chosen, warm = select_C(
+                self.cv_scores_, chosen = select_C(
                     X, Y, grid, cv=self.cv, strata=strata, random_state=self.random_state,
                     progress=bar.update, **fit_kwargs,
                 )
             self.C_ = np.asarray(grid)[chosen]
-            W, b, self.n_iter_ = fit_svms(X, Y, self.C_, W0=warm, **fit_kwargs)
+            W, b, self.n_iter_ = refit_path(X, Y, grid, chosen, **fit_kwargs)
             bar.update()
         self.coef_, self.intercept_ = W, b
         return self
