@@ -307,7 +307,7 @@ def check_state(cfg: DemoConfig, out: Path) -> None:
 
 def run_demo(out, cfg: DemoConfig = FULL, *, quiet: bool = False, echo=print) -> list[dict]:
     """Run every step into `out`; returns the table rows (also written to `out`)."""
-    out = Path(out).expanduser().resolve()
+    out = Path(out).expanduser()  # relative stays relative: the printed commands stay short
     check_state(cfg, out)
     kw = {"echo": echo, "quiet": quiet}
     digits = make_digits_step(cfg, out, **kw)
