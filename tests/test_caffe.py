@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import make_tiny_backbone
+
 from vggfeat.cli import cli
 from vggfeat.models import CAFFE_VGG, WeightsError, load_backbone, normalize
 from vggfeat.models.caffe import convert_caffe, read_caffemodel
-
 
 # -- a minimal protobuf writer, independent of the reader under test --------------------
 
@@ -42,7 +41,7 @@ def blob(array, new_style):
 def write_caffemodel(path, model, new_style):
     names = [f"conv{i}" for i in range(1, len(model.conv_layers()) + 1)] + ["fc6", "fc7", "fc8"]
     layers = b""
-    for name, module in zip(names, model.conv_layers() + model.fc_layers()):
+    for name, module in zip(names, model.conv_layers() + model.fc_layers(), strict=True):
         weight, bias = (t.detach().numpy() for t in (module.weight, module.bias))
         if new_style:
             body = field(1, 2, name.encode()) + field(2, 2, b"Convolution")

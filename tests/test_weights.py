@@ -4,8 +4,8 @@ import pathlib
 import pytest
 import torch
 import torchvision
-
 from conftest import make_tiny_backbone
+
 from vggfeat.models import (
     TORCHVISION_IMAGENET,
     WeightsError,
