@@ -189,12 +189,12 @@ def pixels_step(cfg: DemoConfig, root: Path, splits: Path, out: Path, *, echo) -
 
     summary = out / "summary.json"
     if not summary.is_file():
-        echo("# raw pixels: vggfeat.evaluation.protocols.run_protocol(reader, pixels, "
-             f"Settings(splits_file={str(splits)!r}))")
-        ids, X = pixel_vectors(root)
         settings = Settings(splits_file=splits, seed=cfg.seed)
         if cfg.C is not None:
             settings = replace(settings, C=(float(cfg.C),))
+        echo("# raw pixels: vggfeat.evaluation.run_protocol(reader, pixels, Settings("
+             f"splits_file={str(splits)!r}, C={settings.C}))")
+        ids, X = pixel_vectors(root)
         result = run_protocol(open_dataset("folder", root), Features(ids, X, [root]), settings,
                               out)
         write_report(result, out, asdict(settings),
