@@ -14,6 +14,15 @@ from vggfeat.evaluation.svm import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny problems: one thread avoids OpenMP contention on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _descriptors(n_classes=8, per_class=40, dim=96, noise=2.0, seed=0):
     """ReLU'd, L2-normalised features with class structure, like pooled fc7 descriptors."""
     rng = np.random.default_rng(seed)
