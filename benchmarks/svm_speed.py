@@ -13,6 +13,11 @@ mean class recall; the target is the same accuracy within 0.3 points and a 10x s
     python benchmarks/svm_speed.py                       # full size (LinearSVC: hours on CPU)
     python benchmarks/svm_speed.py --classes 64 --dim 4096   # a reduced size
     python benchmarks/svm_speed.py --device cuda
+
+On a machine shared with other jobs, pass ``--threads 1``: torch's OpenMP threads stall when
+the cores are oversubscribed (3x slower here at load 3 on 2 cores), while LinearSVC is
+single-threaded anyway. The synthetic classes get harder with more classes and dimensions:
+``--separation`` sets how far apart they are (accuracy ~60-90% at the defaults).
 """
 from __future__ import annotations
 
