@@ -1,8 +1,33 @@
 """Shared fixtures: small real files that the tests generate (no downloads)."""
+import contextlib
+
 import pytest
 import torch
 
 from vggfeat.models import build_backbone, save_backbone
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1):
+    """Run torch with n intra-op threads, then restore the count.
+
+    The test nets are so small that OpenMP synchronisation costs more than the arithmetic
+    (5-15x slower with two threads on a busy 2-core machine), and a fixed count keeps CPU
+    results reproducible.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread():
+    with torch_threads(1):
+        yield
+
 
 TINY = {"arch": "vgg11", "width": 0.125, "crop_size": 64, "num_classes": 10}
 

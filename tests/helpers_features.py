@@ -7,7 +7,6 @@ built here from the Linear weights.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import struct
 import zlib
@@ -19,19 +18,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Run torch on one thread: the test nets are so small that OpenMP synchronisation
-    between threads costs more than the arithmetic (5-15x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 # -- images ----------------------------------------------------------------------------------
 

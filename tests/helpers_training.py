@@ -1,9 +1,7 @@
 """Generated image-folder datasets for the trainer's tests (real JPEG files, no downloads)."""
-import contextlib
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 # Four classes a narrow net can tell apart in a few epochs: colour and shape both differ.
@@ -52,18 +50,6 @@ def make_image_folder(root: Path, n_train: int = 24, n_val: int = 8, seed: int =
 # Narrow VGG-A of the tests (channels 8..64, fc 512, fc6 kernel 2), as CLI options.
 TINY_OPTIONS = ["--arch", "A", "--width", "0.125", "--crop-size", "64", "--scale", "64",
                 "--init", "xavier", "--workers", "0", "--quiet"]
-
-
-@contextlib.contextmanager
-def torch_threads(n: int = 1):
-    """Run with n intra-op threads: on a busy 2-core machine one thread is several times
-    faster than two spinning ones, and a fixed count keeps CPU results reproducible."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def run_cli(args: list[str]):

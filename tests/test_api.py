@@ -1,9 +1,9 @@
 """vggfeat.features.api: FeatureExtractor as a scikit-learn transformer; extract_to_cache."""
 import numpy as np
 import pytest
-from conftest import make_tiny_backbone
+from conftest import make_tiny_backbone, torch_threads
 from helpers_datasets import make_folder_dataset
-from helpers_features import random_rgb, reference_descriptor, single_thread, write_png
+from helpers_features import random_rgb, reference_descriptor, write_png
 from PIL import Image
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import LinearSVC
@@ -17,7 +17,7 @@ from vggfeat.models import load_backbone, save_backbone
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    with single_thread():
+    with torch_threads(1):
         yield
 
 

@@ -6,7 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers_training import TINY_OPTIONS, make_image_folder, run_cli, torch_threads
+from conftest import torch_threads
+from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
 
 from vggfeat.training.checkpoint import (
     CheckpointError,

@@ -12,8 +12,9 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import torch_threads
 from helpers_datasets import make_csv_dataset, make_folder_dataset, make_voc_action
-from helpers_features import assert_same_cache, single_thread, write_bad_images
+from helpers_features import assert_same_cache, write_bad_images
 
 from vggfeat.cli import cli
 from vggfeat.features import load_features
@@ -24,7 +25,7 @@ TINY = ["--scales", "64,96", "--device", "cpu"]
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    with single_thread():
+    with torch_threads(1):
         yield
 
 

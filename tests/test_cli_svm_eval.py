@@ -5,7 +5,6 @@ import json
 import h5py
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from helpers_datasets import class_descriptors, make_caltech, make_voc, write_feature_cache
 
@@ -15,13 +14,7 @@ from vggfeat.data.readers import open_dataset
 FAST = ["--C", "0.1,1,10", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny problems: one thread avoids OpenMP contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _invoke(*args):

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 import torch
-from helpers_features import random_rgb, reference_descriptor, single_thread, write_png
+from conftest import torch_threads
+from helpers_features import random_rgb, reference_descriptor, write_png
 
 from vggfeat.features.descriptor import DescriptorConfig, check_scales, config_key, describe
 from vggfeat.features.engine import Engine
@@ -11,7 +12,7 @@ from vggfeat.models import load_backbone
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    with single_thread():
+    with torch_threads(1):
         yield
 
 

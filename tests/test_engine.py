@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 import torch
-from helpers_features import random_rgb, single_thread, write_bad_images, write_png
+from conftest import torch_threads
+from helpers_features import random_rgb, write_bad_images, write_png
 
 from vggfeat.features.descriptor import DescriptorConfig
 from vggfeat.features.engine import Engine, ShapeBatcher, resolve_device
@@ -13,7 +14,7 @@ SCALES = (64, 96)
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    with single_thread():
+    with torch_threads(1):
         yield
 
 

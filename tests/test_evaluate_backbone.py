@@ -4,7 +4,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from helpers_training import CLASSES, make_image_folder, run_cli, torch_threads
+from conftest import torch_threads
+from helpers_training import CLASSES, make_image_folder, run_cli
 from PIL import Image
 
 from vggfeat.models import build_backbone, save_backbone

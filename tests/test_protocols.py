@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from helpers_datasets import (
     class_descriptors,
     make_caltech,
@@ -25,13 +24,7 @@ FAST = Settings(C=(0.1, 1.0, 10.0), verbose=False)
 FASTER = Settings(C=(0.1, 1.0), cv=2, verbose=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny problems: one thread avoids OpenMP contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _features(ids, y, noise=0.3, seed=0, shuffle=False, dim=48):

@@ -13,14 +13,7 @@ from vggfeat.evaluation.svm import (
     solve_squared_hinge_torch,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny problems: one thread avoids OpenMP contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _descriptors(n_classes=8, per_class=40, dim=96, noise=2.0, seed=0):

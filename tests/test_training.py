@@ -7,7 +7,8 @@ import sys
 
 import pytest
 import torch
-from helpers_training import TINY_OPTIONS, make_image_folder, run_cli, torch_threads
+from conftest import torch_threads
+from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
 
 from vggfeat.models import build_backbone, load_backbone
 from vggfeat.training.trainer import init_from_net_a
