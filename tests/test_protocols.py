@@ -233,3 +233,17 @@ def test_custom_folder_multiclass_and_csv_multilabel(tmp_path):
 def test_protocol_table_is_complete():
     assert set(protocols.PROTOCOLS) == {"voc2007", "voc2012", "voc2012-action", "caltech101",
                                         "caltech256", "folder", "csv"}
+
+
+def test_custom_folder_takes_the_caltech_protocol_when_given_train_per_class(tmp_path):
+    folder = make_folder_dataset(tmp_path / "f", per_class=8)
+    reader = open_dataset("folder", folder.root)
+    features = _features(folder.ids["all"], folder.labels["all"])
+    settings = Settings(C=(1.0,), train_per_class=3, test_per_class=4, verbose=False)
+    result = run_protocol(reader, features, settings, out=tmp_path / "out")
+    assert result.protocol == "3 seeded splits, 3 train / 4 test per class"
+    rows = (tmp_path / "out" / "splits.csv").read_text().splitlines()[1:]
+    n_classes = len(folder.classes)
+    for split in range(3):
+        subsets = [r.rsplit(",", 1)[1] for r in rows if r.startswith(f"{split},")]
+        assert subsets.count("train") == 3 * n_classes and subsets.count("test") == 4 * n_classes

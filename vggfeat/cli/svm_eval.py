@@ -62,9 +62,10 @@ def parse_cv(ctx, param, value):
 @click.option("--splits-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Reuse the splits.csv of an earlier run.")
 @click.option("--train-per-class", type=click.IntRange(1), default=None,
-              help="Caltech training images per class [default: 30 / 60].")
+              help="Training images per class [Caltech: 30 / 60; folder/csv: given, "
+                   "Caltech-style splits instead of 25% of each class as test].")
 @click.option("--test-per-class", type=click.IntRange(1), default=None,
-              help="Caltech test images per class [default: 50 / the rest].")
+              help="Test images per class with --train-per-class [Caltech: 50 / the rest].")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="The dataset's location, if it moved since the extraction.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,

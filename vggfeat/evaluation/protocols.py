@@ -393,7 +393,8 @@ def caltech(reader, features: Features, settings: Settings, out=None) -> Result:
 
 def custom(reader, features: Features, settings: Settings, out=None) -> Result:
     """Folder / csv data: the dataset's own train/test split when it has one (val joins
-    training), else seeded splits with 25% of each class as test. Multi-class: mean class
+    training), else seeded splits: `train_per_class` (and `test_per_class`) images of each
+    class as Caltech does when given, 25% of each class as test otherwise. Multi-class: mean class
     recall and accuracy; multi-label: AP per class and mAP."""
     labels = reader.labels()
     result = Result(reader.name, "", reader.classes)
@@ -416,6 +417,11 @@ def custom(reader, features: Features, settings: Settings, out=None) -> Result:
             splits.append({labels.ids[j]: ("test" if r < n_test else "train")
                            for r, j in enumerate(order)})
         result.protocol = f"{settings.n_splits} seeded splits, 25% test"
+    elif settings.train_per_class:  # the Caltech protocol on one's own data
+        n_train, n_test = settings.train_per_class, settings.test_per_class
+        splits = draw_splits(labels, n_train, n_test, settings.n_splits, settings.seed)
+        result.protocol = (f"{settings.n_splits} seeded splits, {n_train} train / "
+                           f"{n_test or 'rest'} test per class")
     else:
         splits = draw_splits(labels, None, None, settings.n_splits, settings.seed,
                              test_fraction=CUSTOM_TEST_FRACTION)
