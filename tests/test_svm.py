@@ -141,3 +141,22 @@ def test_refit_along_the_path_reaches_each_chosen_c():
         C = grid[chosen[k]]
         assert _objective(X, Y[:, k], W[k], b[k], C) == pytest.approx(
             _objective(X, Y[:, k], W_ref[k], b_ref[k], C), rel=1e-5)
+
+
+@pytest.mark.parametrize("direct_max", [0, 40, 10**9], ids=["cg", "mixed", "woodbury"])
+def test_exact_newton_steps_and_cg_reach_the_same_optimum(direct_max):
+    """Columns with small active sets take exact (Woodbury) Newton steps, the rest CG;
+    either way, and mixed in one batch, the solver reaches liblinear's optimum, also with
+    ignored (0) rows."""
+    X, y = _descriptors(n_classes=4, per_class=30, seed=2)
+    Y = np.where(y[:, None] == np.arange(4), 1, -1)
+    Y[::7, 1] = 0
+    C = np.array([0.01, 1.0, 10.0, 100.0])
+    W, b, _ = solve_squared_hinge_torch(X, Y, C, tol=1e-6, dtype=torch.float64,
+                                        direct_max=direct_max, gram_cache={})
+    W_ref, b_ref, _ = solve_squared_hinge_liblinear(X, Y, C, tol=1e-8, max_iter=100_000)
+    for k in range(4):
+        rows = Y[:, k] != 0
+        ours = _objective(X[rows], Y[rows, k], W[k], b[k], C[k])
+        ref = _objective(X[rows], Y[rows, k], W_ref[k], b_ref[k], C[k])
+        assert ours == pytest.approx(ref, rel=1e-5)

@@ -10,7 +10,9 @@ so the default torch solver and ``solver="liblinear"`` (scikit-learn's ``LinearS
 reference path) fit the same models. The torch solver is a truncated Newton method
 (conjugate gradient on the generalised Hessian, exact line search), batched: every class
 and every value of C is one column of the same matrix products, which is what makes it
-fast on CPU and GPU alike.
+fast on CPU and GPU alike. A class whose active set (rows with margin < 1) is small, as at
+large C, takes exact Newton steps instead: a Cholesky solve on the Gram matrix of its
+active rows (Woodbury identity), the Gram matrix computed once per training set.
 
 VOC labels: in a 2-D label matrix containing -1, a 0 marks a "difficult" example which is
 left out of that class's training (``difficult="ignore"``, as the devkit leaves it out of
@@ -48,7 +50,8 @@ C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, device="cpu",
-                              dtype=torch.float32, W0=None, progress=None):
+                              dtype=torch.float32, W0=None, progress=None, direct_max=700,
+                              gram_cache=None):
     """Fit m squared-hinge linear SVMs on the same data at once (truncated Newton).
 
     Parameters
@@ -72,6 +75,14 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
         Starting weights (bias last), e.g. the solution for a smaller C.
     progress : callable, optional
         Called with the number of unconverged columns after each Newton iteration.
+    direct_max : int
+        A column whose active set (rows with margin < 1) has at most this many rows gets
+        the exact Newton step, from the Woodbury identity on the Gram matrix of its active
+        rows (a small Cholesky solve), instead of conjugate gradient. That is the common
+        case at large C, where CG needs hundreds of steps. 0: always CG.
+    gram_cache : dict, optional
+        Holds the Gram matrix ``[X, 1] [X, 1]^T`` (computed on first need) so that several
+        calls on the same X (e.g. a path of C values) compute it once.
 
     Returns
     -------
@@ -120,7 +131,18 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
             eta = torch.clamp(torch.sqrt(gnorm / g0[active]), min=0.01, max=0.1)
             # CG would end in d + 1 steps in exact arithmetic; allow float32 some slack.
             cg_steps = min(max_cg, 2 * Xa.shape[1])
-            D, XD = _conjugate_gradient(Xa, A, Ca, -G, eta * gnorm, cg_steps)
+            direct = A.sum(0) <= direct_max
+            if direct.all():
+                D, XD = _woodbury_newton(Xa, A, Ca, G, _gram(Xa, gram_cache))
+            elif direct.any():
+                D, XD = torch.empty_like(G), torch.empty_like(Za)
+                D[:, direct], XD[:, direct] = _woodbury_newton(
+                    Xa, A[:, direct], Ca[direct], G[:, direct], _gram(Xa, gram_cache))
+                rest = ~direct
+                D[:, rest], XD[:, rest] = _conjugate_gradient(
+                    Xa, A[:, rest], Ca[rest], -G[:, rest], (eta * gnorm)[rest], cg_steps)
+            else:
+                D, XD = _conjugate_gradient(Xa, A, Ca, -G, eta * gnorm, cg_steps)
             step = _line_search(Wa, D, Za, XD, Ya, Ca)
             W[:, active] = Wa + step * D
             Z[:, active] = Za + step * XD
@@ -143,6 +165,44 @@ def _row_space(Xa):
     lam, U = lam[keep], U[:, keep]
     basis = (X64.T @ (U / lam.sqrt())).to(Xa.dtype)
     return (U * lam.sqrt()).to(Xa.dtype), basis
+
+
+def _gram(Xa, cache):
+    """K = Xa Xa^T, from ``cache`` when it holds one for this shape (else stored there)."""
+    if cache is not None:
+        K = cache.get("K")
+        if K is not None and K.shape[0] == Xa.shape[0] and K.device == Xa.device:
+            return K
+    K = Xa @ Xa.T
+    if cache is not None:
+        cache["K"] = K
+    return K
+
+
+def _woodbury_newton(Xa, A, C, G, K):
+    """Exact Newton directions D = -(I + 2C Xa^T diag(A) Xa)^-1 G, column by column; also Xa D.
+
+    With S the active rows of a column, (I + 2C X_S^T X_S)^-1 = I - X_S^T (I / 2C + K_SS)^-1
+    X_S (Woodbury), so each column costs a Cholesky solve of size |S| on a block of the Gram
+    matrix K, plus matrix products batched over all columns.
+    """
+    XG = Xa @ G
+    U = torch.zeros_like(XG)
+    for j in range(G.shape[1]):
+        rows = torch.nonzero(A[:, j], as_tuple=True)[0]
+        if rows.numel() == 0:
+            continue
+        M = K[rows.unsqueeze(1), rows].double()
+        M.diagonal().add_(1.0 / (2.0 * float(C[j])))
+        L, info = torch.linalg.cholesky_ex(M)
+        rhs = XG[rows, j].double().unsqueeze(1)
+        if int(info) == 0:
+            u = torch.cholesky_solve(rhs, L)
+        else:  # pragma: no cover - not positive definite in floating point: fall back to LU
+            u = torch.linalg.solve(M, rhs)
+        U[rows, j] = u.squeeze(1).to(U.dtype)
+    D = Xa.T @ U - G
+    return D, Xa @ D
 
 
 def _conjugate_gradient(Xa, A, C, B, tol, max_cg):
@@ -217,15 +277,20 @@ def solve_squared_hinge_liblinear(X, Y, C, *, tol=1e-4, max_iter=1000, W0=None):
     return W, b, np.full(Y.shape[1], -1)
 
 
-def fit_svms(X, Y, C, *, solver="torch", tol=None, max_iter=None, device="cpu", W0=None):
-    """One SVM per column of Y with its own C; ``tol``/``max_iter`` None: solver default."""
+def fit_svms(X, Y, C, *, solver="torch", tol=None, max_iter=None, device="cpu", W0=None,
+             gram_cache=None):
+    """One SVM per column of Y with its own C; ``tol``/``max_iter`` None: solver default.
+
+    ``gram_cache``: a dict shared by calls on the same X (torch solver; see
+    :func:`solve_squared_hinge_torch`)."""
     kwargs = {"W0": W0}
     if tol is not None:
         kwargs["tol"] = tol
     if max_iter is not None:
         kwargs["max_iter"] = max_iter
     if solver == "torch":
-        return solve_squared_hinge_torch(X, Y, C, device=device, **kwargs)
+        return solve_squared_hinge_torch(X, Y, C, device=device, gram_cache=gram_cache,
+                                         **kwargs)
     if solver == "liblinear":
         return solve_squared_hinge_liblinear(X, Y, C, **kwargs)
     raise ValueError(f"solver must be 'torch' or 'liblinear', not {solver!r}")
@@ -236,9 +301,10 @@ def fit_path(X, Y, C_grid, *, progress=None, **fit_kwargs):
 
     Returns a list of (W, b) pairs, one per C.
     """
-    path, W0 = [], None
+    path, W0, cache = [], None, {}
     for c in C_grid:
-        W, b, _ = fit_svms(X, Y, np.full(Y.shape[1], c), W0=W0, **fit_kwargs)
+        W, b, _ = fit_svms(X, Y, np.full(Y.shape[1], c), W0=W0, gram_cache=cache,
+                           **fit_kwargs)
         path.append((W, b))
         W0 = np.concatenate([W, b[:, None]], axis=1)
         if progress is not None:
@@ -255,12 +321,14 @@ def refit_path(X, Y, C_grid, chosen, **fit_kwargs):
     b = np.zeros(n_cols)
     n_iter = np.zeros(n_cols, dtype=np.int64)
     W0 = previous = None
+    cache = {}
     for p, c in enumerate(C_grid):
         cols = np.flatnonzero(chosen >= p)
         if cols.size == 0:
             break
         start = None if W0 is None else W0[np.searchsorted(previous, cols)]
-        Wp, bp, it = fit_svms(X, Y[:, cols], np.full(cols.size, c), W0=start, **fit_kwargs)
+        Wp, bp, it = fit_svms(X, Y[:, cols], np.full(cols.size, c), W0=start,
+                              gram_cache=cache, **fit_kwargs)
         n_iter[cols] += it
         done = chosen[cols] == p
         W[cols[done]], b[cols[done]] = Wp[done], bp[done]
