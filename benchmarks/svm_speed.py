@@ -14,6 +14,14 @@ mean class recall; the target is the same accuracy within 0.3 points and a 10x s
     python benchmarks/svm_speed.py --classes 64 --dim 4096   # a reduced size
     python benchmarks/svm_speed.py --device cuda
 
+Each side can run alone and write its result (seconds, accuracy, the C of every class) to a
+JSON file, so the hour-long LinearSVC side can run in the background and be compared later
+with a torch run on the same data (same ``--seed``)::
+
+    python benchmarks/svm_speed.py --side liblinear --out liblinear.json
+    python benchmarks/svm_speed.py --side torch --out torch.json
+    python benchmarks/svm_speed.py --compare torch.json liblinear.json
+
 On a machine shared with other jobs, pass ``--threads 1``: torch's OpenMP threads stall when
 the cores are oversubscribed (3x slower here at load 3 on 2 cores), while LinearSVC is
 single-threaded anyway. The synthetic classes get harder with more classes and dimensions:
@@ -59,6 +67,7 @@ def make_problem(n_classes=257, train_per_class=60, test_per_class=20, dim=12288
 
 
 def run(solver, X_train, y_train, X_test, y_test, C, device):
+    """Fit one probe, time it, score it; the result dict and the fitted probe."""
     probe = LinearSVMProbe(C=C, cv=0.2, solver=solver, device=device, verbose=True)
     start = time.perf_counter()
     probe.fit(X_train, y_train)
@@ -67,12 +76,32 @@ def run(solver, X_train, y_train, X_test, y_test, C, device):
     seconds = time.perf_counter() - start
     predicted = probe.predict(X_test)
     return {
-        "solver": solver, "seconds": round(seconds, 1),
+        "solver": solver, "seconds": round(seconds, 3),
         "accuracy": round(100 * float(np.mean(predicted == y_test)), 2),
         "mean_class_recall": round(100 * mean_class_recall(y_test, predicted), 2),
         "chosen_C": {str(c): int(n) for c, n in zip(*np.unique(probe.C_, return_counts=True),
                                                     strict=True)},
+        "C_per_class": [float(c) for c in probe.C_],
     }, probe
+
+
+def compare(ours, ref):
+    """Speed-up, accuracy difference and fraction of classes with the same C."""
+    return {
+        "speedup": round(ref["seconds"] / ours["seconds"], 2),
+        "accuracy_difference_points": round(ours["accuracy"] - ref["accuracy"], 2),
+        "same_C_fraction": round(float(np.mean(
+            np.asarray(ours["C_per_class"]) == np.asarray(ref["C_per_class"]))), 3),
+    }
+
+
+def _write(path, result, args):
+    if path:
+        result = dict(result, problem=vars(args) | {"compare": None},
+                      load_average_end=round(os.getloadavg()[0], 2),
+                      finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        with open(path, "w") as f:
+            json.dump(result, f)
 
 
 def main():
@@ -86,31 +115,43 @@ def main():
     parser.add_argument("--device", default="cpu", help="device of the torch solver")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (LinearSVC always uses one)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    parser.add_argument("--side", choices=("both", "torch", "liblinear"), default="both",
+                        help="run one solver only (compare later with --compare)")
     parser.add_argument("--skip-liblinear", action="store_true",
-                        help="time only the torch solver (no comparison)")
+                        help="same as --side torch")
+    parser.add_argument("--out", default=None,
+                        help="write the result of a one-side run (JSON) to this file")
+    parser.add_argument("--compare", nargs=2, metavar=("TORCH_JSON", "LIBLINEAR_JSON"),
+                        help="compare two --out files and exit")
     args = parser.parse_args()
+    if args.compare:
+        ours, ref = (json.load(open(p)) for p in args.compare)
+        print(json.dumps(compare(ours, ref)))
+        return
+    if args.skip_liblinear:
+        args.side = "torch"
     if args.threads:
         torch.set_num_threads(args.threads)
 
     X_train, y_train, X_test, y_test = make_problem(
         args.classes, args.per_class, args.test_per_class, args.dim,
-        separation=args.separation)
+        separation=args.separation, seed=args.seed)
     print(f"problem: {X_train.shape[0]} x {X_train.shape[1]} training descriptors, "
           f"{args.classes} classes, {len(args.C)} values of C, {len(X_test)} test images; "
           f"{platform.processor() or platform.machine()}, torch threads "
           f"{torch.get_num_threads()}, device {args.device}, load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
-    ours, probe = run("torch", X_train, y_train, X_test, y_test, args.C, args.device)
-    print(json.dumps(ours), flush=True)
-    if args.skip_liblinear:
-        return
-    ref, ref_probe = run("liblinear", X_train, y_train, X_test, y_test, args.C, "cpu")
-    print(json.dumps(ref), flush=True)
-    print(json.dumps({
-        "speedup": round(ref["seconds"] / ours["seconds"], 2),
-        "accuracy_difference_points": round(ours["accuracy"] - ref["accuracy"], 2),
-        "same_C_fraction": round(float(np.mean(probe.C_ == ref_probe.C_)), 3),
-    }))
+    if args.side in ("both", "torch"):
+        ours, _ = run("torch", X_train, y_train, X_test, y_test, args.C, args.device)
+        print(json.dumps({k: v for k, v in ours.items() if k != "C_per_class"}), flush=True)
+        _write(args.out if args.side == "torch" else None, ours, args)
+    if args.side in ("both", "liblinear"):
+        ref, _ = run("liblinear", X_train, y_train, X_test, y_test, args.C, "cpu")
+        print(json.dumps({k: v for k, v in ref.items() if k != "C_per_class"}), flush=True)
+        _write(args.out if args.side == "liblinear" else None, ref, args)
+    if args.side == "both":
+        print(json.dumps(compare(ours, ref)))
 
 
 if __name__ == "__main__":
