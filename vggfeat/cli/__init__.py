@@ -2,6 +2,10 @@
 
 Commands are imported lazily (name -> "module:function") so that `vggfeat --help` and
 `vggfeat info` start fast and one command's heavy imports never slow down another.
+
+Whatever escapes a command is turned into one line and an exit status here
+(`vggfeat.errors.describe`): a user never sees a traceback unless they ask for it with
+`--debug` or VGGFEAT_DEBUG=1.
 """
 import importlib
 
@@ -24,7 +28,8 @@ COMMANDS = {
 
 
 class LazyGroup(click.Group):
-    """A click group that imports a subcommand's module only when it is used."""
+    """A click group that imports a subcommand's module only when it is used, and turns
+    any exception a command lets escape into a one-line message and an exit status."""
 
     def list_commands(self, ctx):
         return sorted(COMMANDS)
@@ -36,10 +41,36 @@ class LazyGroup(click.Group):
         module_name, attribute = target.split(":")
         return getattr(importlib.import_module(module_name), attribute)
 
+    def invoke(self, ctx):
+        from vggfeat import errors
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit,
+                click.exceptions.Abort):
+            raise
+        except Exception as error:  # noqa: BLE001 - the one place that catches everything
+            if ctx.params.get("debug") or errors.debug_requested():
+                raise
+            message, status = errors.describe(error)
+            raise CommandFailed(message, status) from None
+
+
+class CommandFailed(click.ClickException):
+    """A described failure: click prints "Error: <message>" to stderr and exits `status`."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.exit_code = status
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Exit status: 0 done, 1 failed, 2 bad usage or input, 3 some images "
+                    "could not be read (extract).")
 @click.version_option(__version__, prog_name="vggfeat")
-def cli():
+@click.option("--debug", is_flag=True,
+              help="Show the full traceback of a failure (also VGGFEAT_DEBUG=1).")
+def cli(debug):
     """vggfeat: VGG backbones, dense multi-scale descriptors and linear-SVM transfer.
 
     \b

@@ -1,0 +1,111 @@
+"""Exit statuses and the translation of any failure into one line for the user.
+
+Every vggfeat command ends in one of four ways (README, CONTRIBUTING "Faults and bad
+input"):
+
+- 0: done;
+- 1: the command failed (a run that diverged, a full disk, an out-of-memory, a bug);
+- 2: bad usage or input (an option, a file or a folder it cannot use), found before or
+  during the work; the message names the option or file and the fix;
+- 3: some images could not be read (`extract` without --skip-bad).
+
+`describe` turns an exception that escaped a command into (message, exit status); the CLI
+entry point (`vggfeat.cli`) prints the message instead of a traceback, unless --debug or
+VGGFEAT_DEBUG=1 asks for one.
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_BAD_IMAGES = 3
+
+# The library's "bad input" exception classes, by module and name: imported lazily, so that
+# the CLI's error path never pulls in torch or h5py for a command that did not load them.
+INPUT_ERRORS = (
+    ("vggfeat.models.weights", "WeightsError"),
+    ("vggfeat.features.cache", "CacheError"),
+    ("vggfeat.data.readers", "DatasetLayoutError"),
+    ("vggfeat.data.images", "BadImageError"),
+    ("vggfeat.evaluation.inputs", "EvaluationInputError"),
+    ("vggfeat.training.trainer", "TrainingError"),
+    ("vggfeat.training.data", "TrainingDataError"),
+    ("vggfeat.training.checkpoint", "CheckpointError"),
+    ("vggfeat.training.evaluate", "EvaluationError"),
+)
+
+# OSError numbers that mean "this path cannot be used as given" (bad input, exit 2); any
+# other OSError (a full disk, an I/O error) is a failure of the run (exit 1).
+USAGE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR,
+                errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
+
+DEBUG_HINT = "rerun with --debug (or VGGFEAT_DEBUG=1) to see the traceback"
+
+
+class VggfeatError(Exception):
+    """Base of vggfeat's own CLI-level errors: `exit_code` says how the command ends."""
+
+    exit_code = EXIT_USAGE
+
+
+def debug_requested() -> bool:
+    return os.environ.get("VGGFEAT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _known_input_error(error: BaseException) -> bool:
+    import sys
+
+    for module, name in INPUT_ERRORS:
+        loaded = sys.modules.get(module)  # a class that was never imported cannot be raised
+        cls = getattr(loaded, name, None) if loaded is not None else None
+        if cls is not None and isinstance(error, cls):
+            return True
+    return isinstance(error, VggfeatError)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in text.lower() or "can't allocate memory" in text
+        or "DefaultCPUAllocator" in text or type(error).__name__ == "OutOfMemoryError")
+
+
+def describe_os_error(error: OSError) -> tuple[str, int]:
+    """A message naming the path and the fix for an OSError, and its exit status."""
+    path = error.filename or ""
+    where = f"{path}: " if path else ""
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOSPC or error.errno == errno.EDQUOT:
+        return (f"{where}no space left on the device. Free some space (or choose an --out on "
+                "another disk) and rerun: finished work is kept and resumed.", EXIT_FAILED)
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{where}{reason}. Choose a file or folder you can write to (e.g. another "
+                "--out), or change its permissions.", EXIT_USAGE)
+    if error.errno in USAGE_ERRNOS:
+        return f"{where}{reason}. Check the path.", EXIT_USAGE
+    if isinstance(error, BlockingIOError) or "unable to lock file" in str(error):
+        return (f"{where}the file is in use by another process (locked). Wait for it to "
+                "finish, or choose another --out.", EXIT_USAGE)
+    if "file signature not found" in str(error) or "truncated file" in str(error):
+        return (f"{where}not a readable HDF5 file ({reason}); it is damaged or not a vggfeat "
+                "cache: give another file, or recreate it with `vggfeat extract`.", EXIT_USAGE)
+    return f"{where}{reason} ({type(error).__name__}). {DEBUG_HINT}", EXIT_FAILED
+
+
+def describe(error: BaseException) -> tuple[str, int]:
+    """(one-line message, exit status) for an exception that escaped a command."""
+    if _known_input_error(error):
+        return str(error), getattr(error, "exit_code", EXIT_USAGE)
+    if _is_out_of_memory(error):
+        return ("out of memory: " + (str(error).splitlines()[0] if str(error) else "")
+                + ". Use smaller sizes: a lower --batch-size, --max-pixels or --scales, a "
+                "smaller --width/--crop-size, or a device with more memory.", EXIT_FAILED)
+    if isinstance(error, OSError):
+        return describe_os_error(error)
+    detail = str(error).splitlines()[0] if str(error) else ""
+    return (f"internal error ({type(error).__name__}: {detail}); please report it at "
+            f"the project's issue tracker. {DEBUG_HINT}", EXIT_FAILED)
