@@ -28,9 +28,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
-from tqdm import tqdm
 
 from vggfeat.evaluation.metrics import voc_ap
+from vggfeat.progress import progress_bar
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data
@@ -541,8 +541,8 @@ class LinearSVMProbe(ClassifierMixin, BaseEstimator):
         self.cv_scores_ = None
         chosen = np.zeros(Y.shape[1], dtype=np.int64)
         n_folds = 0 if len(grid) == 1 else 1 if isinstance(self.cv, float) else int(self.cv)
-        with tqdm(total=n_folds * len(grid) + 1, desc="SVMs (fold x C)", file=sys.stderr,
-                  disable=not self.verbose, leave=False) as bar:
+        with progress_bar(total=n_folds * len(grid) + 1, desc="SVMs (fold x C)", file=sys.stderr,
+                          disable=not self.verbose, leave=False) as bar:
             if len(grid) > 1:
                 self.cv_scores_, chosen = select_C(
                     X, Y, grid, cv=self.cv, strata=strata, random_state=self.random_state,

@@ -14,12 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from vggfeat import distributed
 from vggfeat.features import cache
 from vggfeat.features.descriptor import DescriptorConfig
 from vggfeat.features.engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, Engine, resolve_device
+from vggfeat.progress import progress_bar
 
 
 @dataclass
@@ -154,8 +153,8 @@ def _writer(out, rank, group, attrs, ids, indices, dim) -> cache.RowWriter:
 
 def _run_group(engine: Engine, samples, indices, writer, group, show: bool) -> int:
     label = "boxes" if group == cache.BOXES_GROUP else "images"
-    bar = tqdm(total=len(indices), desc=f"extract {label}", unit="img", disable=not show,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(total=len(indices), desc=f"extract {label}", unit="img", disable=not show,
+                       file=sys.stderr, dynamic_ncols=True)
     computed = 0
     try:
         for result in engine.run([(i, samples[i]) for i in indices]):

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from vggfeat.models import PAPER_NAMES, load_backbone, normalize
+from vggfeat.progress import progress_bar
 from vggfeat.training.augment import rescale, to_uint8_tensor
 from vggfeat.training.data import DECODE_ERRORS, ImageList, open_rgb, scan_split
 
@@ -117,8 +117,8 @@ def predict(models: list, images: ImageList, scales: list[int], methods=METHODS,
     keep = np.ones(n, bool)
     loader = DataLoader(ScaledImages(images, scales), batch_size=None, num_workers=workers)
     bad = []
-    for index, (scaled, _, problem) in enumerate(tqdm(loader, total=n, file=sys.stderr,
-                                                      disable=quiet, desc="evaluate")):
+    for index, (scaled, _, problem) in enumerate(progress_bar(loader, total=n, file=sys.stderr,
+                                                              disable=quiet, desc="evaluate")):
         if problem:
             bad.append(problem)
             keep[index] = False

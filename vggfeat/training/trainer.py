@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from vggfeat import distributed as D
 from vggfeat.models import build_backbone, canonical_arch, load_backbone, normalize, save_backbone
+from vggfeat.progress import progress_bar
 from vggfeat.training.augment import TrainTransform, ValTransform, apply_on_device
 from vggfeat.training.checkpoint import (
     CHECKPOINT_NAME,
@@ -326,8 +326,8 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, bad, p
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, top-1 hits, n
     c = cfg["crop_size"]
     steps = len(loader) if cfg["max_steps"] is None else min(len(loader), cfg["max_steps"])
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg['epochs']}", file=sys.stderr,
-               disable=cfg["quiet"] or not D.is_main_process(), leave=False, unit="batch")
+    bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{cfg['epochs']}", file=sys.stderr,
+                       disable=cfg["quiet"] or not D.is_main_process(), leave=False, unit="batch")
     start = time.perf_counter()
     for step, (images, labels, shifts, bad_paths) in enumerate(loader):
         if step >= steps:
