@@ -1,9 +1,26 @@
 """Weight-file commands: `convert-caffe` and `export-torchvision`."""
 import click
 
-from vggfeat.models import ARCHS, PAPER_NAMES, WeightsError
 
-ARCH_CHOICE = click.Choice(list(ARCHS) + list(PAPER_NAMES), case_sensitive=False)
+class _ArchChoice(click.Choice):
+    """The architecture names, read from vggfeat.models (torch) only when first needed, so
+    that listing the commands in `vggfeat --help` does not import torch."""
+
+    def __init__(self):
+        super().__init__((), case_sensitive=False)
+
+    @property
+    def choices(self):
+        from vggfeat.models import ARCHS, PAPER_NAMES
+
+        return tuple(ARCHS) + tuple(PAPER_NAMES)
+
+    @choices.setter
+    def choices(self, value):  # click.Choice.__init__ assigns; the names come from models
+        pass
+
+
+ARCH_CHOICE = _ArchChoice()
 
 
 @click.command("convert-caffe")
@@ -20,6 +37,7 @@ def convert_caffe(caffemodel, out, arch):
     Example:
         vggfeat convert-caffe VGG_ILSVRC_16_layers.caffemodel vgg16-caffe.pth
     """
+    from vggfeat.models import WeightsError
     from vggfeat.models.caffe import convert_caffe as convert
 
     try:
@@ -41,8 +59,8 @@ def export_torchvision(weights, out):
     Example:
         vggfeat export-torchvision runs/d/backbone.pth vgg16-mine.pth
     """
+    from vggfeat.models import WeightsError, load_backbone
     from vggfeat.models import export_torchvision as export
-    from vggfeat.models import load_backbone
 
     try:
         export(load_backbone(weights), out)

@@ -1,0 +1,60 @@
+"""Start-up stays light: `vggfeat --version`/`--help` and every CLI module import no torch.
+
+Behavioural, not timed: what a fresh interpreter has imported, read from ``sys.modules``
+and from ``python -X importtime`` (each check runs in its own process).
+"""
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "sklearn", "matplotlib", "h5py", "torchvision", "scipy")
+
+
+def _imported_after(code: str) -> set[str]:
+    """Top-level packages a fresh interpreter has imported after running `code`."""
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True)
+    return set(done.stdout.split())
+
+
+def _importtime_modules(*args: str) -> set[str]:
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "vggfeat", *args],
+                          capture_output=True, text=True, check=True)
+    names = set()
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    assert "vggfeat" in names  # the probe does see imports
+    return names
+
+
+@pytest.mark.parametrize("args", [("--version",), ("--help",)])
+def test_version_and_help_import_no_heavy_package(args):
+    assert not set(HEAVY) & _importtime_modules(*args)
+
+
+def test_cli_modules_import_no_heavy_package():
+    from vggfeat.cli import COMMANDS
+
+    modules = sorted({target.split(":")[0] for target in COMMANDS.values()})
+    code = "import vggfeat, vggfeat.cli\n" + "\n".join(f"import {m}" for m in modules)
+    assert not set(HEAVY) & _imported_after(code)
+
+
+def test_public_names_load_on_first_use():
+    names = _imported_after("import vggfeat")
+    assert "torch" not in names
+    loaded = _imported_after("from vggfeat import FeatureExtractor, build_backbone\n"
+                             "assert callable(FeatureExtractor) and callable(build_backbone)")
+    assert "torch" in loaded
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import vggfeat
+
+    with pytest.raises(AttributeError, match="no_such_name"):
+        vggfeat.no_such_name  # noqa: B018
+    assert "FeatureExtractor" in dir(vggfeat)
+    assert set(vggfeat.__all__) <= set(dir(vggfeat))
