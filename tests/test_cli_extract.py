@@ -53,14 +53,14 @@ def test_folder_dataset_end_to_end(folder, tiny_weights, tmp_path):
     result = extract("--dataset", "folder", "--root", folder, "--weights", tiny_weights,
                      "--out", out, *TINY)
     assert result.exit_code == 0, result.output
-    assert "12 images (12 computed this run, 0 failed)" in result.stderr and str(out) in \
-        result.stderr
+    assert "12 images (12 computed this run, 0 failed)" in result.stdout and str(out) in \
+        result.stdout  # the result on stdout, progress on stderr
     with h5py.File(out) as f:
         assert f["descriptors"].shape == (12, 2, 512) and f["done"][()].all()
         assert f.attrs["dataset"] == "folder" and f.attrs["scales"].tolist() == [64, 96]
     again = extract("--dataset", "folder", "--root", folder, "--weights", tiny_weights,
                     "--out", out, *TINY, "--quiet")
-    assert "0 computed this run" in again.stderr  # resumed: nothing left to do
+    assert "0 computed this run" in again.stdout  # resumed: nothing left to do
 
 
 def test_bad_images_are_listed_recorded_and_good_ones_kept(folder, tiny_weights, tmp_path):
@@ -85,7 +85,7 @@ def test_bad_images_are_listed_recorded_and_good_ones_kept(folder, tiny_weights,
     np.testing.assert_allclose(x, clean_x, rtol=1e-5, atol=1e-6)
     skipped = extract("--dataset", "folder", "--root", root, "--weights", tiny_weights,
                       "--out", out, *TINY, "--quiet", "--skip-bad")
-    assert skipped.exit_code == 0 and "5 failed" in skipped.stderr
+    assert skipped.exit_code == 0 and "5 failed" in skipped.stdout
 
 
 def test_config_mismatch_refused_unless_overwrite(folder, tiny_weights, tmp_path):
@@ -155,7 +155,8 @@ def test_killed_run_resumes_to_the_same_file(tiny_weights, tmp_path):
             "--scales", "64,96,128,192", "--device", "cpu", "--batch-size", "1"]
     killed = tmp_path / "killed.h5"
     process = subprocess.Popen(command(*args, "--out", killed), stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                               "TQDM_MININTERVAL": "0"})  # every update
     seen = threading.Event()
 
     def watch():  # kill as soon as the progress bar shows some but not all images done
@@ -183,7 +184,7 @@ def test_killed_run_resumes_to_the_same_file(tiny_weights, tmp_path):
     time.sleep(0.1)
     resumed = extract(*args, "--out", killed, "--quiet")
     assert resumed.exit_code == 0, resumed.stderr
-    assert f"{64 - done_before} computed this run" in resumed.stderr
+    assert f"{64 - done_before} computed this run" in resumed.stdout
     whole = tmp_path / "whole.h5"
     assert extract(*args, "--out", whole, "--quiet").exit_code == 0
     assert_same_cache(killed, whole)

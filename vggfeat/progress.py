@@ -2,10 +2,12 @@
 
 On a terminal the bar redraws in place ten times a second. When stderr is a file or a pipe
 (CI, `nohup`, `2> log`) every redraw becomes a line of the log, so there it is drawn at
-most once every `LOG_INTERVAL` seconds, plus the final line.
+most once every `LOG_INTERVAL` seconds, plus the final line (tqdm's own TQDM_MININTERVAL
+environment variable, when set, decides instead).
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from tqdm import tqdm
@@ -31,7 +33,7 @@ def progress_bar(iterable=None, *, file=None, **kwargs) -> tqdm:
         **kwargs: tqdm's (desc, total, unit, disable, leave, ...).
     """
     file = sys.stderr if file is None else file
-    if not _is_terminal(file):
+    if not _is_terminal(file) and "TQDM_MININTERVAL" not in os.environ:
         kwargs.setdefault("mininterval", LOG_INTERVAL)
         kwargs.setdefault("maxinterval", max(LOG_INTERVAL, kwargs["mininterval"]))
     return tqdm(iterable, file=file, **kwargs)

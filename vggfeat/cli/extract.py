@@ -6,6 +6,14 @@ from pathlib import Path
 
 import click
 
+from vggfeat.cli.options import (
+    StrictCommand,
+    cpu_count,
+    default_workers,
+    device_option,
+    quiet_option,
+    root_option,
+)
 from vggfeat.data.readers import DATASETS
 
 # Exit status when some images could not be read (and --skip-bad was not given).
@@ -43,10 +51,11 @@ def default_out(dataset: str, weights: str, layer: str) -> Path:
     return Path(f"{dataset}-{stem}-{layer}.h5")
 
 
-@click.command()
-@click.option("--dataset", required=True, type=click.Choice(DATASETS), help="Dataset reader.")
-@click.option("--root", required=True, type=click.Path(path_type=Path),
-              help="Dataset folder (a CSV file for --dataset csv).")
+@click.command(cls=StrictCommand)
+@click.option("--dataset", required=True, type=click.Choice(DATASETS),
+              help="Dataset reader (folder: ROOT/<class>/*; csv: see below).")
+@root_option("Dataset folder (for --dataset csv: the CSV file, or a folder holding labels.csv).",
+             required=True, type=click.Path(path_type=Path))
 @click.option("--weights", required=True,
               help="Weights file (.pth) or torchvision name, e.g. vgg16.")
 @click.option("--arch", default=None, help="Architecture, when the weights cannot say.")
@@ -60,9 +69,11 @@ def default_out(dataset: str, weights: str, layer: str) -> Path:
               help="Most images per batch (batches hold one image shape).")
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
               help="Most pixels per batch, flips counted [default: 4194304].")
-@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
-              help="Decoding processes.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Decoding processes (0: in the main process) [default: 0 on the CPU, where "
+                   "they would compete with the net for the cores; on a GPU min(8, cores - 1), "
+                   f"here {default_workers(8)} of {cpu_count()} cores].")
+@device_option("Where the net runs")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
               show_default=True, help="bf16 runs the net under autocast.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
@@ -73,7 +84,7 @@ def default_out(dataset: str, weights: str, layer: str) -> Path:
               help="Output file [default: <dataset>-<weights>-<layer>.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace a file made with another configuration.")
 @click.option("--skip-bad", is_flag=True, help="Exit 0 even if some images cannot be read.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option()
 def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_pixels, workers,
             device, precision, dtype, reader_options, out, overwrite, skip_bad, quiet):
     """Compute the paper's descriptors of a dataset into one resumable HDF5 file.
@@ -88,6 +99,16 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
     Example:
         vggfeat extract --dataset voc2007 --root ~/data/VOCdevkit --weights vgg16
         vggfeat extract --dataset folder --root photos/ --weights vgg19 --scales 256,384,512
+        vggfeat extract --dataset csv --root photos/labels.csv --weights vgg16
+
+    \b
+    --dataset csv reads a CSV file with a header row:
+        path,label[,split]
+        cats/1.jpg,cat,train
+        both/7.jpg,cat;dog,test
+    path: relative to the CSV's folder, or absolute. label: one class, or several
+    separated by ';' (or one row per label) for multi-label data. split (optional):
+    train, val or test (val joins training); without it svm-eval draws seeded splits.
     """
     from vggfeat.data.readers import DatasetLayoutError, open_dataset
     from vggfeat.features.cache import CacheError
@@ -101,6 +122,14 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
     except (DatasetLayoutError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     out = out or default_out(dataset, weights, layer)
+    if workers is None:  # decoding processes only pay off when the net is not on the CPU
+        from vggfeat.features.engine import resolve_device
+
+        try:
+            on_cpu = resolve_device(device).type == "cpu"
+        except (RuntimeError, ValueError) as error:
+            raise click.BadParameter(str(error), param_hint="--device") from None
+        workers = 0 if on_cpu else default_workers(8)
     try:
         summary = extract_to_cache(
             images, out, weights=weights, arch=arch, scales=scales or reader.default_scales,
@@ -113,9 +142,11 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
         raise click.ClickException(str(error)) from None
     from vggfeat import distributed
 
-    if distributed.rank() == 0:
-        for line in summary.lines():
+    if distributed.rank() == 0:  # bad images are warnings (stderr); the file is the result
+        *bad, totals = summary.lines()
+        for line in bad:
             click.echo(line, err=True)
+        click.echo(totals)
     distributed.shutdown()
     if summary.failed and not skip_bad:
         sys.exit(EXIT_BAD_IMAGES)

@@ -94,7 +94,7 @@ def root_option(help_text: str, *, required: bool = False, alias: bool = False, 
 def device_option(what: str = "The torch device"):
     return click.option(
         "--device", default="auto", show_default=True,
-        help=f"{what}: auto (cuda when one is present, else cpu), cpu, cuda, cuda:1, mps.")
+        help=f"{what}: auto (a GPU when one is present, else cpu), cpu, cuda, cuda:1, mps.")
 
 
 def workers_option(cap: int, what: str = "Image-decoding processes"):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from vggfeat.cli.options import StrictCommand, device_option, quiet_option
+
 
 def parse_C(ctx, param, values):
     """'--C 0.1,1,10' or '--C 0.1 --C 1' -> ascending tuple; none: the default grid."""
@@ -37,7 +39,7 @@ def parse_cv(ctx, param, value):
     raise click.BadParameter(f"{value!r}: give a number of folds >= 2 or a fraction in (0, 1)")
 
 
-@click.command("svm-eval")
+@click.command("svm-eval", cls=StrictCommand)
 @click.argument("features", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--aggregate", type=click.Choice(["avg", "stack"]), default=None,
               help="Combine scales by averaging or stacking [default: the dataset's: avg for "
@@ -51,8 +53,7 @@ def parse_cv(ctx, param, value):
                    "choosing C [default: VOC 3 folds, Caltech/custom 0.2].")
 @click.option("--solver", type=click.Choice(["torch", "liblinear"]), default="torch",
               show_default=True, help="torch: batched Newton solver; liblinear: LinearSVC.")
-@click.option("--device", default="cpu", show_default=True,
-              help="Torch device for the solver: cpu, cuda, cuda:1 or auto.")
+@device_option("Where the torch solver runs")
 @click.option("--difficult", type=click.Choice(["ignore", "positive"]), default="ignore",
               show_default=True, help="VOC difficult images in training (never scored).")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -70,7 +71,7 @@ def parse_cv(ctx, param, value):
               help="The dataset's location, if it moved since the extraction.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder [default: <first cache's name>-svm].")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option()
 def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, seed, n_splits,
              splits_file, train_per_class, test_per_class, root, out, quiet):
     """Train one-vs-rest linear SVMs on FEATURES (HDF5 caches from `vggfeat extract`) and
@@ -111,7 +112,7 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
                for i in infos]
     files = report.write_report(result, out, recorded, sources, paper)
     written = sorted(str(p) for p in list(files.values()) + result.files)
-    click.echo(f"wrote {len(written)} files to {out}", err=True)
+    click.echo(f"wrote {len(written)} files to {out}")
 
 
 def _device(device: str) -> str:
