@@ -90,7 +90,7 @@ def test_broken_dataset_layout_fails_with_expected_path_and_fix(tmp_path):
     assert "[FAIL] dataset:" in result.output
     assert str(root / "101_ObjectCategories") in result.output  # the path that was expected
     assert "images/" in result.output  # what was found there
-    assert "fix: lay the caltech101 files out as datasets/README.md shows" in result.output
+    assert "fix: lay the caltech101 files out as the message says" in result.output
 
 
 def test_empty_class_folder_is_a_layout_failure(digits, tmp_path):

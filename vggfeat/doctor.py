@@ -143,8 +143,8 @@ def check_dataset(dataset: str, root, options: dict | None = None,
         images = reader.images()
     except DatasetLayoutError as error:
         return Check("dataset", FAIL, str(error),
-                     f"lay the {dataset} files out as datasets/README.md shows, or point "
-                     "--root at the folder that holds them")
+                     f"lay the {dataset} files out as the message says, or point --root at "
+                     "the folder that holds them")
     except ValueError as error:  # unknown dataset name or reader option
         return Check("dataset", FAIL, str(error), "see `vggfeat extract --help`")
     if not images:

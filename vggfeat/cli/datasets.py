@@ -3,15 +3,17 @@ from pathlib import Path
 
 import click
 
+from vggfeat.cli.options import StrictGroup
 
-@click.group()
+
+@click.group(cls=StrictGroup)
 def datasets():
     """Write small real datasets to disk, laid out for the other commands.
 
     \b
     Example:
         vggfeat datasets make-digits digits/
-        vggfeat train-backbone --data digits/backbone --arch A --width 0.125 \\
+        vggfeat train-backbone --root digits/backbone --arch A --width 0.125 \\
             --crop-size 32 --scale 32 --out runs/digits
     """
 

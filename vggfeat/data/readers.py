@@ -188,7 +188,8 @@ def _find_voc_year(root: Path, year: str) -> Path:
     raise DatasetLayoutError(
         f"expected a VOC {year} devkit at {root / 'VOCdevkit' / name} (with JPEGImages/, "
         f"Annotations/, ImageSets/) or --root pointing at VOCdevkit or {name} itself; "
-        f"{_listing(root)}. See datasets/README.md."
+        f"{_listing(root)}. Extract VOCtrainval (and VOCtest for 2007) from "
+        "http://host.robots.ox.ac.uk/pascal/VOC/ into one folder."
     )
 
 
@@ -506,7 +507,9 @@ class Caltech101Reader(_ClassFolderReader):
                 return candidate
         raise DatasetLayoutError(
             f"expected {self.root / self.folder} with one folder per class (or --root pointing "
-            f"at {self.folder} itself); {_listing(self.root)}. See datasets/README.md."
+            f"at {self.folder} itself); {_listing(self.root)}. Extract the dataset's archive "
+            "from https://data.caltech.edu (Caltech-101: caltech-101.zip, then the "
+            "101_ObjectCategories.tar.gz inside it) into --root."
         )
 
     def _check_class_dirs(self, class_dirs: list[Path]) -> None:
@@ -683,7 +686,7 @@ def open_dataset(name: str, root, **options) -> DatasetReader:
     name : str
         One of `DATASETS`.
     root : path-like
-        The dataset folder (see datasets/README.md for what each reader accepts).
+        The dataset folder (the layout each reader accepts is in its docstring).
     **options
         Reader options, e.g. ``drop_background=True`` for caltech101.
 
