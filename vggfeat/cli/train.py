@@ -3,6 +3,13 @@ import json
 from pathlib import Path
 
 import click
+from vggfeat.cli.options import (
+    StrictCommand,
+    default_workers,
+    device_option,
+    quiet_option,
+    root_option,
+)
 
 
 def _floats(text: str) -> list[float]:
@@ -18,9 +25,9 @@ def _ints(ctx, param, text):
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
-@click.command("train-backbone")
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
-              help="DIR with train/<class>/* and val/<class>/* (ImageNet layout).")
+@click.command("train-backbone", cls=StrictCommand)
+@root_option("DIR with train/<class>/* and val/<class>/* (ImageNet layout).", alias=True,
+             type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="RUN_DIR for checkpoint.pth, log.jsonl, config.json and backbone.pth.")
 @click.option("--arch", default="vgg11", show_default=True,
@@ -34,12 +41,16 @@ def _ints(ctx, param, text):
 @click.option("--finetune-from", type=click.Path(exists=True, path_type=Path),
               help="Run folder or backbone of the same configuration to start from.")
 @click.option("--dropout", default=0.5, show_default=True, help="Dropout after fc6 and fc7.")
-@click.option("--epochs", default=74, show_default=True)
+@click.option("--epochs", default=74, show_default=True,
+              help="Most epochs (the paper's recipe stops after 74).")
 @click.option("--batch-size", default=256, show_default=True,
               help="Global batch, split evenly over torchrun processes.")
-@click.option("--lr", default=0.01, show_default=True)
-@click.option("--momentum", default=0.9, show_default=True)
-@click.option("--weight-decay", default=5e-4, show_default=True)
+@click.option("--lr", default=0.01, show_default=True,
+              help="Initial learning rate.")
+@click.option("--momentum", default=0.9, show_default=True,
+              help="SGD momentum.")
+@click.option("--weight-decay", default=5e-4, show_default=True,
+              help="L2 weight decay.")
 @click.option("--lr-patience", default=3, show_default=True,
               help="Epochs without val top-1 improvement before lr /= 10.")
 @click.option("--lr-drops", default=3, show_default=True, help="Most lr divisions.")
@@ -54,15 +65,18 @@ def _ints(ctx, param, text):
 @click.option("--mean", default="0.485,0.456,0.406", show_default=True,
               help="RGB mean in [0, 1], stored in the backbone.")
 @click.option("--std", default="0.229,0.224,0.225", show_default=True, help="RGB std.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
-@click.option("--workers", default=8, show_default=True, help="Decoding processes per rank.")
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of the initialisation, augmentation and data order.")
+@device_option("Where the net trains")
+@click.option("--workers", default=None, help="Decoding processes per torchrun process [default: min(8, its share of the "
+                   f"CPU cores - 1), here {default_workers(8)}].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
-              show_default=True)
+              show_default=True, help="bf16/fp16: mixed precision under autocast.")
 @click.option("--channels-last", is_flag=True, help="NHWC memory format (faster on GPUs).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--synthetic", is_flag=True, help="Random fixed images instead of --data.")
-@click.option("--synthetic-size", default=2560, show_default=True)
+@click.option("--synthetic", is_flag=True, help="Random fixed images instead of --root.")
+@click.option("--synthetic-size", default=2560, show_default=True,
+              help="Images per epoch with --synthetic.")
 @click.option("--num-classes", default=1000, show_default=True, help="With --synthetic only.")
 @click.option("--max-bad-fraction", default=0.01, show_default=True,
               help="Abort when a larger share of images cannot be decoded.")
@@ -71,15 +85,15 @@ def _ints(ctx, param, text):
 @click.option("--force-resume", is_flag=True,
               help="Resume even if architecture or dataset changed.")
 @click.option("--tensorboard", is_flag=True, help="Also log to RUN_DIR/tensorboard.")
-@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@quiet_option("No progress bars or per-epoch lines (the backbone's path is still printed).")
 def train_backbone(**opts):
     """Train a VGG backbone with the paper's recipe (one process, or many under torchrun).
 
     \b
     Examples:
-        vggfeat train-backbone --data ~/imagenet --arch A --out runs/A
-        vggfeat train-backbone --data ~/imagenet --arch D --init-from runs/A --out runs/D
-        torchrun --nproc-per-node 8 -m vggfeat train-backbone --data ~/imagenet \\
+        vggfeat train-backbone --root ~/imagenet --arch A --out runs/A
+        vggfeat train-backbone --root ~/imagenet --arch D --init-from runs/A --out runs/D
+        torchrun --nproc-per-node 8 -m vggfeat train-backbone --root ~/imagenet \\
             --arch E --init-from runs/A --precision bf16 --channels-last --out runs/E
     """
     from vggfeat.training import CheckpointError, TrainingDataError, TrainingError, train
@@ -91,33 +105,36 @@ def train_backbone(**opts):
         opts["mean"], opts["std"] = _floats(opts["mean"]), _floats(opts["std"])
     except ValueError:
         raise click.BadParameter("--mean/--std take three comma-separated numbers") from None
+    if opts["workers"] is None:
+        opts["workers"] = default_workers(8)
     opts["scale_jitter"] = list(opts["scale_jitter"]) if opts["scale_jitter"] else None
     if not opts["synthetic"] and opts["data"] is None:
-        raise click.UsageError("give --data DIR (with train/ and val/) or --synthetic.")
+        raise click.UsageError("give --root DIR (with train/ and val/) or --synthetic.")
     try:
         result = train(resume=resume, force_resume=force, **opts)
     except (TrainingError, TrainingDataError, CheckpointError, ValueError) as error:
         raise click.ClickException(str(error)) from None
-    if not opts["quiet"] and result.get("epoch"):
-        click.echo(f"backbone: {result['backbone']}", err=True)
+    if result.get("epoch"):  # the result: on stdout, even with --quiet
+        click.echo(f"backbone: {result['backbone']}")
 
 
-@click.command("eval-backbone")
-@click.option("--data", required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Validation folder VAL_DIR/<class>/* (or DIR holding val/).")
+@click.command("eval-backbone", cls=StrictCommand)
+@root_option("Validation folder VAL_DIR/<class>/* (or DIR holding val/).", required=True,
+             alias=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--weights", required=True, multiple=True,
               help="Backbone file or run folder; several (--weights A B) for an ensemble.")
 @click.option("--scales", callback=_ints, default=None,
               help="Test scales Q, e.g. 256,384,512 [the paper's for the net's training S].")
 @click.option("--method", type=click.Choice(["dense", "multicrop", "both"]), default="both",
-              show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--workers", default=4, show_default=True)
+              show_default=True, help="Dense, 50-crop multi-crop, or both and their average.")
+@device_option("Where the nets run")
+@click.option("--workers", default=None,
+              help="Decoding processes [default: min(4, CPU cores - 1), here "
+                   f"{default_workers(4)}].")
 @click.option("--limit", type=int, default=None, help="Evaluate on N images spread over classes.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the rows as JSON.")
-@click.option("--quiet", is_flag=True)
+@quiet_option()
 @click.argument("more_weights", nargs=-1, metavar="")
 def eval_backbone(data, weights, scales, method, device, workers, limit, json_out, quiet,
                   more_weights):
@@ -125,7 +142,7 @@ def eval_backbone(data, weights, scales, method, device, workers, limit, json_ou
 
     \b
     Example:
-        vggfeat eval-backbone --data ~/imagenet/val --weights runs/D runs/E \\
+        vggfeat eval-backbone --root ~/imagenet/val --weights runs/D runs/E \\
             --scales 256,384,512 --method both
     """
     import torch
@@ -135,6 +152,7 @@ def eval_backbone(data, weights, scales, method, device, workers, limit, json_ou
 
     if (data / "val").is_dir():
         data = data / "val"
+    workers = default_workers(4) if workers is None else workers
     weights = [*weights, *more_weights]  # `--weights A B` reads B as a trailing argument
     paths = [str(Path(w) / "backbone.pth") if Path(w).is_dir() else w for w in weights]
     if device == "auto":
