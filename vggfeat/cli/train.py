@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import click
+
 from vggfeat.cli.options import (
     StrictCommand,
     default_workers,
@@ -68,7 +69,8 @@ def _ints(ctx, param, text):
 @click.option("--seed", default=0, show_default=True,
               help="Seed of the initialisation, augmentation and data order.")
 @device_option("Where the net trains")
-@click.option("--workers", default=None, help="Decoding processes per torchrun process [default: min(8, its share of the "
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Decoding processes per torchrun process [default: min(8, its share of the "
                    f"CPU cores - 1), here {default_workers(8)}].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
               show_default=True, help="bf16/fp16: mixed precision under autocast.")
@@ -128,7 +130,7 @@ def train_backbone(**opts):
 @click.option("--method", type=click.Choice(["dense", "multicrop", "both"]), default="both",
               show_default=True, help="Dense, 50-crop multi-crop, or both and their average.")
 @device_option("Where the nets run")
-@click.option("--workers", default=None,
+@click.option("--workers", type=click.IntRange(0), default=None,
               help="Decoding processes [default: min(4, CPU cores - 1), here "
                    f"{default_workers(4)}].")
 @click.option("--limit", type=int, default=None, help="Evaluate on N images spread over classes.")
