@@ -143,3 +143,50 @@ def test_device_auto_on_this_machine():
         "mps" if torch.backends.mps.is_available() else "cpu")
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu").type == "cpu"
+
+
+@pytest.mark.parametrize("backend", ["packed", "torchscript", "eager"])
+@pytest.mark.parametrize("arch, rounding", [("vgg11", "ceil"), ("vgg11-lrn", "floor"),
+                                            ("vgg11-bn", "ceil"), ("vgg16-1x1", "floor")])
+def test_cpu_trunk_backends_equal_float64(backend, arch, rounding):
+    """Every CPU trunk equals the float64 eager net, pools' ceil_mode included (an odd
+    size, where ceil and floor pooling give different map sizes)."""
+    from conftest import make_tiny_backbone
+
+    from vggfeat.features.cpu import CpuDense
+
+    model = make_tiny_backbone(arch=arch, pool_rounding=rounding)
+    if arch.endswith("-bn"):  # non-trivial running statistics
+        for layer in model.features:
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.uniform_(-0.1, 0.1)
+                layer.running_var.uniform_(0.5, 1.5)
+    x = torch.rand(2, 3, 70, 99)
+    with torch.no_grad():
+        reference = model.double().dense(x.double(), "fc7").float()
+        model.float()
+        dense = CpuDense(model, backend)
+        with torch.inference_mode():
+            out = dense(x, "fc7")
+    assert dense.backend == backend
+    assert out.shape == reference.shape == (2, 512, model.dense_size(70), model.dense_size(99))
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_the_engine_uses_the_packed_trunk_on_this_pytorch(tiny):
+    """Fails if a PyTorch upgrade removes the oneDNN operators the default CPU path calls
+    (the engine would silently fall back to the slower eager trunk)."""
+    from vggfeat.features.cpu import PackedTrunk, packed_ops_available
+
+    assert packed_ops_available()
+    config = DescriptorConfig.from_model(tiny, SCALES)
+    engine = Engine(tiny, config, device="cpu")
+    assert isinstance(engine.dense.trunk, PackedTrunk)
+
+
+def test_unknown_cpu_backend_is_named(tiny, monkeypatch):
+    from vggfeat.features.cpu import CpuDense
+
+    monkeypatch.setenv("VGGFEAT_CPU_TRUNK", "fast")
+    with pytest.raises(ValueError, match="VGGFEAT_CPU_TRUNK"):
+        CpuDense(tiny)

@@ -1,20 +1,114 @@
 """A faster `model.dense` for fp32 on the CPU; the same numbers (tested against float64).
 
 Besides the convolutions' arithmetic, eager dense evaluation on the CPU pays for layouts:
+every eager oneDNN convolution reorders its weights into oneDNN's blocked layout on every
+call, and its NCHW input and output too. Three ways to avoid that, measured side by side by
+``benchmarks/trunk_paths.py`` (results in ``benchmarks/RESULTS.md``):
 
-- Every eager oneDNN convolution reorders its input and weights into oneDNN's blocked
-  layout and back. A frozen TorchScript trace of the trunk (``optimize_for_inference``)
-  keeps activations blocked from conv1 to pool5, with the weights packed once.
-- The head (fc6, fc7) is `model.forward_head`: matrix products over pool5's windows.
+- ``"packed"`` (the default): the trunk in channels_last (NHWC, oneDNN's native
+  activation layout, so no activation reorders), each convolution's weights reordered into
+  oneDNN's layout once, here, and each convolution run with its ReLU fused by
+  ``torch.ops.mkldnn._convolution_pointwise`` -- the operator that ``torch.compile``'s CPU
+  backend (Inductor, with freezing) emits for convolutions. Eager PyTorch: no tracing, no
+  compilation, ~0.1 s of set-up for VGG16; pools and any other layer (LRN, batch norm) are
+  the model's own modules, so their settings (max-pool ``ceil_mode`` for Caffe weights)
+  are the model's.
+- ``"torchscript"``: a frozen TorchScript trace (``optimize_for_inference``), the earlier
+  fast path. TorchScript is deprecated; kept only as a side-by-side reference and a
+  fallback that must be asked for (``VGGFEAT_CPU_TRUNK=torchscript``).
+- ``"eager"``: ``model.features`` itself.
 
-Measured on the project's 2-core CPU, VGG16 at Q=256, a batch of 2: the trunk about 1.2x
-faster than eager. `fast_dense` falls back to ``model.dense`` when tracing fails.
+The head (fc6, fc7) is always `model.forward_head`: matrix products over pool5's windows.
+``VGGFEAT_CPU_TRUNK`` (packed / torchscript / eager) overrides the choice for a run.
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
+from torch import nn
+
+BACKENDS = ("packed", "torchscript", "eager")
+
+
+def packed_ops_available() -> bool:
+    """Whether this PyTorch has the oneDNN operators the packed trunk calls."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    return (torch.backends.mkldnn.is_available() and ops is not None
+            and hasattr(ops, "_convolution_pointwise")
+            and hasattr(ops, "_reorder_convolution_weight"))
+
+
+class PackedTrunk(nn.Module):
+    """``model.features`` with pre-packed oneDNN convolutions, ReLU fused, channels_last.
+
+    The packed weights are a copy made here: build it after the weights are final (it is
+    for inference only). Layers other than Conv2d(+ReLU) run as the model's own modules.
+
+    Args:
+        features: the trunk, an ``nn.Sequential`` (eval mode, fp32, on the CPU).
+    """
+
+    def __init__(self, features: nn.Sequential):
+        super().__init__()
+        layers = list(features)
+        self.steps: list = []
+        k = 0
+        while k < len(layers):
+            layer = layers[k]
+            if isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros":
+                fuse = k + 1 < len(layers) and isinstance(layers[k + 1], nn.ReLU)
+                self.steps.append(_PackedConv(layer, "relu" if fuse else "none"))
+                k += 2 if fuse else 1
+            else:
+                self.steps.append(layer)  # pools keep their own ceil_mode
+                k += 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+class _PackedConv:
+    """One convolution with its weights reordered once for oneDNN (plain callable: the
+    packed tensor is an opaque oneDNN tensor that ``nn.Module`` machinery must not touch)."""
+
+    def __init__(self, conv: nn.Conv2d, activation: str):
+        weight = conv.weight.detach().float()
+        self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        self.weight = torch.ops.mkldnn._reorder_convolution_weight(weight, *self.args, None)
+        self.bias = None if conv.bias is None else conv.bias.detach().float()
+        self.activation = activation
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.bias, *self.args, self.activation, [], "")
+
+
+def torchscript_trunk(features: nn.Sequential):
+    """The deprecated reference: a frozen, inference-optimised TorchScript trace."""
+    example = torch.zeros(1, 3, 32, 32)  # smallest input the trunk takes: tracing is cheap
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+        traced = torch.jit.trace(features.eval(), example, check_trace=False)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+
+def build_trunk(features: nn.Sequential, backend: str = "packed"):
+    """A callable equal to ``features`` (to float rounding) using `backend`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"CPU trunk backend must be one of {BACKENDS}, got {backend!r} "
+                         "(check VGGFEAT_CPU_TRUNK)")
+    if backend == "packed":
+        if not packed_ops_available():
+            raise RuntimeError("this PyTorch has no oneDNN packed convolution operators")
+        return PackedTrunk(features)
+    if backend == "torchscript":
+        return torchscript_trunk(features)
+    return features
 
 
 class CpuDense:
@@ -23,26 +117,28 @@ class CpuDense:
     Args:
         model: a backbone in eval mode on the CPU (its weights are shared, not copied,
             except for the trunk's packed copy).
+        backend: "packed", "torchscript" or "eager"; None reads ``VGGFEAT_CPU_TRUNK``
+            (default "packed").
     """
 
-    def __init__(self, model):
-        example = torch.zeros(1, 3, 32, 32)  # smallest input the trunk takes: tracing is cheap
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation notices
-            traced = torch.jit.trace(model.features.eval(), example, check_trace=False)
-            self.trunk = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+    def __init__(self, model, backend: str | None = None):
+        self.backend = backend or os.environ.get("VGGFEAT_CPU_TRUNK", "packed")
+        with torch.no_grad():
+            self.trunk = build_trunk(model.features.eval(), self.backend)
         self.model = model
 
     def __call__(self, x: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
-        pool5 = self.trunk(x.contiguous())
+        pool5 = self.trunk(x)
         return pool5 if layer == "pool5" else self.model.forward_head(pool5, layer)
 
 
-def fast_dense(model):
-    """`CpuDense` of `model`, or ``model.dense`` when the trunk cannot be traced."""
+def fast_dense(model, backend: str | None = None):
+    """`CpuDense` of `model`, or ``model.dense`` when the fast trunk cannot be built."""
     try:
-        return CpuDense(model)
-    except Exception as error:  # any tracing failure: the eager path is always correct
+        return CpuDense(model, backend)
+    except ValueError:
+        raise  # a misspelt backend is the user's to fix, not to hide
+    except Exception as error:  # any other failure: the eager path is always correct
         warnings.warn(f"CPU fast path unavailable ({error}); using eager model.dense",
                       stacklevel=2)
         return model.dense
