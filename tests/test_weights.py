@@ -1,5 +1,7 @@
 """Weight files: round trips, torch hub lookup, export, and every kind of bad file."""
+import hashlib
 import pathlib
+import pickle
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from vggfeat.models import (
     load_backbone,
     save_backbone,
 )
+from vggfeat.models.weights import check_release_hash
 
 
 @pytest.mark.parametrize("arch", ["vgg11", "vgg11-lrn", "vgg13", "vgg16-1x1", "vgg16", "vgg19",
@@ -39,17 +42,62 @@ def test_bare_state_dict_gets_torchvision_preprocessing(tmp_path):
     assert model.meta["arch"] == "vgg11" and model.meta["num_classes"] == 10
 
 
-def test_torchvision_name_is_found_in_the_hub_cache(tmp_path, monkeypatch):
+def test_torchvision_name_is_found_in_the_hub_cache_and_its_hash_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsError, match=r"vgg11-8a719046\.pth not found.*download\.pytorch"):
         load_backbone("vgg11")
     checkpoints = tmp_path / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    torch.save(torchvision.models.vgg11().state_dict(), checkpoints / "vgg11-8a719046.pth")
-    model = load_backbone("A")
-    assert model.meta["arch"] == "vgg11"
+    # A (narrow) VGG-11 state dict under the release's name, but not the release.
+    fake = checkpoints / "vgg11-8a719046.pth"
+    torch.save(make_tiny_backbone().state_dict(), fake)
+    digest = hashlib.sha256(fake.read_bytes()).hexdigest()
+    with pytest.raises(WeightsError, match=rf"sha256 starts with 8a719046.*{digest[:8]}"):
+        load_backbone("A")
+    with pytest.raises(WeightsError, match="8a719046"):  # the same file given by its path
+        load_backbone(fake)
+    renamed = tmp_path / "my-vgg11.pth"  # renamed, it is what it holds
+    fake.rename(renamed)
+    model = load_backbone(renamed)
+    assert model.meta["arch"] == "vgg11" and model.meta["sha256"] == digest
     assert model.meta["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
-    assert len(model.meta["classes"]) == 1000 and model.meta["classes"][0] == "tench"
+
+
+def test_release_hash_check_accepts_a_matching_prefix(tmp_path):
+    path = tmp_path / "x.pth"
+    path.write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    named = tmp_path / f"vgg16-{digest[:8]}.pth"
+    check_release_hash(named, digest)  # no error
+    with pytest.raises(WeightsError, match=digest[:8]):
+        check_release_hash(tmp_path / "vgg16-397923af.pth", digest)
+
+
+@pytest.mark.parametrize("width", [0.1, 0.2, 0.3, 0.05])
+def test_widths_that_round_unevenly_round_trip(tmp_path, width):
+    # 64 * 0.1 = 6.4 -> 6 channels but 4096 * 0.1 -> 410: width is read from meta.
+    model = make_tiny_backbone(width=width)
+    save_backbone(model, tmp_path / "w.pth")
+    loaded = load_backbone(tmp_path / "w.pth")
+    assert loaded.meta["width"] == width
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("mean", [float("nan"), 0.5, 0.5], "finite"),
+    ("std", [0.2, 0.0, 0.2], "positive"),
+    ("std", [0.2, -1.0, 0.2], "positive"),
+    ("std", [0.2, float("inf"), 0.2], "finite"),
+    ("value_scale", 0.0, "positive"),
+    ("mean", [0.5, 0.5], "3 values"),
+])
+def test_unusable_preprocessing_is_refused(tmp_path, field, value, message):
+    model = make_tiny_backbone()
+    model.meta["preprocessing"] = {**model.meta["preprocessing"], field: value}
+    save_backbone(model, tmp_path / "pre.pth")
+    with pytest.raises(WeightsError, match=rf"pre\.pth: its preprocessing.*{message}"):
+        load_backbone(tmp_path / "pre.pth")
 
 
 def test_export_to_torchvision_round_trip(tmp_path):
@@ -81,9 +129,20 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"features.0.weight": torch.zeros(1), "payload": _RunsCode(marker)}, path)
-    with pytest.raises(WeightsError, match=r"refused to load .*evil\.pth.*could run code"):
+    with pytest.raises(WeightsError, match=r"refused to load .*evil\.pth: the file contains "
+                                           r"code.*vggfeat will not run") as error:
         load_backbone(path)
     assert not marker.exists()
+    assert "weights_only" not in str(error.value) and "damaged" not in str(error.value)
+
+
+def test_bare_pickle_that_runs_code_is_called_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "raw.pkl"
+    path.write_bytes(pickle.dumps(_RunsCode(marker), protocol=4))
+    with pytest.raises(WeightsError, match=r"raw\.pkl: the file contains code") as error:
+        load_backbone(path)
+    assert not marker.exists() and "weights_only" not in str(error.value)
 
 
 def test_truncated_file(tmp_path):

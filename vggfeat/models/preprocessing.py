@@ -5,6 +5,8 @@ whatever the weights were trained on, so no mean is ever hard-coded downstream.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 # torchvision's VGG weights: RGB in [0, 1], ImageNet mean/std.
@@ -23,8 +25,20 @@ def validate(preprocessing: dict) -> dict:
     if preprocessing["channel_order"] not in ("RGB", "BGR"):
         order = preprocessing["channel_order"]
         raise ValueError(f"channel_order must be RGB or BGR, got {order!r}")
-    if len(preprocessing["mean"]) != 3 or len(preprocessing["std"]) != 3:
+    try:
+        mean = [float(v) for v in preprocessing["mean"]]
+        std = [float(v) for v in preprocessing["std"]]
+        scale = float(preprocessing["value_scale"])
+    except (TypeError, ValueError):
+        raise ValueError(f"mean, std and value_scale must be numbers: {preprocessing}") from None
+    if len(mean) != 3 or len(std) != 3:
         raise ValueError(f"mean and std need 3 values each: {preprocessing}")
+    # A NaN mean or a zero std would turn every image into NaN or Inf, and the pipeline's
+    # non-finite guards into all-zero descriptors: refuse it where it enters.
+    if not all(math.isfinite(v) for v in mean + std + [scale]):
+        raise ValueError(f"mean, std and value_scale must be finite numbers: {preprocessing}")
+    if min(std) <= 0 or scale <= 0:
+        raise ValueError(f"std and value_scale must be positive: {preprocessing}")
     return preprocessing
 
 
