@@ -27,8 +27,9 @@ def _ints(ctx, param, text):
 
 
 @click.command("train-backbone", cls=StrictCommand)
-@root_option("DIR with train/<class>/* and val/<class>/* (ImageNet layout).", alias=True,
-             type=click.Path(file_okay=False, path_type=Path))
+@root_option("DIR with train/<class>/* and val/<class>/* (ImageNet layout); with --task "
+             "localisation an ILSVRC CLS-LOC folder or a CSV of boxes.", alias=True,
+             type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="RUN_DIR for checkpoint.pth, log.jsonl, config.json and backbone.pth.")
 @click.option("--arch", default="vgg11", show_default=True,
@@ -41,13 +42,21 @@ def _ints(ctx, param, text):
               help="Net A run folder or backbone: copy its first 4 convs and 3 FC layers.")
 @click.option("--finetune-from", type=click.Path(exists=True, path_type=Path),
               help="Run folder or backbone of the same configuration to start from.")
+@click.option("--task", type=click.Choice(["classification", "localisation"]),
+              default="classification", show_default=True,
+              help="localisation: fine-tune the --finetune-from classification net into a box "
+                   "regressor (paper Appendix A; vggfeat.training.localisation).")
+@click.option("--box-head", type=click.Choice(["scr", "pcr"]), default="pcr", show_default=True,
+              help="Localisation: one box (single-class) or one per class (per-class).")
+@click.option("--finetune", type=click.Choice(["fc", "all"]), default="all", show_default=True,
+              help="Localisation: train fc6-fc8 only, or all layers.")
 @click.option("--dropout", default=0.5, show_default=True, help="Dropout after fc6 and fc7.")
 @click.option("--epochs", default=74, show_default=True,
               help="Most epochs (the paper's recipe stops after 74).")
 @click.option("--batch-size", default=256, show_default=True,
               help="Global batch, split evenly over torchrun processes.")
-@click.option("--lr", default=0.01, show_default=True,
-              help="Initial learning rate.")
+@click.option("--lr", type=float, default=None,
+              help="Initial learning rate [0.01; 0.001 with --task localisation].")
 @click.option("--momentum", default=0.9, show_default=True,
               help="SGD momentum.")
 @click.option("--weight-decay", default=5e-4, show_default=True,
@@ -112,6 +121,13 @@ def train_backbone(**opts):
     opts["scale_jitter"] = list(opts["scale_jitter"]) if opts["scale_jitter"] else None
     if not opts["synthetic"] and opts["data"] is None:
         raise click.UsageError("give --root DIR (with train/ and val/) or --synthetic.")
+    task, box_head, finetune = opts.pop("task"), opts.pop("box_head"), opts.pop("finetune")
+    if opts["lr"] is None:
+        opts.pop("lr")  # the task's default
+    if task == "localisation":
+        from vggfeat.training.localisation import train_localisation as train
+
+        opts.update(box_head=box_head, finetune=finetune)
     try:
         result = train(resume=resume, force_resume=force, **opts)
     except (TrainingError, TrainingDataError, CheckpointError, ValueError) as error:

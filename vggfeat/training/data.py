@@ -194,7 +194,7 @@ class ShardSampler(Sampler):
 
 
 def train_loader(dataset, *, batch_size: int, rank: int, world: int, seed: int,
-                 workers: int, pin_memory: bool) -> DataLoader:
+                 workers: int, pin_memory: bool, collate_fn=collate) -> DataLoader:
     """Per-rank loader of batch_size // world images; the global batch is batch_size.
 
     The DistributedSampler (also for one process) makes step i's global batch the same
@@ -212,7 +212,7 @@ def train_loader(dataset, *, batch_size: int, rank: int, world: int, seed: int,
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                  seed=seed, drop_last=True)
     return DataLoader(dataset, batch_size=per_rank, sampler=EpochKeySampler(sampler),
-                      num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                      num_workers=workers, collate_fn=collate_fn, pin_memory=pin_memory,
                       drop_last=True, persistent_workers=workers > 0,
                       # A private generator: worker seeding must not consume the global
                       # RNG, whose stream (dropout) has to be the same after --resume.
@@ -221,9 +221,9 @@ def train_loader(dataset, *, batch_size: int, rank: int, world: int, seed: int,
 
 
 def val_loader(dataset, *, batch_size: int, rank: int, world: int, workers: int,
-               pin_memory: bool) -> DataLoader:
+               pin_memory: bool, collate_fn=collate) -> DataLoader:
     """Per-rank loader over this rank's shard of the validation images, in order."""
     return DataLoader(dataset, batch_size=max(1, batch_size // world),
                       sampler=ShardSampler(len(dataset), rank, world), num_workers=workers,
-                      collate_fn=collate, pin_memory=pin_memory,
+                      collate_fn=collate_fn, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(0))

@@ -306,12 +306,17 @@ def autocast_for(cfg: dict, device: torch.device):
     return torch.autocast(device.type, dtype=dtype, enabled=cfg["precision"] != "fp32")
 
 
-def train_step(model, x, y, optimizer, scaler, autocast):
-    """One SGD step on a prepared batch; returns the (detached) loss and logits."""
+def train_step(model, x, y, optimizer, scaler, autocast, loss_fn=None):
+    """One SGD step on a prepared batch; returns the (detached) loss and logits.
+
+    `loss_fn(outputs, y)` replaces the softmax cross-entropy (the localisation task's
+    Euclidean loss); it too must sum over this rank's batch and divide by its size.
+    """
     with autocast:
         logits = model(x)
         # Mean over this rank's batch; DDP averages over ranks -> the global-batch mean.
-        loss = F.cross_entropy(logits.float(), y, reduction="sum") / max(len(y), 1)
+        loss = (loss_fn(logits.float(), y) if loss_fn is not None else
+                F.cross_entropy(logits.float(), y, reduction="sum") / max(len(y), 1))
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

@@ -1,0 +1,429 @@
+"""Training a localisation net (paper Appendix A.1): `train-backbone --task localisation`.
+
+The classification recipe with three changes, as the paper: the last layer predicts a box
+(4 outputs, single-class regression "scr", or 4 per class, per-class regression "pcr"),
+the loss is Euclidean (Caffe's EuclideanLoss: half the squared distance, batch mean), and
+the net starts from the classification net trained at the same scale (`--finetune-from`,
+required), its last layer from scratch, lr 1e-3; `--finetune fc` trains fc6-fc8 only,
+`all` every layer. Architecture, width, crop, pooling and input normalisation all come
+from that classification net.
+
+Everything else is the classification trainer's machinery (`vggfeat.training.trainer`):
+the same config dict, per-image seeding (augmentation and box targets follow from
+(seed, epoch, index)), DistributedSampler order, DDP, `train_step`, atomic checkpoints,
+exact --resume, log.jsonl and backbone.pth.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from vggfeat import distributed as D
+from vggfeat.localisation.boxes import box_iou, crop_target, decode_boxes
+from vggfeat.localisation.data import LocImages, read_localisation
+from vggfeat.models import save_backbone
+from vggfeat.progress import progress_bar
+from vggfeat.training.augment import pca_shift, rescale, sample_generator, to_uint8_tensor
+from vggfeat.training.checkpoint import CHECKPOINT_NAME, save_checkpoint, set_rng_state
+from vggfeat.training.data import DECODE_ERRORS, open_rgb, train_loader, val_loader
+from vggfeat.training.trainer import (
+    BadImageCounter,
+    TrainingError,
+    autocast_for,
+    checkpoint_state,
+    load_run_model,
+    make_config,
+    open_tensorboard,
+    prepare_batch,
+    rewrite_log,
+    seed_everything,
+    start_or_resume,
+    train_step,
+)
+
+BOX_HEADS = ("scr", "pcr")
+FINETUNE = ("fc", "all")
+LOC_DEFAULTS = {"box_head": "pcr",  # the paper's best (Table 8)
+                "finetune": "all",  # idem
+                "lr": 1e-3}
+
+
+# -- data: crops and their box targets --------------------------------------------------
+
+class LocTransform:
+    """Rescale to S, crop (random or central), flip; returns the crop and its box target.
+
+    The random draws are those of `TrainTransform`, in the same order, so a localisation
+    run sees the crops a classification run with the same seed would.
+
+    Args:
+        scale: S, or (S_min, S_max) for scale jittering.
+        crop_size: crop side.
+        train: random crop and flip and colour shift; else the central crop.
+        flip: random horizontal flips (train only).
+        lighting_std: PCA colour shift std (train only).
+    """
+
+    def __init__(self, scale, crop_size: int, train: bool = True, flip: bool = True,
+                 lighting_std: float = 0.1):
+        lo, hi = (scale, scale) if isinstance(scale, int) else tuple(scale)
+        if lo > hi or lo < crop_size:
+            raise ValueError(f"training scale {scale} must be >= crop size {crop_size} "
+                             "(and min <= max)")
+        self.scale_range, self.crop_size, self.train = (int(lo), int(hi)), crop_size, train
+        self.flip, self.lighting_std = flip, lighting_std
+        self.draft_size = hi
+
+    def __call__(self, img, boxes, gen):
+        """(uint8 crop, RGB shift (3,), target (cx, cy, w, h) or None)."""
+        lo, hi = self.scale_range
+        c = self.crop_size
+        s = int(torch.randint(lo, hi + 1, (1,), generator=gen)) if self.train else lo
+        scaled = rescale(img, s)
+        w, h = scaled.size
+        if self.train:
+            top = int(torch.randint(0, h - c + 1, (1,), generator=gen))
+            left = int(torch.randint(0, w - c + 1, (1,), generator=gen))
+            flip = self.flip and bool(torch.rand(1, generator=gen) < 0.5)
+            shift = pca_shift(torch.randn(3, generator=gen) * self.lighting_std)
+        else:
+            top, left, flip, shift = (h - c) // 2, (w - c) // 2, False, torch.zeros(3)
+        x = to_uint8_tensor(scaled.crop((left, top, left + c, top + c)))
+        if flip:
+            x = x.flip(-1)
+        scale_xy = (w / img.size[0], h / img.size[1])
+        return x, shift, crop_target(boxes, scale_xy, (left, top), c, flip)
+
+
+class LocDataset(Dataset):
+    """`dataset[(epoch, index)]` -> (uint8 crop, target (6,), shift, None), or
+    (None, None, None, path) for an unreadable file.
+
+    target = (cx, cy, w, h, class index, valid): valid is 0 when no box overlaps the crop.
+    """
+
+    def __init__(self, images: LocImages, transform: LocTransform, seed: int = 0):
+        self.images, self.transform, self.seed = images, transform, seed
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        path = self.images.root / self.images.paths[index]
+        try:
+            img = open_rgb(path, self.transform.draft_size)
+        except DECODE_ERRORS:
+            return None, None, None, str(path)
+        x, shift, box = self.transform(img, self.images.boxes[index],
+                                       sample_generator(self.seed, epoch, index))
+        valid = box is not None
+        box = box if valid else torch.zeros(4)
+        target = torch.cat([box, torch.tensor([float(self.images.labels[index]), float(valid)])])
+        return x, target, shift, None
+
+
+def collate_targets(batch):
+    """Stack good samples; returns (images, targets (N, 6), shifts, bad_paths)."""
+    good = [b for b in batch if b[3] is None]
+    bad = [b[3] for b in batch if b[3] is not None]
+    if not good:
+        return None, None, None, bad
+    return (torch.stack([b[0] for b in good]), torch.stack([b[1] for b in good]),
+            torch.stack([b[2] for b in good]), bad)
+
+
+# -- model and loss ---------------------------------------------------------------------
+
+def predicted_box(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N, 4) box of each sample's class (PCR) or the single box (SCR)."""
+    heads = outputs.view(len(outputs), -1, 4)
+    index = labels.long() if heads.shape[1] > 1 else torch.zeros_like(labels, dtype=torch.long)
+    return heads[torch.arange(len(outputs), device=outputs.device), index]
+
+
+def euclidean_loss(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Caffe's EuclideanLoss, 1/(2N) sum ||pred - target||^2, over samples with a target.
+
+    Divided by this rank's batch size N (DDP averages ranks -> the global-batch mean).
+    """
+    diff = predicted_box(outputs, target[:, 4]) - target[:, :4]
+    return 0.5 * (diff.pow(2).sum(1) * target[:, 5]).sum() / max(len(target), 1)
+
+
+def build_loc_model(cfg: dict) -> nn.Module:
+    """The classification net of --finetune-from with a fresh box layer (4 or 4 x C)."""
+    source = load_run_model(cfg["finetune_from"])
+    model = copy.deepcopy(source).train()
+    fc8 = model.classifier[6]
+    outputs = 4 * (len(cfg["classes"]) if cfg["box_head"] == "pcr" else 1)
+    model.classifier[6] = nn.Linear(fc8.in_features, outputs)
+    if cfg["init"] == "xavier":
+        nn.init.xavier_uniform_(model.classifier[6].weight)
+    else:
+        nn.init.normal_(model.classifier[6].weight, 0.0, 0.01)
+    nn.init.zeros_(model.classifier[6].bias)
+    for module in model.classifier:
+        if isinstance(module, nn.Dropout):
+            module.p = cfg["dropout"]
+    if cfg["finetune"] == "fc":  # the paper's "first two FC layers" (+ the new box layer)
+        for p in model.features.parameters():
+            p.requires_grad_(False)
+    src_training = source.meta.get("training", {})
+    model.meta = {**{k: v for k, v in source.meta.items() if k not in ("source", "sha256")},
+                  "num_classes": outputs, "task": "localisation", "box_head": cfg["box_head"],
+                  "finetune": cfg["finetune"], "classes": list(cfg["classes"]),
+                  "training": {"scale": cfg["scale_jitter"] or cfg["scale"],
+                               "epochs": cfg["epochs"], "init": f"finetune {cfg['init']}",
+                               "seed": cfg["seed"], "classifier_scale": src_training.get("scale")}}
+    cfg.update(arch=model.meta["arch"], width=model.meta["width"],
+               crop_size=model.meta["crop_size"], num_classes=outputs)
+    return model
+
+
+# -- one epoch ----------------------------------------------------------------------------
+
+def _set_train(model, cfg):
+    model.train()
+    if cfg["finetune"] == "fc":  # frozen trunk: batch-norm statistics stay as trained
+        _raw(model).features.eval()
+
+
+def _raw(model):
+    """The model inside DDP and torch.compile wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, bad, preprocessing):
+    """One pass over the training crops; returns loss, images/s, time and steps."""
+    _set_train(model, cfg)
+    autocast = autocast_for(cfg, device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss*n, n
+    c = cfg["crop_size"]
+    steps = len(loader) if cfg["max_steps"] is None else min(len(loader), cfg["max_steps"])
+    bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+                       disable=cfg["quiet"] or not D.is_main_process(), leave=False,
+                       unit="batch")
+    start = time.perf_counter()
+    for step, (images, targets, shifts, bad_paths) in enumerate(loader):
+        if step >= steps:
+            break
+        if images is None:  # every image unreadable: an empty step keeps ranks in step
+            images = torch.zeros((0, 3, c, c), dtype=torch.uint8)
+            targets, shifts = torch.zeros(0, 6), torch.zeros(0, 3)
+        bad.add(len(targets), bad_paths)
+        x = prepare_batch(images, shifts, preprocessing, device, cfg["channels_last"])
+        y = targets.to(device, non_blocking=True)
+        loss, _ = train_step(model, x, y, optimizer, scaler, autocast, euclidean_loss)
+        with torch.no_grad():
+            n = torch.full((), len(y), device=device, dtype=torch.float64)
+            sums += torch.stack([loss.double() * n, n])
+        if (step + 1) % 100 == 0:
+            bad.check()
+        bar.update()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    bar.close()
+    bad.check()
+    local = sums[1].item()
+    sums = D.all_reduce_sum(sums)
+    images_per_s = D.all_reduce_sum(torch.tensor([local / max(elapsed, 1e-9)])).item()
+    return {"train_loss": sums[0].item() / max(sums[1].item(), 1),
+            "images_per_s": images_per_s, "train_time_s": elapsed, "steps": steps}
+
+
+@torch.no_grad()
+def validate(model, loader, cfg, device, preprocessing, iou_threshold: float = 0.5):
+    """Central-crop validation of the ground-truth class's box: loss and localisation error.
+
+    The IoU is taken in crop coordinates against the target box (the ground-truth box with
+    the most area in the crop); eval-localisation measures against every ground-truth box
+    of the whole image.
+    """
+    model.eval()
+    autocast = autocast_for(cfg, device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, hits, n
+    for images, targets, shifts, _ in loader:
+        if images is None:
+            continue
+        x = prepare_batch(images, shifts, preprocessing, device, cfg["channels_last"])
+        y = targets.to(device)
+        with autocast:
+            out = model(x).float()
+        pred = decode_boxes(predicted_box(out, y[:, 4]).cpu(), 1).numpy()
+        true = decode_boxes(y[:, :4].cpu(), 1).numpy()
+        iou = np.array([box_iou(p[None], t[None])[0, 0] for p, t in zip(pred, true, strict=True)])
+        hits = float(((iou >= iou_threshold) & (y[:, 5].cpu().numpy() > 0)).sum())
+        sums += torch.tensor([euclidean_loss(out, y).item() * len(y), hits, len(y)],
+                             dtype=torch.float64, device=device)
+    sums = D.all_reduce_sum(sums)
+    n = max(sums[2].item(), 1)
+    return {"val_loss": sums[0].item() / n, "val_loc_err": 100 * (1 - sums[1].item() / n)}
+
+
+# -- the run ------------------------------------------------------------------------------
+
+def make_loc_config(**options) -> dict:
+    """The trainer's config plus task, box_head and finetune; lr defaults to 1e-3."""
+    loc = {k: options.pop(k, v) for k, v in LOC_DEFAULTS.items() if k != "lr"}
+    options.setdefault("lr", LOC_DEFAULTS["lr"])
+    options.pop("task", None)
+    cfg = make_config(**options)
+    if loc["box_head"] not in BOX_HEADS:
+        raise TrainingError(f"--box-head must be one of {BOX_HEADS}, got {loc['box_head']!r}")
+    if loc["finetune"] not in FINETUNE:
+        raise TrainingError(f"--finetune must be one of {FINETUNE}, got {loc['finetune']!r}")
+    if cfg["synthetic"] or cfg["data"] is None:
+        raise TrainingError("--task localisation needs --data (an ILSVRC CLS-LOC folder or a "
+                            "CSV of boxes), not --synthetic.")
+    if not cfg["finetune_from"]:
+        raise TrainingError("--task localisation starts from a classification net: give "
+                            "--finetune-from CLASSIFICATION_RUN (trained at the same --scale).")
+    return {**cfg, "task": "localisation", **loc}
+
+
+def build_loc_data(cfg: dict, rank: int, world: int, pin_memory: bool):
+    """Loaders of the localisation crops; fills cfg's classes and train_digest."""
+    scale = cfg["scale_jitter"] or cfg["scale"]
+    val_scale = cfg["val_scale"] or (sum(scale) // 2 if cfg["scale_jitter"] else scale)
+    train_images = read_localisation(cfg["data"], "train")
+    val_images = read_localisation(cfg["data"], "val")
+    if val_images.classes != train_images.classes:
+        raise TrainingError(f"{cfg['data']}: train and val list different classes.")
+    try:
+        train_tf = LocTransform(scale, cfg["crop_size"], True, cfg["flip"], cfg["color_shift"])
+        val_tf = LocTransform(val_scale, cfg["crop_size"], train=False)
+    except ValueError as error:
+        raise TrainingError(f"{error}; raise --scale.") from None
+    cfg.update(classes=list(train_images.classes), train_digest=train_images.digest())
+    common = {"rank": rank, "world": world, "workers": cfg["workers"], "pin_memory": pin_memory,
+              "collate_fn": collate_targets}
+    return (train_loader(LocDataset(train_images, train_tf, cfg["seed"]),
+                         batch_size=cfg["batch_size"], seed=cfg["seed"], **common),
+            val_loader(LocDataset(val_images, val_tf, cfg["seed"]),
+                       batch_size=cfg["batch_size"], **common))
+
+
+def train_localisation(resume: bool = False, force_resume: bool = False, **options) -> dict:
+    """Fine-tune a classification net into a localisation net; returns the last log record.
+
+    Args:
+        resume: continue the run in options["out"] from its checkpoint.
+        force_resume: resume even if the architecture or dataset differ.
+        **options: entries of the trainer's `DEFAULTS` plus box_head ("scr"/"pcr") and
+            finetune ("fc"/"all"); finetune_from and data are required.
+    """
+    cfg = make_loc_config(**options)
+    device = D.init(cfg["device"])
+    try:
+        return _train(cfg, device, resume, force_resume)
+    finally:
+        D.shutdown()
+
+
+def _peek_source(cfg):
+    """Architecture entries of the source net, so the crop size is known before the data."""
+    source = load_run_model(cfg["finetune_from"])
+    cfg.update(arch=source.meta["arch"], width=source.meta["width"],
+               crop_size=source.meta["crop_size"])
+    s = source.meta.get("training", {}).get("scale")
+    if s is not None and s != (cfg["scale_jitter"] or cfg["scale"]) and D.is_main_process():
+        warnings.warn(f"--finetune-from {cfg['finetune_from']} was trained at S={s}; the paper "
+                      "initialises each localisation net from the classification net of its "
+                      "own scale.", stacklevel=3)
+
+
+def _train(cfg, device, resume, force_resume):
+    rank, world = D.rank(), D.world_size()
+    run_dir = Path(cfg["out"])
+    _peek_source(cfg)
+    loader, val = build_loc_data(cfg, rank, world, pin_memory=device.type == "cuda")
+    cfg["num_classes"] = 4 * (len(cfg["classes"]) if cfg["box_head"] == "pcr" else 1)
+    state = start_or_resume(cfg, run_dir, resume, force_resume)
+    if state is not None and state["config"].get("box_head") != cfg["box_head"]:
+        raise TrainingError(f"{run_dir} holds a --box-head {state['config'].get('box_head')} "
+                            "run; resume it with the same --box-head.")
+    torch.manual_seed(cfg["seed"])  # the same box layer on every rank
+    model = build_loc_model(cfg).to(device)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    preprocessing = model.meta["preprocessing"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
+                                weight_decay=cfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg["lr_factor"], patience=cfg["lr_patience"],
+        min_lr=cfg["lr"] * cfg["lr_factor"] ** cfg["lr_drops"])
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"] == "fp16")
+    start_epoch, step = 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step = state["epoch"], state["step"]
+        set_rng_state(state["rng"])
+    train_model = D.wrap_ddp(model, device)
+    if cfg["compile"]:
+        train_model = torch.compile(train_model)
+    main = D.is_main_process()
+    log_path = run_dir / "log.jsonl"
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+        rewrite_log(log_path, start_epoch)
+    writer = open_tensorboard(cfg, run_dir)
+    bad = BadImageCounter(cfg["max_bad_fraction"], device)
+    record = {}
+    for epoch in range(start_epoch, cfg["epochs"]):
+        seed_everything(cfg["seed"], epoch, rank)
+        loader.sampler.set_epoch(epoch)
+        lr, bad_before = optimizer.param_groups[0]["lr"], bad.total_bad
+        stats = train_one_epoch(train_model, loader, optimizer, scaler, cfg, device, epoch, bad,
+                                preprocessing)
+        stats.update(validate(model, val, cfg, device, preprocessing))
+        scheduler.step(stats["val_loc_err"])
+        step += stats.pop("steps")
+        record = {"epoch": epoch + 1, "step": step, "lr": lr, **stats,
+                  "bad_images": bad.total_bad - bad_before,
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if not math.isfinite(stats["train_loss"]):
+            raise TrainingError(f"the loss diverged in epoch {epoch + 1} (NaN/Inf); lower --lr; "
+                                "the last good checkpoint (if any) is kept.")
+        if main:
+            with open(log_path, "a") as log:
+                log.write(json.dumps(record) + "\n")
+            if writer is not None:
+                for key, value in record.items():
+                    if isinstance(value, float):
+                        writer.add_scalar(key, value, epoch + 1)
+            save_checkpoint(checkpoint_state(model, optimizer, scheduler, scaler, epoch + 1,
+                                             step, cfg), run_dir / CHECKPOINT_NAME)
+            if not cfg["quiet"]:
+                print(format_record(record), file=sys.stderr)
+    if main:
+        if start_epoch >= cfg["epochs"] and state is None:
+            save_checkpoint(checkpoint_state(model, optimizer, scheduler, scaler, 0, 0, cfg),
+                            run_dir / CHECKPOINT_NAME)
+        save_backbone(model.cpu().eval(), run_dir / "backbone.pth")
+        if writer is not None:
+            writer.close()
+    return {**record, "run_dir": str(run_dir), "backbone": str(run_dir / "backbone.pth")}
+
+
+def format_record(r: dict) -> str:
+    return (f"epoch {r['epoch']}: loss {r['train_loss']:.4f}, val loss {r['val_loss']:.4f}, "
+            f"val GT-class localisation err {r['val_loc_err']:.2f}%, lr {r['lr']:.2g}, "
+            f"{r['images_per_s']:.0f} images/s")
