@@ -1,4 +1,7 @@
 """vggfeat.features.cache: the HDF5 contract, resume, refusal on mismatch, reading back."""
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -87,7 +90,89 @@ def test_config_mismatch_is_refused_naming_the_difference(tmp_path):
         cache.open_for_writing(out, attrs(), {"/": IDS + ["new"]}, DIM)
     assert out.exists()  # refusing touches nothing
     partial = cache.open_for_writing(out, attrs(layer="fc6"), {"/": IDS}, DIM, overwrite=True)
-    assert cache.pending(partial) == list(range(6)) and not out.exists()
+    assert cache.pending(partial) == list(range(6))
+    assert h5py.File(out)["descriptors"][0, 0, 0] == 0  # the old file stays until the new ...
+    writer = cache.RowWriter(partial)
+    for k in range(6):
+        writer.put(k, descriptor(k) + 100)
+    writer.close()
+    assert cache.finalize(out)  # ... one is complete and replaces it
+    with h5py.File(out) as f:
+        assert f.attrs["layer"] == "fc6" and f["descriptors"][0, 0, 0] == 100
+
+
+def foreign_files(tmp_path):
+    """Files vggfeat did not write, as --out: name -> path."""
+    text = tmp_path / "notes.h5"
+    text.write_text("my notes\n")
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["data"] = np.arange(5)
+        f.attrs["owner"] = "someone else"
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(b"\x89HDF\r\n\x1a\n" + b"garbage" * 100)
+    return {"text": text, "hdf5": other, "damaged": damaged}
+
+
+@pytest.mark.parametrize("kind", ["text", "hdf5", "damaged"])
+def test_a_file_vggfeat_did_not_write_is_never_deleted(tmp_path, kind):
+    out = foreign_files(tmp_path)[kind]
+    before = out.read_bytes()
+    with pytest.raises(cache.NotACacheError, match="is not a vggfeat feature cache") as info:
+        cache.open_for_writing(out, attrs(), {"/": IDS}, DIM, log=lambda m: None)
+    assert str(out) in str(info.value) and "--overwrite" in str(info.value)
+    assert info.value.exit_code == 2
+    assert out.read_bytes() == before and not cache.partial_path(out).exists()
+    # Asked for explicitly, it is replaced, but only once the new file is complete.
+    partial = cache.open_for_writing(out, attrs(), {"/": IDS}, DIM, overwrite=True)
+    assert out.read_bytes() == before
+    writer = cache.RowWriter(partial)
+    for k in range(6):
+        writer.put(k, descriptor(k))
+    writer.close()
+    assert cache.finalize(out) and cache.read_descriptors(out)[0] == IDS
+    assert not partial.exists()
+
+
+def test_a_folder_is_never_replaced(tmp_path):
+    out = tmp_path / "f.h5"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    for overwrite in (False, True):
+        with pytest.raises(cache.NotACacheError, match="folder"):
+            cache.open_for_writing(out, attrs(), {"/": IDS}, DIM, overwrite=overwrite)
+    assert (out / "keep.txt").exists()
+
+
+HOLD_OPEN = """
+import sys, h5py
+f = h5py.File(sys.argv[1], sys.argv[2])
+print("open", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize(("which", "mode"), [("out", "r+"), ("partial", "r+"), ("out", "r")])
+def test_a_file_open_in_another_process_is_in_use_not_corrupt(tmp_path, which, mode):
+    out = tmp_path / "f.h5"
+    write(out, range(6) if which == "out" else range(3))
+    if which == "out":
+        cache.finalize(out)
+    path = out if which == "out" else cache.partial_path(out)
+    before = path.read_bytes()
+    other = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(path), mode],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "open"
+        with pytest.raises(cache.CacheInUseError, match="open in another process") as info:
+            partial = cache.open_for_writing(out, attrs(), {"/": IDS}, DIM, log=lambda m: None)
+            cache.RowWriter(partial).close()  # a reader only blocks writing
+        assert str(path) in str(info.value) or str(cache.partial_path(out)) in str(info.value)
+    finally:
+        other.communicate("\n", timeout=30)
+    assert (out.exists() or cache.partial_path(out).exists())
+    kept = out if out.exists() else cache.partial_path(out)
+    assert kept.read_bytes() == before  # not deleted, not rewritten
 
 
 def test_a_broken_partial_file_is_reported_and_restarted(tmp_path):
@@ -192,7 +277,7 @@ def test_failed_rows_are_left_out_with_a_warning(tmp_path):
 
 def test_missing_file_says_an_extraction_was_interrupted(tmp_path):
     write(tmp_path / "f.h5", [0])
-    with pytest.raises(cache.CacheError, match="interrupted"):
+    with pytest.raises(cache.CacheError, match="interrupted|unfinished"):
         cache.load_features(tmp_path / "f.h5")
 
 

@@ -188,3 +188,59 @@ def test_killed_run_resumes_to_the_same_file(tiny_weights, tmp_path):
     whole = tmp_path / "whole.h5"
     assert extract(*args, "--out", whole, "--quiet").exit_code == 0
     assert_same_cache(killed, whole)
+
+
+# -- data loss (issue 9): files vggfeat did not write, and files in use ----------------------
+
+@pytest.mark.parametrize("kind", ["text", "hdf5", "weights"])
+def test_out_that_is_not_a_cache_is_refused_and_kept(folder, tiny_weights, tmp_path, kind):
+    if kind == "text":
+        out = tmp_path / "notes.h5"
+        out.write_text("a week of notes\n")
+    elif kind == "hdf5":
+        out = tmp_path / "other.h5"
+        with h5py.File(out, "w") as f:
+            f["measurements"] = np.arange(10.0)
+    else:
+        out = tmp_path / "weights-copy.pth"
+        shutil.copy(tiny_weights, out)
+    before = out.read_bytes()
+    common = ["--dataset", "folder", "--root", folder, "--out", out, *TINY, "--quiet"]
+    weights = out if kind == "weights" else tiny_weights
+    refused = extract(*common, "--weights", weights)
+    assert refused.exit_code == 2, refused.output
+    assert str(out) in refused.stderr and "Traceback" not in refused.output
+    assert out.read_bytes() == before
+    replaced = extract(*common, "--weights", weights, "--overwrite")
+    if kind == "weights":  # never, whatever the options
+        assert replaced.exit_code == 2 and "--weights file" in replaced.stderr
+        assert out.read_bytes() == before
+    else:
+        assert replaced.exit_code == 0, replaced.output
+        assert load_features(out)[1].shape == (12, 512)
+
+
+def test_two_runs_on_one_out_do_not_destroy_each_other(tiny_weights, tmp_path):
+    root = tmp_path / "data"
+    make_folder_dataset(root, classes=("a", "b"), per_class=24)
+    args = ["--dataset", "folder", "--root", root, "--weights", tiny_weights,
+            "--scales", "64,96,128", "--device", "cpu", "--batch-size", "1", "--quiet"]
+    out = tmp_path / "f.h5"
+    first = subprocess.Popen(command(*args, "--out", out), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lock = tmp_path / "f.h5.lock"
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "f.h5.partial").exists():  # the first run is writing
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = extract(*args, "--out", out)
+    assert second.exit_code == 2, second.output
+    assert "in use" in second.stderr and f"process {first.pid}" in second.stderr
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr and "48 computed this run" in stdout + stderr
+    assert not lock.exists()
+    whole = tmp_path / "whole.h5"
+    assert extract(*args, "--out", whole).exit_code == 0
+    assert_same_cache(out, whole)

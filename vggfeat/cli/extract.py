@@ -82,7 +82,9 @@ def default_out(dataset: str, weights: str, layer: str) -> Path:
               metavar="KEY=VALUE", help="Reader option, e.g. drop_background=true (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output file [default: <dataset>-<weights>-<layer>.h5].")
-@click.option("--overwrite", is_flag=True, help="Replace a file made with another configuration.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an --out made with another configuration, or that is not a vggfeat "
+                   "cache (kept until the new file is complete; never the --weights file).")
 @click.option("--skip-bad", is_flag=True, help="Exit 0 even if some images cannot be read.")
 @quiet_option()
 def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_pixels, workers,
@@ -139,7 +141,9 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
             root=reader.root, reader_options=reader.options, progress=not quiet,
             log=lambda message: click.echo(message, err=True))
     except (WeightsError, CacheError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+        failure = click.ClickException(str(error))
+        failure.exit_code = getattr(error, "exit_code", 1)  # 2: an --out it will not replace
+        raise failure from None
     from vggfeat import distributed
 
     if distributed.rank() == 0:  # bad images are warnings (stderr); the file is the result

@@ -39,6 +39,9 @@ BOXES_GROUP = "boxes"
 DTYPES = ("float32", "float16")
 STRING = h5py.string_dtype("utf-8")
 FAILED_DTYPE = np.dtype([("id", STRING), ("reason", STRING)])
+# Root attribute that identifies a file as a vggfeat cache: only such files (and the
+# cache's own .partial and shards) are ever replaced or deleted without --overwrite.
+FORMAT = "vggfeat-feature-cache/1"
 
 
 class CacheError(ValueError):
@@ -49,6 +52,18 @@ class ConfigMismatchError(CacheError):
     """An existing cache file was made with another configuration."""
 
 
+class NotACacheError(CacheError):
+    """``--out`` names a file that vggfeat did not write (or an input): never replaced."""
+
+    exit_code = 2
+
+
+class CacheInUseError(CacheError):
+    """Another process has the file open (HDF5's lock): never deleted."""
+
+    exit_code = 2
+
+
 def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
@@ -56,6 +71,11 @@ def partial_path(out: Path) -> Path:
 def shard_path(out: Path, rank: int, group: str) -> Path:
     name = "images" if group == ROOT_GROUP else group
     return out.with_name(f"{out.name}.partial.rank{rank}.{name}")
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file held while a run writes `out` (see `vggfeat.locking`)."""
+    return out.with_name(out.name + ".lock")
 
 
 def shard_paths(out: Path) -> list[Path]:
@@ -71,7 +91,7 @@ def cache_attributes(config: DescriptorConfig, *, dataset: str, root: str | None
     record = {**config.as_dict(), "dataset": dataset, "reader_options": reader_options or {},
               "dtype": dtype}
     return {
-        "vggfeat_version": __version__, "dataset": dataset, "root": str(root or ""),
+        "vggfeat_format": FORMAT, "vggfeat_version": __version__, "dataset": dataset, "root": str(root or ""),
         "arch": config.arch, "layer": config.layer, "weights_sha256": config.weights_sha256,
         "scales": np.asarray(config.scales, dtype=np.int64), "flip": bool(config.flip),
         "precision": config.precision, "dtype": dtype,
@@ -91,8 +111,13 @@ def open_for_writing(out: str | os.PathLike, attrs: dict, groups: dict[str, Sequ
     An existing ``OUT`` or ``OUT.partial`` of the same configuration and ids is resumed
     (``OUT`` is renamed back to ``OUT.partial`` when some of its rows are not done). Another
     configuration raises `ConfigMismatchError` naming the difference, unless `overwrite`.
-    A partial file that cannot be opened is reported through `log` and started again.
     Leftover shards of a killed multi-process run are merged.
+
+    Only vggfeat's own files are ever deleted (the cache's ``.partial`` and shards): an
+    ``OUT`` that is not a vggfeat cache (a text file, another HDF5 file, a damaged file)
+    raises `NotACacheError`; with `overwrite` it is kept until the new file is complete and
+    then replaced by it (so an interrupted --overwrite run loses nothing). A file another
+    process holds open raises `CacheInUseError` and is never touched.
 
     Args:
         out: the final file path.
@@ -102,10 +127,10 @@ def open_for_writing(out: str | os.PathLike, attrs: dict, groups: dict[str, Sequ
     """
     out = Path(out)
     partial = partial_path(out)
-    for existing in (out, partial):
-        if existing.exists() and not _usable(existing, attrs, groups, overwrite, log):
-            existing.unlink()
-    if out.exists():
+    resume_out = out.exists() and _out_verdict(out, attrs, groups, overwrite)
+    if partial.exists() and not _partial_usable(partial, attrs, groups, overwrite, log):
+        partial.unlink()  # ours by name and by content: another configuration or unreadable
+    if resume_out:
         if partial.exists():  # both: the complete file wins, the stale partial goes
             partial.unlink()
         os.replace(out, partial)
@@ -117,27 +142,93 @@ def open_for_writing(out: str | os.PathLike, attrs: dict, groups: dict[str, Sequ
     return partial
 
 
-def _usable(path: Path, attrs: dict, groups: dict, overwrite: bool, log) -> bool:
-    """Whether `path` can be resumed; False means: delete it and start again."""
+def _inspect(path: Path, attrs: dict, groups: dict) -> tuple[str, str]:
+    """What `path` is: ("same", ""), ("other", difference), ("incomplete", ""), or
+    ("foreign", why) for anything vggfeat cannot identify as one of its caches."""
+    if path.is_dir():
+        return "foreign", "it is a folder"
     try:
         with h5py.File(path, "r") as f:
             stored = dict(f.attrs)
-            stored_ids = {g: [_text(i) for i in f[g]["ids"][()]] for g in groups if g in f}
-            complete = all(g in f and "done" in f[g] for g in groups)
-    except (OSError, KeyError) as error:
-        log(f"warning: {path} cannot be read ({error}); starting it again")
-        return False
-    if not complete:
-        log(f"warning: {path} lacks some datasets; starting it again")
-        return False
+            stored_ids = {g: [_text(i) for i in f[g]["ids"][()]] for g in groups
+                          if g in f and "ids" in f[g]}
+            complete = all(g in f and "done" in f[g] and "descriptors" in f[g] for g in groups)
+    except OSError as error:
+        if _is_lock_error(error):
+            raise CacheInUseError(
+                f"{path} is open in another process (HDF5 could not lock it): another "
+                "extraction may be writing it. Wait for it to finish (or close the program "
+                "that has it open), or choose another --out.") from None
+        return "foreign", f"not a readable HDF5 file: {error}"
+    except KeyError as error:
+        return "foreign", f"not laid out as a vggfeat cache: {error}"
+    if not is_vggfeat_cache(stored):
+        return "foreign", "an HDF5 file that vggfeat did not write"
     difference = describe_difference(stored, attrs)
-    if not difference:
-        difference = _id_difference(stored_ids, groups)
-    if difference and not overwrite:
+    if difference:
+        return "other", difference
+    if not complete:
+        return "incomplete", ""
+    difference = _id_difference(stored_ids, groups)
+    return ("other", difference) if difference else ("same", "")
+
+
+def _out_verdict(out: Path, attrs: dict, groups: dict, overwrite: bool) -> bool:
+    """True: resume `out`. False: keep it, `finalize` replaces it (`overwrite`). Else raise."""
+    kind, detail = _inspect(out, attrs, groups)
+    if kind == "same":
+        return True
+    if overwrite and not out.is_dir():
+        return False
+    if kind == "other":
         raise ConfigMismatchError(
-            f"{path} was made with another configuration ({difference}); use another --out, "
+            f"{out} was made with another configuration ({detail}); use another --out, "
             "or --overwrite to replace it")
-    return not difference
+    what = "is a damaged vggfeat cache" if kind == "incomplete" else f"is not a vggfeat " \
+        f"feature cache ({detail})"
+    fix = "choose another --out" if out.is_dir() else \
+        "choose another --out, or pass --overwrite to replace it"
+    raise NotACacheError(f"--out {out} {what}; vggfeat will not delete or replace it: {fix}.")
+
+
+def _partial_usable(path: Path, attrs: dict, groups: dict, overwrite: bool, log) -> bool:
+    """Whether ``OUT.partial`` can be resumed; False: it is ours and is started again."""
+    if path.is_dir():
+        raise NotACacheError(f"{path} is a folder; vggfeat will not delete it: choose "
+                             "another --out.")
+    kind, detail = _inspect(path, attrs, groups)
+    if kind == "other" and not overwrite:
+        raise ConfigMismatchError(
+            f"{path} was made with another configuration ({detail}); use another --out, "
+            "or --overwrite to replace it")
+    if kind in ("foreign", "incomplete"):
+        log(f"warning: {path} cannot be read ({detail or 'some datasets are missing'}); "
+            "starting it again")
+    return kind == "same"
+
+
+def is_vggfeat_cache(stored_attrs) -> bool:
+    """Whether HDF5 root attributes are those of a vggfeat cache (the format marker, or for
+    files written before it existed, both the version and the configuration key)."""
+    if _text(stored_attrs.get("vggfeat_format", "")) == FORMAT:
+        return True
+    return "vggfeat_version" in stored_attrs and "config_key" in stored_attrs
+
+
+def _is_lock_error(error: OSError) -> bool:
+    return isinstance(error, BlockingIOError) or "unable to lock file" in str(error)
+
+
+def _open(path: Path, mode: str) -> h5py.File:
+    """h5py.File, with HDF5's "unable to lock file" turned into `CacheInUseError`."""
+    try:
+        return h5py.File(path, mode)
+    except OSError as error:
+        if _is_lock_error(error):
+            raise CacheInUseError(
+                f"{path} is open in another process (HDF5 could not lock it); close that "
+                "program or wait for it, then rerun the same command.") from None
+        raise
 
 
 def describe_difference(stored: dict, attrs: dict) -> str:
@@ -194,7 +285,7 @@ def _early(g: h5py.Group, name: str, shape, dtype, fill) -> None:
 
 def pending(partial: Path, group: str = ROOT_GROUP) -> list[int]:
     """Row indices of `group` that are not done yet."""
-    with h5py.File(partial, "r") as f:
+    with _open(partial, "r") as f:
         return np.flatnonzero(~f[group]["done"][()]).tolist()
 
 
@@ -208,7 +299,7 @@ class RowWriter:
     """
 
     def __init__(self, path: Path, group: str = ROOT_GROUP, flush_every: int = 1):
-        self.file = h5py.File(path, "r+")
+        self.file = _open(path, "r+")
         self.group = self.file[group]
         index = self.group.get("index")
         self.rows = None if index is None else {int(i): r for r, i in enumerate(index[()])}
@@ -285,6 +376,8 @@ def merge_shards(out: Path, log: Callable[[str], None] = print) -> int:
             continue
         try:
             merged += _merge_one(shard, partial)
+        except CacheInUseError:
+            raise  # in use is not broken: the shard's rows are kept for the next run
         except (OSError, KeyError, ValueError) as error:
             log(f"warning: shard {shard} cannot be merged ({error}); its rows will be redone")
         shard.unlink()
@@ -292,7 +385,7 @@ def merge_shards(out: Path, log: Callable[[str], None] = print) -> int:
 
 
 def _merge_one(shard: Path, partial: Path) -> int:
-    with h5py.File(shard, "r") as s, h5py.File(partial, "r+") as f:
+    with _open(shard, "r") as s, _open(partial, "r+") as f:
         if _text(s.attrs["config_key"]) != _text(f.attrs["config_key"]):
             raise ValueError("another configuration")
         target = f[_text(s.attrs["group"])]
@@ -313,7 +406,7 @@ def _merge_one(shard: Path, partial: Path) -> int:
 def finalize(out: Path) -> bool:
     """Rename ``OUT.partial`` to ``OUT`` when every row is done or failed; True if renamed."""
     partial = partial_path(out)
-    with h5py.File(partial, "r") as f:
+    with _open(partial, "r") as f:
         for name in _groups(f):
             g = f[name]
             failed = {_text(i) for i, _ in g["failed"][()]}

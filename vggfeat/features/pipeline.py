@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vggfeat import distributed
+from vggfeat import distributed, locking
 from vggfeat.features import cache
 from vggfeat.features.descriptor import DescriptorConfig
 from vggfeat.features.engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, Engine, resolve_device
@@ -73,7 +73,8 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
         boxes: samples of the ``boxes`` group (voc2012-action person boxes).
         batch_size, max_pixels, workers, device, precision: see `Engine`.
         dtype: "float32" or "float16" storage.
-        overwrite: replace a file made with another configuration instead of refusing.
+        overwrite: replace a file made with another configuration, or that is not a vggfeat
+            cache, instead of refusing; the old file stays until the new one is complete.
         dataset, root, reader_options: recorded in the file's attributes.
         progress: a tqdm bar on stderr (rank 0 only).
         log: where warnings go (default: stderr).
@@ -83,6 +84,9 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
 
     Raises:
         vggfeat.features.cache.ConfigMismatchError: the file exists with another configuration.
+        vggfeat.features.cache.NotACacheError: `path` exists and is not a vggfeat cache
+            (without `overwrite`), or is the weights file or an input image (always).
+        vggfeat.locking.LockedError: another process is writing `path`.
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     start = time.perf_counter()
@@ -93,6 +97,7 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
     for g, ids in groups.items():
         _check_unique(ids, g)
 
+    check_out_is_not_an_input(Path(path), weights, [s for v in sources.values() for s in v])
     device = distributed.init(resolve_device(device))
     rank, world = distributed.rank(), distributed.world_size()
     if model is None:
@@ -104,27 +109,29 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
     attrs = cache.cache_attributes(config, dataset=dataset, root=root,
                                    reader_options=reader_options, dtype=dtype)
     out = Path(path)
-    plan = distributed.broadcast(_plan(out, attrs, groups, model.feature_dim(layer), overwrite,
-                                       log) if rank == 0 else None)
-    if isinstance(plan, Exception):
-        raise plan
-    engine = Engine(model, config, batch_size=batch_size, max_pixels=max_pixels,
-                    workers=workers, device=device)
-    computed = 0
-    for g, todo in plan.items():
-        mine = todo[rank::world]
-        writer = _writer(out, rank, g, attrs, groups[g], mine, model.feature_dim(layer))
-        computed += _run_group(engine, sources[g], mine, writer, g, progress and rank == 0)
-    distributed.barrier()  # every shard closed
-    summary = None
-    if rank == 0:
-        cache.merge_shards(out, log)
-        complete = cache.finalize(out)
-        final = out if complete else cache.partial_path(out)
-        failed = [f for g in groups for f in cache.read_failed(final, g)]
-        summary = ExtractSummary(final, sum(map(len, groups.values())), 0,
-                                 time.perf_counter() - start, complete, failed)
-    summary = distributed.broadcast(summary)
+    # One writer per file: a second run on the same --out is refused, never merged into.
+    with locking.job_lock(cache.lock_path(out), f"feature cache {out}", log):
+        plan = distributed.broadcast(_plan(out, attrs, groups, model.feature_dim(layer),
+                                           overwrite, log) if rank == 0 else None)
+        if isinstance(plan, Exception):
+            raise plan
+        engine = Engine(model, config, batch_size=batch_size, max_pixels=max_pixels,
+                        workers=workers, device=device)
+        computed = 0
+        for g, todo in plan.items():
+            mine = todo[rank::world]
+            writer = _writer(out, rank, g, attrs, groups[g], mine, model.feature_dim(layer))
+            computed += _run_group(engine, sources[g], mine, writer, g, progress and rank == 0)
+        distributed.barrier()  # every shard closed
+        summary = None
+        if rank == 0:
+            cache.merge_shards(out, log)
+            complete = cache.finalize(out)
+            final = out if complete else cache.partial_path(out)
+            failed = [f for g in groups for f in cache.read_failed(final, g)]
+            summary = ExtractSummary(final, sum(map(len, groups.values())), 0,
+                                     time.perf_counter() - start, complete, failed)
+        summary = distributed.broadcast(summary)
     summary.computed = distributed.total(computed)
     return summary
 
@@ -136,11 +143,30 @@ def _check_unique(ids: list[str], group: str) -> None:
                          f"(e.g. {dupes[:3]})")
 
 
+def check_out_is_not_an_input(out: Path, weights, items) -> None:
+    """Refuse an --out that is the weights file or one of the images, even with --overwrite
+    (a cache must never replace what it is computed from)."""
+    if not out.exists():
+        return
+    inputs = [("the --weights file", weights)] if isinstance(weights, (str, os.PathLike)) \
+        else []
+    inputs += [("an input image", getattr(s, "path", s)) for s in items
+               if Path(str(getattr(s, "path", s))).name == out.name]
+    for what, candidate in inputs:
+        try:
+            same = os.path.samefile(out, candidate)
+        except (OSError, TypeError, ValueError):
+            continue
+        if same:
+            raise cache.NotACacheError(f"--out {out} is {what}; vggfeat will never replace it "
+                                       "(not even with --overwrite): choose another --out.")
+
+
 def _plan(out, attrs, groups, dim, overwrite, log):
     """Rank 0: prepare the partial file; pending rows per group (or the error, for all ranks)."""
     try:
         partial = cache.open_for_writing(out, attrs, groups, dim, overwrite=overwrite, log=log)
-    except (cache.CacheError, OSError) as error:
+    except (cache.CacheError, OSError, locking.LockedError) as error:
         return error
     return {g: cache.pending(partial, g) for g in groups}
 
