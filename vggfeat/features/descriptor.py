@@ -1,7 +1,8 @@
 """The paper's transfer descriptor for a batch of same-sized images (SPEC section 5).
 
 For images already rescaled to smallest side Q: normalise as the weights say, run the net
-densely, global-average-pool the chosen layer's map (fc7 after ReLU by default), and average
+densely (pooling as the weights record: torch's floor or Caffe's ceil rounding),
+global-average-pool the chosen layer's map (fc7 after ReLU by default), and average
 with the same for the horizontally flipped images. Batching, devices and files are the
 engine's and the cache's business; this module is the arithmetic and what determines it.
 """
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from vggfeat.models.preprocessing import normalize
+from vggfeat.models.vgg import check_pool_rounding
 
 LAYERS = ("fc7", "fc6", "pool5")
 PRECISIONS = ("fp32", "bf16")
@@ -33,6 +35,7 @@ class DescriptorConfig:
     layer: str = "fc7"
     flip: bool = True
     precision: str = "fp32"
+    pool_rounding: str = "floor"
 
     def __post_init__(self):
         if self.layer not in LAYERS:
@@ -43,20 +46,27 @@ class DescriptorConfig:
             raise ValueError(f"scales must be positive integers, got {self.scales}")
         if len(set(self.scales)) != len(self.scales):
             raise ValueError(f"scales must be distinct, got {self.scales}")
+        check_pool_rounding(self.pool_rounding)
         object.__setattr__(self, "scales", tuple(int(q) for q in self.scales))
 
     @classmethod
     def from_model(cls, model, scales, **kwargs) -> DescriptorConfig:
         """The configuration of `model` (a loaded backbone) at `scales`."""
         meta = model.meta
+        # The pools themselves, not a record that could disagree with them, decide the maps.
         config = cls(arch=meta["arch"], weights_sha256=meta.get("sha256") or "unknown",
-                     preprocessing=dict(meta["preprocessing"]), scales=tuple(scales), **kwargs)
+                     preprocessing=dict(meta["preprocessing"]), scales=tuple(scales),
+                     pool_rounding=model.pool_rounding, **kwargs)
         check_scales(config.scales, meta.get("crop_size", 224))
         return config
 
     def as_dict(self) -> dict:
         record = asdict(self)
         record.update(scales=list(self.scales), resize=RESIZE, version=DESCRIPTOR_VERSION)
+        if self.pool_rounding == "floor":
+            # Caches written before the rounding was recorded were all torch's floor: leaving
+            # the default out keeps their keys (and lets them resume); ceil changes the key.
+            del record["pool_rounding"]
         return record
 
 

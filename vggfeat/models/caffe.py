@@ -11,7 +11,9 @@ read the few fields we need straight from the wire format
                       shape = 7 (BlobShape: dim = 1, packed int64), double_data = 8
 
 The weights are kept as they are: Caffe's nets take BGR images in 0..255 minus the mean
-pixel, and that preprocessing is recorded in the checkpoint (SPEC section 1).
+pixel, and that preprocessing is recorded in the checkpoint (SPEC section 1). So is Caffe's
+pooling: its max pools round output sizes up (``meta["pool_rounding"] = "ceil"``), which
+gives the dense maps the paper's nets computed on sides that are not multiples of 32.
 """
 from __future__ import annotations
 
@@ -141,7 +143,9 @@ def caffe_to_backbone(layers: dict[str, list[np.ndarray]], path: Path,
     fc6_in = layers[fcs[0]][0].size // layers[fcs[0]][1].size
     crop_size = 32 * int(round((fc6_in / layers[convs[-1]][0].shape[0]) ** 0.5))
     num_classes = int(layers[fcs[-1]][1].size)
-    model = build_backbone(arch, num_classes=num_classes, width=width, crop_size=crop_size)
+    # Caffe's max pooling rounds output sizes up: the net must pool as it did in Caffe.
+    model = build_backbone(arch, num_classes=num_classes, width=width, crop_size=crop_size,
+                           pool_rounding="ceil")
     targets = model.conv_layers() + model.fc_layers()
     for name, module in zip(convs + fcs, targets, strict=True):
         weight, bias = layers[name]
@@ -155,7 +159,8 @@ def caffe_to_backbone(layers: dict[str, list[np.ndarray]], path: Path,
 
 
 def convert_caffe(caffemodel: str | Path, out: str | Path, arch: str | None = None) -> VGG:
-    """Convert a caffemodel into a vggfeat checkpoint carrying Caffe's preprocessing."""
+    """Convert a caffemodel into a vggfeat checkpoint carrying Caffe's preprocessing and
+    pooling rounding (ceil)."""
     caffemodel = Path(caffemodel)
     model = caffe_to_backbone(read_caffemodel(caffemodel), caffemodel, arch)
     model.meta.update(preprocessing=dict(CAFFE_VGG), converted_from=caffemodel.name,

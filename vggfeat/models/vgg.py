@@ -8,6 +8,13 @@ fc6/fc7/fc8 keep their `nn.Linear` parameters but can also run as convolutions (
 k x k conv with k = crop_size / 32, fc7/fc8 as 1x1 convs) by viewing the same weights
 (timm's ConvMlp idea). That gives dense evaluation over whole images of any size without
 copying or converting weights.
+
+Pooling rounding: torch's max pooling rounds an odd side down, Caffe's (which ran the
+paper's released nets) rounds it up, so for a side that is not a multiple of 32 the two
+disagree by one row or column of the dense map (a 256x341 image: Caffe's fc map is 2x5,
+torch's 2x4). Each net records its rounding in ``meta["pool_rounding"]`` ("floor" or
+"ceil") and its pools are built with the matching ``ceil_mode``; with 2x2/2 windows and no
+padding, torch's ``ceil_mode=True`` is exactly Caffe's ``ceil((H - 2) / 2) + 1``.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ PAPER_NAMES = {"A": "vgg11", "A-LRN": "vgg11-lrn", "B": "vgg13", "C": "vgg16-1x1
                "D": "vgg16", "E": "vgg19"}
 ARCHS = tuple(CONFIGS) + tuple(BN_ARCHS)
 DENSE_LAYERS = ("pool5", "fc6", "fc7", "fc8")
+POOL_ROUNDINGS = ("floor", "ceil")  # torch's default; Caffe's (the paper's released nets)
 FC_WIDTH = 4096
 TOTAL_STRIDE = 32  # five 2x2/2 max pools
 
@@ -60,13 +68,22 @@ def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
-def make_features(config: list, width: float = 1.0, batch_norm: bool = False) -> nn.Sequential:
+def check_pool_rounding(rounding: str) -> str:
+    """Return `rounding` if it is "floor" or "ceil"; raise ValueError otherwise."""
+    if rounding not in POOL_ROUNDINGS:
+        raise ValueError(f"pool rounding must be one of {POOL_ROUNDINGS}, got {rounding!r}")
+    return rounding
+
+
+def make_features(config: list, width: float = 1.0, batch_norm: bool = False,
+                  pool_rounding: str = "floor") -> nn.Sequential:
     """Turn a list of layer tokens into the convolutional trunk."""
+    ceil_mode = check_pool_rounding(pool_rounding) == "ceil"
     layers: list[nn.Module] = []
     in_channels = 3
     for token in config:
         if token == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=ceil_mode))
         elif token == "LRN":
             # AlexNet's n=5, alpha=1e-4, k=2; torch divides alpha by n (SPEC section 1).
             layers.append(nn.LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0))
@@ -139,7 +156,8 @@ class VGG(nn.Module):
         return x.view(n, h - k + 1, w - k + 1, -1).permute(0, 3, 1, 2)
 
     def dense(self, x: torch.Tensor, layer: str = "fc8") -> torch.Tensor:
-        """Maps of `layer` over whole images: (N, C, floor(H/32) - k + 1, floor(W/32) - k + 1).
+        """Maps of `layer` over whole images: (N, C, dense_output_size(H), dense_output_size(W)),
+        i.e. floor(H/32) - k + 1 (torch's pooling) or ceil(H/32) - k + 1 (Caffe's).
 
         Args:
             x: normalised images (N, 3, H, W), H and W at least crop_size.
@@ -155,6 +173,25 @@ class VGG(nn.Module):
         return self.dense(x, "fc8").mean((2, 3))
 
     # -- introspection ----------------------------------------------------------------
+
+    @property
+    def pool_rounding(self) -> str:
+        """"ceil" if the trunk's max pools round output sizes up (Caffe), else "floor"."""
+        pools = [m for m in self.features if isinstance(m, nn.MaxPool2d)]
+        return "ceil" if pools and all(m.ceil_mode for m in pools) else "floor"
+
+    def set_pool_rounding(self, rounding: str) -> VGG:
+        """Make every max pool round `rounding` and record it in `meta`; returns self."""
+        ceil_mode = check_pool_rounding(rounding) == "ceil"
+        for module in self.features:
+            if isinstance(module, nn.MaxPool2d):
+                module.ceil_mode = ceil_mode
+        self.meta["pool_rounding"] = rounding
+        return self
+
+    def dense_size(self, size: int) -> int:
+        """Side of this net's dense fc maps for an input side (see `dense_output_size`)."""
+        return dense_output_size(size, self.kernel * TOTAL_STRIDE, self.pool_rounding)
 
     def conv_layers(self) -> list[nn.Conv2d]:
         """The trunk's convolutions, in order."""
@@ -189,7 +226,8 @@ def init_weights(model: VGG, init: str = "normal", std: float = 0.01) -> None:
 
 
 def build_backbone(arch: str, *, num_classes: int = 1000, width: float = 1.0,
-                   crop_size: int = 224, init: str = "normal", dropout: float = 0.5) -> VGG:
+                   crop_size: int = 224, init: str = "normal", dropout: float = 0.5,
+                   pool_rounding: str = "floor") -> VGG:
     """Build a VGG configuration in train mode.
 
     Args:
@@ -200,6 +238,8 @@ def build_backbone(arch: str, *, num_classes: int = 1000, width: float = 1.0,
         crop_size: training crop side (a multiple of 32).
         init: "normal" (std 0.01, biases 0) or "xavier".
         dropout: dropout after fc6 and fc7.
+        pool_rounding: "floor" (torch's max pooling, torchvision's weights) or "ceil"
+            (Caffe's, for the paper's released nets); recorded in ``meta``.
 
     Example:
         >>> net = build_backbone("A", width=0.125, crop_size=64, num_classes=10)
@@ -209,9 +249,11 @@ def build_backbone(arch: str, *, num_classes: int = 1000, width: float = 1.0,
     name = canonical_arch(arch)
     batch_norm = name in BN_ARCHS
     config = CONFIGS[BN_ARCHS.get(name, name)]
-    model = VGG(make_features(config, width, batch_norm), num_classes, width, crop_size, dropout)
+    features = make_features(config, width, batch_norm, pool_rounding)
+    model = VGG(features, num_classes, width, crop_size, dropout)
     init_weights(model, init)
     model.meta = default_meta(name, width=width, crop_size=crop_size, num_classes=num_classes)
+    model.meta["pool_rounding"] = pool_rounding
     return model.train()
 
 
@@ -224,6 +266,26 @@ def default_meta(arch: str, *, width: float, crop_size: int, num_classes: int) -
             "source": None, "sha256": None}
 
 
-def dense_output_size(size: int, crop_size: int = 224) -> int:
-    """Side of the dense map for an input side: floor(size/32) - crop_size/32 + 1."""
-    return math.floor(size / TOTAL_STRIDE) - crop_size // TOTAL_STRIDE + 1
+def pool5_size(size: int, pool_rounding: str = "floor") -> int:
+    """Side of pool5 for an input side: five 2x2/2 pools, each rounding the same way.
+
+    Nested floors (ceils) of halvings equal one floor (ceil) of the division by 32.
+    """
+    rounding = math.ceil if check_pool_rounding(pool_rounding) == "ceil" else math.floor
+    return rounding(size / TOTAL_STRIDE)
+
+
+def dense_output_size(size: int, crop_size: int = 224, pool_rounding: str = "floor") -> int:
+    """Side of the dense fc map for an input side: pool5's side - crop_size/32 + 1."""
+    return pool5_size(size, pool_rounding) - crop_size // TOTAL_STRIDE + 1
+
+
+def recorded_pool_rounding(meta: dict) -> str:
+    """The pooling rounding a checkpoint's metadata records.
+
+    Checkpoints written before the rounding was recorded: Caffe conversions ran in Caffe,
+    which rounds up; everything else was built with torch's default, which rounds down.
+    """
+    if "pool_rounding" in meta:
+        return check_pool_rounding(meta["pool_rounding"])
+    return "ceil" if meta.get("converted_from") else "floor"

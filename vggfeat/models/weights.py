@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 
 from vggfeat.models.preprocessing import TORCHVISION_IMAGENET, validate
-from vggfeat.models.vgg import BN_ARCHS, CONFIGS, VGG, build_backbone, canonical_arch
+from vggfeat.models.vgg import (
+    BN_ARCHS,
+    CONFIGS,
+    VGG,
+    build_backbone,
+    canonical_arch,
+    recorded_pool_rounding,
+)
 
 CHECKPOINT_FORMAT = "vggfeat-backbone"
 CHECKPOINT_VERSION = 1
@@ -200,6 +207,7 @@ def load_backbone(weights: str | os.PathLike, arch: str | None = None) -> VGG:
                            num_classes=config["num_classes"])
     model.load_state_dict(state_dict)
     model.meta.update(meta)
+    model.set_pool_rounding(recorded_pool_rounding(meta))  # the file's record; Caffe: ceil
     if not meta:
         model.meta["preprocessing"] = _torchvision_preprocessing(entry)
         if entry is not None:
