@@ -64,6 +64,10 @@ def test_caffemodel_converts_with_bgr_preprocessing(tmp_path, new_style):
     convert_caffe(caffemodel, tmp_path / "converted.pth")
     model = load_backbone(tmp_path / "converted.pth")
     assert model.meta["arch"] == "vgg16" and model.meta["preprocessing"] == CAFFE_VGG
+    # Caffe's max pooling rounds up: 97 -> 49 -> 25 -> 13 -> 7 -> 4 at pool5 (torch: 3).
+    assert model.meta["pool_rounding"] == "ceil" and model.pool_rounding == "ceil"
+    with torch.no_grad():
+        assert model.dense(torch.zeros(1, 3, 97, 64), "pool5").shape[2:] == (4, 2)
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     # An RGB image in [0, 1] reaches the net as Caffe's BGR 0..255 minus the mean pixel.
@@ -98,7 +102,7 @@ def test_convert_caffe_command(tmp_path):
     caffemodel = write_caffemodel(tmp_path / "e.caffemodel", source, False)
     result = CliRunner().invoke(cli, ["convert-caffe", str(caffemodel), str(tmp_path / "e.pth")])
     assert result.exit_code == 0, result.output
-    assert "vgg19" in result.output and "BGR" in result.output
+    assert "vgg19" in result.output and "BGR" in result.output and "ceil" in result.output
     assert load_backbone(tmp_path / "e.pth").meta["arch"] == "vgg19"
     bad = CliRunner().invoke(cli, ["convert-caffe", str(tmp_path / "e.pth"), str(tmp_path / "x")])
     assert bad.exit_code == 1 and "Error:" in bad.output and "e.pth" in bad.output

@@ -30,8 +30,10 @@ ARCH_CHOICE = _ArchChoice()
 def convert_caffe(caffemodel, out, arch):
     """Convert the paper's Caffe release into a vggfeat checkpoint.
 
-    The checkpoint keeps Caffe's preprocessing (BGR, 0..255, mean pixel subtracted),
-    so every vggfeat command feeds the net what it was trained on.
+    The checkpoint keeps Caffe's preprocessing (BGR, 0..255, mean pixel subtracted) and
+    Caffe's max pooling (output sizes rounded up: for sides that are not multiples of 32,
+    one more dense-map row or column than torch's default), so every vggfeat command
+    feeds and runs the net as Caffe did.
 
     \b
     Example:
@@ -46,7 +48,8 @@ def convert_caffe(caffemodel, out, arch):
         raise click.ClickException(str(error)) from None
     click.echo(f"wrote {out}: {model.meta['arch']}, preprocessing "
                f"{model.meta['preprocessing']['channel_order']} mean "
-               f"{model.meta['preprocessing']['mean']}")
+               f"{model.meta['preprocessing']['mean']}, pooling rounded "
+               f"{model.meta['pool_rounding']} (as Caffe)")
 
 
 @click.command("export-torchvision")
