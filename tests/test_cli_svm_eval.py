@@ -96,16 +96,34 @@ def test_caches_of_different_datasets_or_images_are_refused(voc, tmp_path):
     assert result.exit_code == 1 and "different images" in result.output
 
 
-def test_ids_missing_from_the_cache_are_named(voc, tmp_path):
+def test_images_without_descriptor_are_left_out_and_named(voc, tmp_path):
     data, ids, x, _, _ = voc
     done = np.ones(len(ids), bool)
-    done[-1] = False  # e.g. an image that failed to decode
+    done[-1] = done[3] = False  # e.g. images that failed to decode (extract --skip-bad)
     path = write_feature_cache(tmp_path / "partial.h5", dataset="voc2007", root=data.root,
                                ids=ids, descriptors=x, done=done)
-    with pytest.warns(UserWarning, match="1 rows have no descriptor"):
+    with h5py.File(path, "a") as f:
+        f["failed"].resize((1,))
+        f["failed"][0] = (ids[-1], "cannot identify image file")
+    with pytest.warns(UserWarning, match="2 rows have no descriptor"):
         result = _invoke(path, "--out", tmp_path / "o", *FAST)
-    assert result.exit_code == 1
-    assert ids[-1] in result.output and "vggfeat extract" in result.output
+    assert result.exit_code == 0, result.output
+    assert "2 image(s) without a descriptor are left out" in result.output
+    assert f"{ids[-1]} (cannot identify image file)" in result.output and ids[3] in result.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["left_out"] == {"count": 2, "ids": {ids[3]: "no descriptor",
+                                                       ids[-1]: "cannot identify image file"}}
+    scored = {r["id"] for r in csv.DictReader((tmp_path / "o" / "scores.csv").open())}
+    left = {ids[3], ids[-1]}
+    assert not scored & left and scored == set(data.ids["test"]) - left
+    # a rerun into the same folder is the same run (left_out is not a setting)
+    with pytest.warns(UserWarning):
+        assert _invoke(path, "--out", tmp_path / "o", *FAST).exit_code == 0
+    with pytest.warns(UserWarning):
+        strict = _invoke(path, "--out", tmp_path / "s", "--strict", *FAST)
+    assert strict.exit_code == 1
+    assert ids[3] in strict.output and "vggfeat extract" in strict.output
+    assert "without --strict" in strict.output
 
 
 def test_class_without_positive_and_moved_dataset(tmp_path):
@@ -146,7 +164,16 @@ def test_caltech_splits_file_repeats_a_run(tmp_path):
 def test_bad_options_are_refused(voc, tmp_path):
     _, _, _, d, _ = voc
     assert _invoke(d, "--C", "0,1").exit_code == 2
+    for bad in ("nan", "inf", "-1", "1,nan"):
+        result = _invoke(d, "--C", bad)
+        assert result.exit_code == 2 and "positive finite" in result.output, bad
     assert _invoke(d, "--cv", "1").exit_code == 2
+    (tmp_path / "results.csv").write_text("split,class,C\n0,cat,1\n")
+    result = _invoke(d, "--splits-file", tmp_path / "results.csv")
+    assert result.exit_code == 2 and "not a splits file" in result.output
+    result = _invoke(d, "--cv", "50", "--out", tmp_path / "cv", *FAST)
+    assert result.exit_code == 1 and "--cv 50" in result.output and "too few" in result.output
+    assert not (tmp_path / "cv").exists()
     result = _invoke(tmp_path / "nope.h5")
     assert result.exit_code == 1 and "nope.h5" in result.output
     assert "vggfeat extract" in result.output

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from vggfeat.cli.checks import CropSize, FiniteFloat, Width, require_device, three_numbers
 from vggfeat.cli.options import (
     StrictCommand,
     default_workers,
@@ -34,8 +35,10 @@ def _ints(ctx, param, text):
               help="RUN_DIR for checkpoint.pth, log.jsonl, config.json and backbone.pth.")
 @click.option("--arch", default="vgg11", show_default=True,
               help="vgg11..vgg19 (+ -bn), vgg11-lrn, vgg16-1x1, or a paper letter A..E.")
-@click.option("--width", default=1.0, show_default=True, help="Channel multiplier.")
-@click.option("--crop-size", default=224, show_default=True, help="Training crop side.")
+@click.option("--width", type=Width(), default=1.0, show_default=True,
+              help="Channel multiplier (at least 1/64).")
+@click.option("--crop-size", type=CropSize(), default=224, show_default=True,
+              help="Training crop side (a multiple of 32).")
 @click.option("--init", type=click.Choice(["normal", "xavier"]), default="normal",
               show_default=True, help="Random init: normal (std 0.01) or Glorot.")
 @click.option("--init-from", type=click.Path(exists=True, path_type=Path),
@@ -50,31 +53,47 @@ def _ints(ctx, param, text):
               help="Localisation: one box (single-class) or one per class (per-class).")
 @click.option("--finetune", type=click.Choice(["fc", "all"]), default="all", show_default=True,
               help="Localisation: train fc6-fc8 only, or all layers.")
-@click.option("--dropout", default=0.5, show_default=True, help="Dropout after fc6 and fc7.")
-@click.option("--epochs", default=74, show_default=True,
+@click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), default=0.5, show_default=True,
+              help="Dropout after fc6 and fc7.")
+@click.option("--pool-rounding", type=click.Choice(["floor", "ceil"]), default=None,
+              help="Max-pool output sizes rounded down (torch) or up (Caffe, the paper's "
+                   "released nets); recorded in the backbone and used by dense evaluation "
+                   "[floor, or the --init-from/--finetune-from net's].")
+@click.option("--epochs", type=click.IntRange(0), default=74, show_default=True,
               help="Most epochs (the paper's recipe stops after 74).")
-@click.option("--batch-size", default=256, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True,
               help="Global batch, split evenly over torchrun processes.")
-@click.option("--lr", type=float, default=None,
+@click.option("--lr", type=FiniteFloat(0, min_open=True), default=None,
               help="Initial learning rate [0.01; 0.001 with --task localisation].")
-@click.option("--momentum", default=0.9, show_default=True,
+@click.option("--momentum", type=FiniteFloat(0, 1, max_open=True), default=0.9, show_default=True,
               help="SGD momentum.")
-@click.option("--weight-decay", default=5e-4, show_default=True,
+@click.option("--weight-decay", type=FiniteFloat(0), default=5e-4, show_default=True,
               help="L2 weight decay.")
-@click.option("--lr-patience", default=3, show_default=True,
+@click.option("--lr-patience", type=click.IntRange(1), default=3, show_default=True,
               help="Epochs without val top-1 improvement before lr /= 10.")
-@click.option("--lr-drops", default=3, show_default=True, help="Most lr divisions.")
-@click.option("--scale", default=256, show_default=True, help="Fixed training scale S.")
-@click.option("--scale-jitter", nargs=2, type=int, default=None,
+@click.option("--lr-drops", type=click.IntRange(0), default=3, show_default=True,
+              help="Most lr divisions.")
+@click.option("--scale", type=click.IntRange(1), default=None,
+              help="Fixed training scale S [default: crop size x 8/7, i.e. 256 for 224].")
+@click.option("--scale-jitter", nargs=2, type=click.IntRange(1), default=None,
               help="S_MIN S_MAX: random S per image (e.g. 256 512); overrides --scale.")
-@click.option("--val-scale", type=int, default=None,
+@click.option("--val-scale", type=click.IntRange(1), default=None,
               help="Q of the single-crop validation [S, or the middle of the jitter range].")
 @click.option("--no-flip", is_flag=True, help="Disable random horizontal flips.")
-@click.option("--color-shift", default=0.1, show_default=True,
+@click.option("--color-shift", type=FiniteFloat(0), default=0.1, show_default=True,
               help="Std of AlexNet's PCA colour shift; 0 disables it.")
-@click.option("--mean", default="0.485,0.456,0.406", show_default=True,
-              help="RGB mean in [0, 1], stored in the backbone.")
-@click.option("--std", default="0.229,0.224,0.225", show_default=True, help="RGB std.")
+@click.option("--preprocessing", type=click.Choice(["paper", "torchvision"]), default="paper",
+              show_default=True,
+              help="Input normalisation, stored in the backbone. paper: RGB in 0..255 minus "
+                   "the mean RGB, no division; torchvision: RGB in [0, 1] minus ImageNet's "
+                   "mean, divided by its std.")
+@click.option("--mean", default=None, callback=three_numbers,
+              help="sample (mean RGB of --mean-sample training images), imagenet, or R,G,B "
+                   "on the --preprocessing scale [paper: sample; torchvision: imagenet].")
+@click.option("--std", default=None, callback=three_numbers,
+              help="R,G,B divisors [paper: 1,1,1; torchvision: ImageNet's].")
+@click.option("--mean-sample", type=click.IntRange(1), default=1000, show_default=True,
+              help="Training images the sampled mean RGB is computed from.")
 @click.option("--seed", default=0, show_default=True,
               help="Seed of the initialisation, augmentation and data order.")
 @device_option("Where the net trains")
@@ -86,12 +105,14 @@ def _ints(ctx, param, text):
 @click.option("--channels-last", is_flag=True, help="NHWC memory format (faster on GPUs).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--synthetic", is_flag=True, help="Random fixed images instead of --root.")
-@click.option("--synthetic-size", default=2560, show_default=True,
+@click.option("--synthetic-size", type=click.IntRange(1), default=2560, show_default=True,
               help="Images per epoch with --synthetic.")
-@click.option("--num-classes", default=1000, show_default=True, help="With --synthetic only.")
-@click.option("--max-bad-fraction", default=0.01, show_default=True,
+@click.option("--num-classes", type=click.IntRange(2), default=1000, show_default=True,
+              help="With --synthetic only.")
+@click.option("--max-bad-fraction", type=FiniteFloat(0, 1), default=0.01, show_default=True,
               help="Abort when a larger share of images cannot be decoded.")
-@click.option("--max-steps", type=int, default=None, help="Stop each epoch after N steps.")
+@click.option("--max-steps", type=click.IntRange(1), default=None,
+              help="Stop each epoch after N steps.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--force-resume", is_flag=True,
               help="Resume even if architecture or dataset changed.")
@@ -113,14 +134,22 @@ def train_backbone(**opts):
     opts["compile"] = opts.pop("compile_")
     opts["flip"] = not opts.pop("no_flip")
     try:
-        opts["mean"], opts["std"] = _floats(opts["mean"]), _floats(opts["std"])
+        if opts["mean"] is not None and opts["mean"] not in ("sample", "imagenet"):
+            opts["mean"] = _floats(opts["mean"])
+        if opts["std"] is not None:
+            opts["std"] = _floats(opts["std"])
     except ValueError:
-        raise click.BadParameter("--mean/--std take three comma-separated numbers") from None
+        raise click.BadParameter("--mean takes sample, imagenet or three comma-separated "
+                                 "numbers; --std three comma-separated numbers") from None
     if opts["workers"] is None:
         opts["workers"] = default_workers(8)
     opts["scale_jitter"] = list(opts["scale_jitter"]) if opts["scale_jitter"] else None
     if not opts["synthetic"] and opts["data"] is None:
         raise click.UsageError("give --root DIR (with train/ and val/) or --synthetic.")
+    if opts["scale_jitter"] and opts["scale_jitter"][0] > opts["scale_jitter"][1]:
+        raise click.BadParameter("S_MIN is larger than S_MAX, e.g. give 256 512",
+                                 param_hint="--scale-jitter")
+    require_device(opts["device"])
     task, box_head, finetune = opts.pop("task"), opts.pop("box_head"), opts.pop("finetune")
     if opts["lr"] is None:
         opts.pop("lr")  # the task's default
@@ -149,7 +178,8 @@ def train_backbone(**opts):
 @click.option("--workers", type=click.IntRange(0), default=None,
               help="Decoding processes [default: min(4, CPU cores - 1), here "
                    f"{default_workers(4)}].")
-@click.option("--limit", type=int, default=None, help="Evaluate on N images spread over classes.")
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help="Evaluate on N images spread over classes.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the rows as JSON.")
 @quiet_option()
@@ -173,6 +203,7 @@ def eval_backbone(data, weights, scales, method, device, workers, limit, json_ou
     workers = default_workers(4) if workers is None else workers
     weights = [*weights, *more_weights]  # `--weights A B` reads B as a trailing argument
     paths = [str(Path(w) / "backbone.pth") if Path(w).is_dir() else w for w in weights]
+    require_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:

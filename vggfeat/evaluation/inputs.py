@@ -46,8 +46,9 @@ class Features:
             files = ", ".join(str(p) for p in self.sources)
             raise EvaluationInputError(
                 f"{len(missing)} {'box' if boxes else 'image'} id(s) of {what} have no "
-                f"descriptor in {files} (e.g. {missing[0]!r}); rerun `vggfeat extract` on "
-                "this dataset (it resumes) and check its failed-image report"
+                f"descriptor in {files} (e.g. {missing[0]!r}): `vggfeat extract` could not "
+                "read them (see its failed-image report). Fix or remove those images and rerun "
+                "`vggfeat extract` (it resumes), or, without --strict, svm-eval leaves them out"
             )
         return (self.box_X if boxes else self.X)[[index[i] for i in ids]]
 
@@ -160,3 +161,101 @@ def _non_finite_message(paths, aggregate, name) -> str:
                 "`vggfeat extract` (try --precision fp32)"
             )
     return f"{', '.join(map(str, paths))}: descriptors are not finite after {aggregate} + L2"
+
+
+# -- images without a descriptor (extract --skip-bad) ----------------------------------
+
+# How many left-out ids a message names.
+SHOWN_LEFT_OUT = 5
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """Ids the dataset lists but the caches hold no descriptor of, with the reasons known."""
+
+    ids: list[str]
+    reasons: dict[str, str]
+
+    def message(self) -> str:
+        shown = ", ".join(f"{i} ({self.reasons[i]})" if i in self.reasons else i
+                          for i in self.ids[:SHOWN_LEFT_OUT])
+        more = f", ... ({len(self.ids)} in all)" if len(self.ids) > SHOWN_LEFT_OUT else ""
+        return (f"{len(self.ids)} image(s) without a descriptor are left out of training and "
+                f"scoring: {shown}{more}; fix or remove them and rerun `vggfeat extract` to "
+                "include them, or pass --strict to refuse such caches")
+
+    def record(self) -> dict:
+        """What summary.json keeps: the count and every id with its reason."""
+        return {"count": len(self.ids),
+                "ids": {i: self.reasons.get(i, "no descriptor") for i in self.ids}}
+
+
+class PresentOnly:
+    """A dataset reader whose splits and labels list only the ids that have descriptors.
+
+    Wraps the real reader (every other attribute is the reader's own), so the protocols
+    run unchanged: an image that failed to decode is simply not in the dataset they see.
+    """
+
+    def __init__(self, reader, present):
+        self._reader, self._present = reader, present
+
+    def __getattr__(self, name):
+        return getattr(self._reader, name)
+
+    def labels(self, split: str | None = None):
+        labels = self._reader.labels(split)
+        if labels is None:
+            return None
+        keep = [k for k, i in enumerate(labels.ids) if self._present(i)]
+        return type(labels)([labels.ids[k] for k in keep], labels.classes, labels.y[keep])
+
+    def split_ids(self, split: str) -> list[str]:
+        return [i for i in self._reader.split_ids(split) if self._present(i)]
+
+
+def leave_out_missing(reader, features: Features, *, strict: bool = False):
+    """(reader, LeftOut or None): the ids of `reader`'s splits without a descriptor left out.
+
+    With `strict` the reader is returned as it is, so a missing descriptor stops the
+    evaluation with the error that names it (`Features.rows`).
+    """
+    boxes = "#" if reader.name == "voc2012-action" else None
+    image_ids = set(features.ids)
+    box_ids = set(features.box_ids) if features.box_ids is not None else None
+
+    def present(sample_id: str) -> bool:
+        if boxes and boxes in sample_id:
+            image = sample_id.split(boxes)[0]
+            return image in image_ids and (box_ids is None or sample_id in box_ids)
+        return sample_id in image_ids
+
+    listed = _listed_ids(reader)
+    missing = sorted(i for i in listed if not present(i))
+    if strict or not missing:
+        return reader, None
+    return PresentOnly(reader, present), LeftOut(missing, _failure_reasons(features.sources))
+
+
+def _listed_ids(reader) -> set[str]:
+    """Every id the dataset's splits (or, without splits, its labels) list."""
+    if not reader.splits():
+        labels = reader.labels()
+        return set(labels.ids) if labels is not None else set()
+    return {i for split in reader.splits() for i in reader.split_ids(split)}
+
+
+def _failure_reasons(paths) -> dict[str, str]:
+    """id -> why extraction failed, from the caches' `failed` tables."""
+    from vggfeat.features.cache import read_failed
+
+    reasons = {}
+    for path in paths:
+        for group in (None, "boxes"):
+            try:
+                failed = read_failed(path) if group is None else read_failed(path, group)
+            except (KeyError, OSError, ValueError):
+                continue
+            for sample_id, reason in failed:
+                reasons.setdefault(sample_id, reason.splitlines()[0] if reason else "failed")
+    return reasons

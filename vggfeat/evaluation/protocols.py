@@ -95,12 +95,38 @@ def _check_positives(y: np.ndarray, classes, where: str) -> None:
 
 
 def _fit(settings: Settings, X, y, default_cv) -> LinearSVMProbe:
+    _check_folds(settings, y, default_cv)
     return settings.probe(default_cv).fit(X, y)
 
 
-def _score_rows(result: Result, split: str, ids, scores: np.ndarray) -> None:
+def _check_folds(settings: Settings, y, default_cv) -> None:
+    """k-fold selection of C needs every class in every fold: at least k positives each."""
+    cv = settings.cv  # the protocols' defaults fall back to unstratified folds instead
+    if cv is None or isinstance(cv, float) or len(settings.C) < 2:
+        return
+    y = np.asarray(y)
+    counts = np.bincount(y) if y.ndim == 1 else (y == 1).sum(axis=0)
+    fewest = int(counts.min(initial=len(y)))
+    if fewest < cv:
+        fewer = f"--cv {fewest} or less, or " if fewest >= 2 else ""
+        raise EvaluationInputError(
+            f"--cv {cv}: a class has only {fewest} training example(s), too few for {cv} "
+            f"folds; give {fewer}a held-out fraction such as --cv 0.2"
+        )
+
+
+def _true_labels(y: np.ndarray, classes) -> list[str]:
+    """Each row's positive classes joined by ';' (one name for multi-class data); a VOC
+    "difficult" class (0) is written with a trailing '?'."""
+    return [";".join([classes[k] for k in np.flatnonzero(row == 1)]
+                     + [f"{classes[k]}?" for k in np.flatnonzero(row == 0)]) for row in y]
+
+
+def _score_rows(result: Result, split: str, ids, scores: np.ndarray, truth=None) -> None:
+    """One scores.csv row per sample: split, id, its true label(s) ('' where the split has
+    no public labels) and the decision value of every class."""
     for i, sample_id in enumerate(ids):
-        row = {"split": split, "id": sample_id}
+        row = {"split": split, "id": sample_id, "true": "" if truth is None else truth[i]}
         row.update({c: float(scores[i, k]) for k, c in enumerate(result.classes)})
         result.scores.append(row)
 
@@ -133,7 +159,7 @@ def _multilabel_split(result, features, train: Labels, test: Labels, split, sett
     probe = _fit(settings, train_X, train.y, default_cv)
     scores = probe.decision_function(test_X)
     result.chosen_C[split] = dict(zip(result.classes, map(float, probe.C_), strict=True))
-    _score_rows(result, split, test.ids, scores)
+    _score_rows(result, split, test.ids, scores, _true_labels(test.y, result.classes))
     return _ap_rows(result, split, scores, test.y, probe.C_)
 
 
@@ -317,10 +343,11 @@ def read_splits(path: Path, labels: Labels) -> list[dict[str, str]]:
     splits: dict[int, dict[str, str]] = {}
     with Path(path).open(newline="") as fh:
         for lineno, row in enumerate(csv.DictReader(fh), start=2):
-            if row.get("subset") not in ("train", "test") or row.get("id") not in known:
+            if row.get("subset") not in ("train", "test") or row.get("id") not in known \
+                    or not str(row.get("split", "")).strip().isdigit():
                 raise EvaluationInputError(
-                    f"{path}, line {lineno}: expected split,id,class,subset with an id of "
-                    f"this dataset and subset train or test; found {row}"
+                    f"{path}, line {lineno}: expected split,id,class,subset with a split "
+                    f"number, an id of this dataset and subset train or test; found {row}"
                 )
             splits.setdefault(int(row["split"]), {})[row["id"]] = row["subset"]
     return [splits[s] for s in sorted(splits)]
@@ -357,7 +384,7 @@ def _multiclass_splits(result: Result, reader, features, settings, splits) -> No
                                 "n_test": int((y_test == k).sum()), "recall": per_class[k]})
         recalls.append(mean_class_recall(y_test, predicted))
         accuracies.append(float(np.mean(predicted == y_test)))
-        _score_rows(result, str(s), test, scores)
+        _score_rows(result, str(s), test, scores, [labels.classes[k] for k in y_test])
     ddof = 1 if len(recalls) > 1 else 0
     result.headline = {
         "mean_class_recall": float(np.mean(recalls)),
@@ -405,6 +432,10 @@ def custom(reader, features: Features, settings: Settings, out=None) -> Result:
                 assign.update({i: "train" for i in reader.split_ids(split)})
         splits = [assign]
         result.protocol = "the dataset's train(+val) / test split"
+    elif {"train", "val"} <= set(reader.splits()):  # ImageNet layout: val is held out
+        splits = [{**{i: "train" for i in reader.split_ids("train")},
+                   **{i: "test" for i in reader.split_ids("val")}}]
+        result.protocol = "the dataset's train / val split (val as the test set)"
     elif settings.splits_file:
         splits = read_splits(settings.splits_file, labels)
         result.protocol = f"splits from {settings.splits_file}"
@@ -458,6 +489,8 @@ PROTOCOLS = {
 
 def run_protocol(reader: DatasetReader, features: Features, settings: Settings | None = None,
                  out=None) -> Result:
-    """Evaluate `features` on `reader`'s dataset with its protocol (see `PROTOCOLS`)."""
-    return PROTOCOLS[reader.name](reader, features, settings or Settings(),
-                                  None if out is None else Path(out))
+    """Evaluate `features` on `reader`'s dataset with its protocol (see `PROTOCOLS`; a
+    reader may name another dataset's protocol in ``reader.protocol``, as labels stored in
+    a cache by the Python API use the folder/csv one)."""
+    protocol = PROTOCOLS[getattr(reader, "protocol", None) or reader.name]
+    return protocol(reader, features, settings or Settings(), None if out is None else Path(out))
