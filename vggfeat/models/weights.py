@@ -12,6 +12,8 @@ import hashlib
 import math
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -54,11 +56,33 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def torchvision_release_files() -> dict:
+    """torchvision's VGG release file names (e.g. "vgg16-397923af.pth") -> (arch, entry)."""
+    files = {}
+    for arch in ("vgg11", "vgg13", "vgg16", "vgg19", *BN_ARCHS):
+        entry = torchvision_weights(arch)
+        if entry is not None:
+            files[entry.url.rsplit("/", 1)[-1]] = (arch, entry)
+    return files
+
+
 def resolve_weights(weights: str | os.PathLike) -> tuple[Path, object]:
-    """Turn a path or a torchvision weight name into (file path, torchvision entry or None)."""
+    """Turn a path or a torchvision weight name into (file path, torchvision entry or None).
+
+    A file called like a torchvision release (found by name in torch hub's folder, or given
+    by path under that name) returns the release's entry: `load_backbone` then checks the
+    hash in the name and the architecture, as torch hub's `check_hash` does. A renamed
+    file is taken for what it holds.
+    """
     path = Path(weights).expanduser()
+    if path.is_dir():  # a train-backbone run folder: its final weights
+        if not (path / "backbone.pth").is_file():
+            raise WeightsError(f"{path} is a folder without backbone.pth; give a weights file, "
+                               "or a train-backbone run folder whose run has finished.")
+        path = path / "backbone.pth"
     if path.exists():
-        return path, None
+        release = torchvision_release_files().get(path.name)
+        return path, (release[1] if release else None)
     entry = torchvision_weights(str(weights))
     if entry is None:
         raise WeightsError(
@@ -72,6 +96,21 @@ def resolve_weights(weights: str | os.PathLike) -> tuple[Path, object]:
             f"Download {entry.url} on a machine with network access and put it at {hub_path} "
             "(or set TORCH_HOME), or pass the file's path with --weights.")
     return hub_path, entry
+
+
+# torch hub's convention: the name's last "-<hex>." part is a prefix of the file's sha256.
+HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
+
+
+def check_release_hash(path: Path, digest: str) -> None:
+    """Refuse a file whose torchvision-style name promises another sha256 than it has."""
+    match = HASH_IN_NAME.search(path.name)
+    if match and not digest.startswith(match.group(1)):
+        raise WeightsError(
+            f"{path} is named like torchvision's release, whose sha256 starts with "
+            f"{match.group(1)}, but this file's sha256 is {digest[:len(match.group(1))]}... "
+            f"({digest}): it is not that release (damaged, incomplete, or another file under "
+            "its name). Download it again, or rename the file if it is your own weights.")
 
 
 # -- reading ------------------------------------------------------------------------
@@ -89,35 +128,89 @@ def read_checkpoint(path: Path) -> object:
     if path.stat().st_size == 0:
         raise WeightsError(f"{path} is empty; download or save it again.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about old pickle protocols: noise here
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # "Unsupported global": the pickle names a callable to import, i.e. it wants to
-        # run code. Any other unpickling failure is a damaged or foreign file.
-        if "Unsupported global" in str(error):
+        # "unsupported GLOBAL": the pickle names a callable to import, i.e. it wants to run
+        # code; a bare pickle may fail on an opcode first, so it is scanned for the same.
+        if "global" in str(error).lower() or _pickle_names_callables(path):
             raise WeightsError(
-                f"refused to load {path}: it holds Python objects other than tensors and plain "
-                "containers, and unpickling them could run code. vggfeat loads only "
-                "weights_only files. If you trust its origin, re-save just its state_dict: "
-                "torch.save(model.state_dict(), 'clean.pth').") from None
-        raise WeightsError(f"cannot read {path}: {error}. The file is damaged or not a "
-                           "PyTorch checkpoint; download or save it again.") from None
+                f"refused to load {path}: the file contains code (pickled Python objects "
+                "that name functions to call), and vggfeat will not run code from a weights "
+                "file. Use a file that holds only tensors, e.g. one saved with "
+                "torch.save(model.state_dict(), PATH) by someone you trust.") from None
+        raise WeightsError(f"cannot read {path}: not a PyTorch checkpoint, or damaged "
+                           f"({_first_line(error)}); download or save it again.") from None
     except Exception as error:  # zip, EOF and format errors all mean the same to a user
-        raise WeightsError(f"cannot read {path}: {type(error).__name__}: {error}. The file is "
-                           "truncated or not a PyTorch checkpoint; download or save it "
-                           "again.") from None
+        raise WeightsError(f"cannot read {path}: the file is truncated, damaged or not a "
+                           f"PyTorch checkpoint ({type(error).__name__}: {_first_line(error)}); "
+                           "download or save it again.") from None
+
+
+# Modules a plain tensor pickle may name; anything else named by a pickle is code to run.
+SAFE_PICKLE_MODULES = ("torch", "collections", "numpy", "_codecs")
+
+
+def _pickle_names_callables(path: Path) -> bool:
+    """Whether a bare (non-zip) pickle imports something other than tensor machinery.
+
+    Reads opcodes only (pickletools never executes anything).
+    """
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return False
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as handle:
+            for opcode, arg, _ in pickletools.genops(handle):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if opcode.name == "GLOBAL":
+                    module = str(arg).split(" ")[0]
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    module = strings[-2]
+                else:
+                    continue
+                if module.split(".")[0] not in SAFE_PICKLE_MODULES:
+                    return True
+    except Exception:  # noqa: BLE001 - a damaged pickle is reported as damaged, not as code
+        return False
+    return False
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's first line, without torch's advice to turn weights_only off."""
+    line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return line.split(" Re-running `torch.load`")[0].split("weights_only")[0].rstrip(" .(,")
 
 
 def split_checkpoint(obj: object, path: Path) -> tuple[dict, dict]:
     """(state_dict, meta) of a loaded file: a vggfeat checkpoint or a bare state dict."""
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        return obj["state_dict"], dict(obj["meta"])
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state_dict, meta = obj.get("state_dict"), obj.get("meta")
+        if not _is_tensor_dict(state_dict) or not isinstance(meta, dict):
+            raise WeightsError(f"{path} is a vggfeat checkpoint without a usable 'state_dict' "
+                               "or 'meta': it is damaged or incomplete; save it again.")
+        return state_dict, dict(meta)
+    if _is_tensor_dict(obj):
         return obj, {}
+    if isinstance(obj, dict) and {"model", "optimizer", "epoch"} <= set(obj):
+        raise WeightsError(f"{path} is a training checkpoint (weights plus optimizer state, for "
+                           f"--resume); use {path.parent / 'backbone.pth'} (RUN_DIR/backbone.pth) "
+                           "or the run folder itself as the weights.")
     kind = type(obj).__name__
     keys = list(obj)[:8] if isinstance(obj, dict) else []
     raise WeightsError(f"{path} is not a VGG state dict or vggfeat checkpoint (found a {kind}"
                        f"{' with keys ' + str(keys) if keys else ''}). Give a torchvision VGG "
                        ".pth file or a file written by vggfeat.save_backbone.")
+
+
+def _is_tensor_dict(obj: object) -> bool:
+    return (isinstance(obj, dict) and bool(obj)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
 
 
 def expected_shapes(arch: str, width: float, crop_size: int, num_classes: int) -> dict:
@@ -127,28 +220,45 @@ def expected_shapes(arch: str, width: float, crop_size: int, num_classes: int) -
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
-def infer_config(state_dict: dict, path: Path, arch: str | None = None) -> dict:
-    """Work out arch, width, crop size and classes from the tensors' names and shapes."""
+def infer_config(state_dict: dict, path: Path, arch: str | None = None,
+                 width: float | None = None) -> dict:
+    """Work out arch, width, crop size and classes from the tensors' names and shapes.
+
+    `width` comes from a vggfeat checkpoint's meta when it has one: a width such as 0.1
+    scales 64 channels to round(6.4) = 6 but 4096 to 410, so no single tensor gives it
+    back. A bare state dict is tried with the widths its first conv and its fc7 imply.
+    """
     try:
-        width = state_dict["features.0.weight"].shape[0] / 64
+        widths = [state_dict["features.0.weight"].shape[0] / 64,
+                  state_dict["classifier.3.weight"].shape[0] / 4096]
         fc6_in = state_dict["classifier.0.weight"].shape[1]
         num_classes = state_dict["classifier.6.weight"].shape[0]
     except KeyError as error:
         raise WeightsError(f"{path} has no {error.args[0]!r}: not a VGG state dict "
                            f"(its first keys: {list(state_dict)[:6]}).") from None
-    last_conv = max((k for k in state_dict if k.startswith("features.") and k.endswith(".weight")
-                     and state_dict[k].ndim == 4), key=lambda k: int(k.split(".")[1]))
-    kernel = math.isqrt(fc6_in // state_dict[last_conv].shape[0])
-    config = {"width": width, "crop_size": kernel * 32, "num_classes": num_classes}
+    convs = [k for k in state_dict if k.startswith("features.") and k.endswith(".weight")
+             and state_dict[k].ndim == 4]
+    if not convs:
+        raise WeightsError(f"{path} has no convolution weights: not a VGG state dict.")
+    last_conv = max(convs, key=lambda k: int(k.split(".")[1]))
+    kernel = math.isqrt(fc6_in // max(1, state_dict[last_conv].shape[0]))
+    if kernel < 1:
+        raise WeightsError(f"{path}: fc6 ({fc6_in} inputs) does not fit the last conv's "
+                           f"{state_dict[last_conv].shape[0]} channels; the file is damaged.")
     actual = {key: tuple(value.shape) for key, value in state_dict.items()}
     candidates = [canonical_arch(arch)] if arch else list(CONFIGS) + list(BN_ARCHS)
-    for name in candidates:
-        if expected_shapes(name, **config) == actual:
-            return {"arch": name, **config}
+    tried = [width] if width is not None else list(dict.fromkeys(widths))
+    first = None
+    for guess in tried:
+        config = {"width": guess, "crop_size": kernel * 32, "num_classes": num_classes}
+        first = first or config
+        for name in candidates:
+            if expected_shapes(name, **config) == actual:
+                return {"arch": name, **config}
     if arch:
-        raise WeightsError(f"{path} does not fit {canonical_arch(arch)}: "
-                           + describe_mismatch(expected_shapes(canonical_arch(arch), **config),
-                                               actual))
+        raise WeightsError(f"{path} does not fit {canonical_arch(arch)} (width {first['width']})"
+                           ": " + describe_mismatch(expected_shapes(canonical_arch(arch),
+                                                                    **first), actual))
     raise WeightsError(f"{path}: no VGG configuration has exactly these tensors; pass --arch "
                        "to see which keys differ.")
 
@@ -197,11 +307,19 @@ def load_backbone(weights: str | os.PathLike, arch: str | None = None) -> VGG:
             holds non-finite values.
     """
     path, entry = resolve_weights(weights)
+    digest = sha256_of(path) if entry is not None else None
+    if digest is not None:
+        check_release_hash(path, digest)
     state_dict, meta = split_checkpoint(read_checkpoint(path), path)
-    if meta and arch and canonical_arch(arch) != meta["arch"]:
+    if meta.get("arch") is not None and arch and canonical_arch(arch) != meta["arch"]:
         raise WeightsError(f"{path} holds {meta['arch']} weights, not {canonical_arch(arch)}; "
                            "drop --arch or give the matching file.")
-    config = infer_config(state_dict, path, arch or meta.get("arch"))
+    release_arch = _release_arch(path, entry)
+    if release_arch and arch and canonical_arch(arch) != release_arch:
+        raise WeightsError(f"{path} is torchvision's {release_arch} release, not "
+                           f"{canonical_arch(arch)}; drop --arch or give the matching file.")
+    config = infer_config(state_dict, path, arch or meta.get("arch") or release_arch,
+                          _meta_width(meta, path))
     check_finite(state_dict, path)
     model = build_backbone(config["arch"], width=config["width"], crop_size=config["crop_size"],
                            num_classes=config["num_classes"])
@@ -212,9 +330,33 @@ def load_backbone(weights: str | os.PathLike, arch: str | None = None) -> VGG:
         model.meta["preprocessing"] = _torchvision_preprocessing(entry)
         if entry is not None:
             model.meta["classes"] = list(entry.meta["categories"])
-    validate(model.meta["preprocessing"])
-    model.meta.update(source=str(path), sha256=sha256_of(path))
+    try:
+        validate(model.meta.get("preprocessing") or {})
+    except ValueError as error:
+        raise WeightsError(f"{path}: its preprocessing record is unusable ({error}); the file "
+                           "is damaged or was written by hand: save the backbone again with "
+                           "valid --mean/--std.") from None
+    model.meta.update(source=str(path), sha256=digest or sha256_of(path))
     return model.eval()
+
+
+def _release_arch(path: Path, entry) -> str | None:
+    """The architecture of the torchvision release `entry` names, if any."""
+    if entry is None:
+        return None
+    release = torchvision_release_files().get(entry.url.rsplit("/", 1)[-1])
+    return release[0] if release else None
+
+
+def _meta_width(meta: dict, path: Path) -> float | None:
+    """The width a vggfeat checkpoint records (None for a bare state dict)."""
+    width = meta.get("width")
+    if width is None:
+        return None
+    if not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
+        raise WeightsError(f"{path}: its meta records width {width!r}, which no net has; the "
+                           "file is damaged or was written by hand.")
+    return float(width)
 
 
 def _torchvision_preprocessing(entry) -> dict:
