@@ -12,6 +12,8 @@ from vggfeat.models import build_backbone, save_backbone
 from vggfeat.training.evaluate import COMBINED, evaluate_backbones, format_table
 
 SCALES = [64, 96]
+# Net 2 pools as Caffe (map sizes rounded up): eval-backbone must honour its record.
+ROUNDING = ("floor", "ceil")
 # Folder classes sit at scattered outputs of 10-class nets: the label mapping is tested too.
 NET_CLASSES = ["x0", "blue_square", "x1", "x2", "yellow_stripes", "green_triangle", "x3",
                "red_disc", "x4", "x5"]
@@ -33,6 +35,7 @@ def setup(tmp_path_factory):
         with torch.no_grad():  # confident, spread-out posteriors: no near-ties in top-k
             model.classifier[6].weight.mul_(40)
         model.meta["classes"] = NET_CLASSES
+        model.set_pool_rounding(ROUNDING[seed])
         path = tmp_path_factory.mktemp(f"net{seed}") / "backbone.pth"
         save_backbone(model, path)
         paths.append(path)
@@ -65,11 +68,26 @@ def head(model, flat):
     return fc8(torch.relu(fc7(torch.relu(fc6(flat)))))
 
 
-def dense_reference(model, x):
+def trunk(model, x, rounding):
+    """conv/ReLU layers of the net; 2x2/2 max pools by reshaping, odd sides padded with
+    -inf first when rounding up (Caffe) and cropped when rounding down (torch)."""
+    for module in model.features:
+        if isinstance(module, torch.nn.MaxPool2d):
+            h, w = x.shape[-2:]
+            if rounding == "ceil":
+                x = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), value=float("-inf"))
+            h, w = x.shape[-2] // 2, x.shape[-1] // 2
+            x = x[..., :2 * h, :2 * w].reshape(*x.shape[:2], h, 2, w, 2).amax((3, 5))
+        else:
+            x = module(x)
+    return x
+
+
+def dense_reference(model, x, rounding):
     """Every 2x2 pool5 window through the Linear head (= fc6 as a 2x2 conv), then averaged."""
     probs = []
     for image in (x, x.flip(-1)):
-        pool5 = model.features(image)[0]  # (C, h, w)
+        pool5 = trunk(model, image, rounding)[0]  # (C, h, w)
         windows = [pool5[:, i:i + 2, j:j + 2].reshape(-1)
                    for i in range(pool5.shape[1] - 1) for j in range(pool5.shape[2] - 1)]
         scores = head(model, torch.stack(windows)).mean(0)
@@ -102,7 +120,8 @@ def reference(setup):
         for n, model in enumerate(models64):
             for q in SCALES:
                 xs = [normalise(load_scaled(p, q), model) for _, p in files]
-                post[(n, "dense", q)] = torch.stack([dense_reference(model, x) for x in xs])
+                post[(n, "dense", q)] = torch.stack([dense_reference(model, x, ROUNDING[n])
+                                                     for x in xs])
                 post[(n, "multi-crop", q)] = torch.stack([multicrop_reference(model, x)
                                                           for x in xs])
     labels = torch.tensor([NET_CLASSES.index(c) for c, _ in files])
@@ -142,6 +161,7 @@ def test_errors_per_net_scale_and_ensemble(setup, reference, method):
         top1, top5 = expected(nets, scales)
         assert row["top1_err"] == pytest.approx(top1) and row["top5_err"] == pytest.approx(top5)
         assert row["images"] == 8
+        assert row["pool_rounding"] == "/".join(sorted({ROUNDING[n] for n in nets}))
 
 
 def test_table_layout(setup):

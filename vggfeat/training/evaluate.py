@@ -7,6 +7,9 @@
 - multi-crop & dense: the average of the two posteriors.
 - several scales Q: posteriors averaged over scales; several nets: averaged over nets.
 
+Each net pools as its weights record (``meta["pool_rounding"]``: Caffe's converted nets
+round map sizes up, as they did in Caffe); the rows say which.
+
 `predict` returns the posteriors (one (N, C) array per net, method and scale) so that any
 combination is a mean of arrays; `evaluate_backbones` builds the paper's table rows.
 """
@@ -169,7 +172,7 @@ def evaluate_backbones(weights: list[str], val_dir, scales: list[int] | None = N
 
     Returns:
         (rows, predictions): rows are dicts with net, train_scale, test_scales, method,
-        top1_err and top5_err (%).
+        pool_rounding, top1_err and top5_err (%).
     """
     models = [load_backbone(w) for w in weights]
     images = scan_split(Path(val_dir))
@@ -195,7 +198,9 @@ def evaluate_backbones(weights: list[str], val_dir, scales: list[int] | None = N
             for qs in q_sets + [scales]:
                 probs = combine(pred, nets, meth, qs)
                 rows.append({"net": name, "train_scale": train_scale, "test_scales": qs,
-                             "method": meth, "top1_err": topk_error(probs, labels, 1),
+                             "method": meth, "pool_rounding": "/".join(
+                                 sorted({models[i].pool_rounding for i in nets})),
+                             "top1_err": topk_error(probs, labels, 1),
                              "top5_err": topk_error(probs, labels, 5),
                              "images": int(len(labels))})
     return rows, pred
