@@ -125,3 +125,63 @@ def apply_on_device(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     The shifted values may leave [0, 1] slightly, as in AlexNet (no clamping).
     """
     return x.float().div_(255).add_(shift.to(x.device, torch.float32)[:, :, None, None])
+
+
+# -- input normalisation of a training run ---------------------------------------------
+
+PREPROCESSINGS = ("paper", "torchvision")
+# "paper": RGB in 0..255 minus a mean RGB, no division (the paper; Caffe's mean pixel, RGB).
+# "torchvision": RGB in [0, 1], ImageNet mean and std (torchvision's weights).
+IMAGENET_MEAN = {"paper": [123.68, 116.779, 103.939], "torchvision": [0.485, 0.456, 0.406]}
+DEFAULT_STD = {"paper": [1.0, 1.0, 1.0], "torchvision": [0.229, 0.224, 0.225]}
+VALUE_SCALE = {"paper": 255.0, "torchvision": 1.0}
+
+
+def sample_mean_rgb(dataset, n: int, seed: int = 0, workers: int = 0) -> list[float]:
+    """Mean RGB in [0, 1] of up to `n` training images (each weighted equally).
+
+    The images are the dataset's epoch-0 training crops of a seeded sample, so every
+    process of a run computes the same numbers without communicating; unreadable images
+    are skipped.
+    """
+    from torch.utils.data import DataLoader
+
+    count = min(n, len(dataset))
+    rng = np.random.default_rng([seed, 0x3EA2])
+    keys = [(0, int(i)) for i in np.sort(rng.choice(len(dataset), count, replace=False))]
+    loader = DataLoader(dataset, batch_size=None, sampler=keys, num_workers=workers)
+    total, seen = np.zeros(3), 0
+    for image, *_ in loader:
+        if image is not None:
+            total += image.double().mean((1, 2)).numpy() / 255
+            seen += 1
+    if not seen:
+        raise ValueError(f"none of the {count} sampled training images could be decoded")
+    return [float(v) for v in total / seen]
+
+
+def training_preprocessing(kind: str, mean, std, sampled_mean=None) -> dict:
+    """The preprocessing record of a training run (stored in the backbone's meta).
+
+    Args:
+        kind: "paper" (0..255, mean subtracted, std 1) or "torchvision" ([0, 1], ImageNet
+            mean and std).
+        mean: "sample" (the training set's mean RGB, `sampled_mean`), "imagenet", or three
+            numbers on the kind's value scale (0..255 for "paper", [0, 1] for "torchvision").
+        std: three numbers, or None for the kind's default (1 or ImageNet's std).
+        sampled_mean: mean RGB in [0, 1] from `sample_mean_rgb`, for mean="sample".
+    """
+    if kind not in PREPROCESSINGS:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {kind!r}")
+    scale = VALUE_SCALE[kind]
+    if mean == "sample":
+        values = [m * scale for m in sampled_mean]
+    elif mean == "imagenet":
+        values = IMAGENET_MEAN[kind]
+    else:
+        values = [float(m) for m in mean]
+    std = DEFAULT_STD[kind] if std is None else [float(s) for s in std]
+    if len(values) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need three values each (R, G, B), got {mean!r}, {std!r}")
+    return {"mean": [float(v) for v in values], "std": std, "channel_order": "RGB",
+            "value_scale": scale}

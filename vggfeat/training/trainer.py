@@ -27,8 +27,16 @@ from torch import nn
 
 from vggfeat import distributed as D
 from vggfeat.models import build_backbone, canonical_arch, load_backbone, normalize, save_backbone
+from vggfeat.models.vgg import check_pool_rounding
 from vggfeat.progress import progress_bar
-from vggfeat.training.augment import TrainTransform, ValTransform, apply_on_device
+from vggfeat.training.augment import (
+    PREPROCESSINGS,
+    TrainTransform,
+    ValTransform,
+    apply_on_device,
+    sample_mean_rgb,
+    training_preprocessing,
+)
 from vggfeat.training.checkpoint import (
     CHECKPOINT_NAME,
     check_resumable,
@@ -61,6 +69,8 @@ DEFAULTS = {
     "init_from": None,        # net A run/file: copy its first 4 convs and 3 FCs (SPEC 3)
     "finetune_from": None,    # run/file of the same configuration to start from
     "dropout": 0.5,           # after fc6 and fc7
+    "pool_rounding": None,    # "floor" (torch) or "ceil" (Caffe); None: floor, or the
+                              # --init-from/--finetune-from net's. Recorded in the backbone.
     # -- the paper's recipe -------------------------------------------------------------
     "epochs": 74,             # 370K iterations of 256 images
     "batch_size": 256,        # global batch, split evenly over processes
@@ -76,8 +86,14 @@ DEFAULTS = {
     "val_scale": None,        # Q of the single-crop validation; default S or (S_min+S_max)/2
     "flip": True,             # random horizontal flips
     "color_shift": 0.1,       # std of AlexNet's PCA colour weights; 0 disables
-    "mean": [0.485, 0.456, 0.406],  # RGB in [0, 1]; stored in the backbone's meta
-    "std": [0.229, 0.224, 0.225],
+    # -- input normalisation (stored in the backbone's meta) -----------------------------
+    "preprocessing": "paper", # "paper": RGB 0..255 minus the mean, std 1 (SPEC section 1);
+                              # "torchvision": RGB in [0, 1], ImageNet mean and std
+    "mean": None,             # "sample" (mean RGB of the training images), "imagenet", or
+                              # 3 numbers on that scale; None: paper "sample", torchvision
+                              # "imagenet"
+    "std": None,              # 3 numbers; None: 1 (paper) or ImageNet's std (torchvision)
+    "mean_sample": 1000,      # training images the "sample" mean is computed from
     # -- runtime ------------------------------------------------------------------------
     "seed": 0,
     "device": "auto",         # "auto": cuda when available, else cpu
@@ -107,7 +123,17 @@ def make_config(**options) -> dict:
         cfg[key] = None if cfg[key] is None else str(cfg[key])
     if cfg["scale_jitter"] is not None:
         cfg["scale_jitter"] = [int(s) for s in cfg["scale_jitter"]]
-    cfg["mean"], cfg["std"] = [float(m) for m in cfg["mean"]], [float(s) for s in cfg["std"]]
+    if cfg["preprocessing"] not in PREPROCESSINGS:
+        raise TrainingError(f"preprocessing must be one of {PREPROCESSINGS}, got "
+                            f"{cfg['preprocessing']!r}")
+    if cfg["mean"] is None:
+        cfg["mean"] = "sample" if cfg["preprocessing"] == "paper" else "imagenet"
+    if cfg["mean"] not in ("sample", "imagenet"):
+        cfg["mean"] = [float(m) for m in cfg["mean"]]
+    if cfg["std"] is not None:
+        cfg["std"] = [float(s) for s in cfg["std"]]
+    if cfg["pool_rounding"] is not None:
+        check_pool_rounding(cfg["pool_rounding"])
     if cfg["device"] == "auto":
         cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg["precision"] not in ("fp32", "bf16", "fp16"):
@@ -171,9 +197,12 @@ def load_run_model(source: str) -> nn.Module:
         state = load_checkpoint(path)
         c = state["config"]
         model = build_backbone(c["arch"], num_classes=c["num_classes"], width=c["width"],
-                               crop_size=c["crop_size"])
+                               crop_size=c["crop_size"],
+                               pool_rounding=c.get("pool_rounding") or "floor")
         model.load_state_dict(state["model"])
         model.meta["classes"] = list(state["classes"])
+        if c.get("input_preprocessing"):
+            model.meta["preprocessing"] = dict(c["input_preprocessing"])
         return model.eval()
     return load_backbone(path)
 
@@ -228,13 +257,34 @@ def init_from_net_a(model: nn.Module, source: nn.Module, n_convs: int = 4) -> li
     return copied
 
 
+def resolve_preprocessing(cfg: dict, train_set, state) -> dict:
+    """The run's input normalisation: the checkpoint's on --resume (the same numbers as
+    before), else from the options, the mean RGB sampled from `train_set` if asked."""
+    if state is not None and state["config"].get("input_preprocessing"):
+        return dict(state["config"]["input_preprocessing"])
+    sampled = None
+    if cfg["mean"] == "sample":
+        sampled = sample_mean_rgb(train_set, cfg["mean_sample"], cfg["seed"], cfg["workers"])
+    try:
+        return training_preprocessing(cfg["preprocessing"], cfg["mean"], cfg["std"], sampled)
+    except ValueError as error:
+        raise TrainingError(f"--mean/--std: {error}") from None
+
+
 def build_model(cfg: dict) -> nn.Module:
-    """The network to train: fresh init, or from net A, or a trained net to fine-tune."""
+    """The network to train: fresh init, or from net A, or a trained net to fine-tune.
+
+    Needs cfg["input_preprocessing"] (`resolve_preprocessing`); fills cfg["pool_rounding"]
+    when it is None (the source net's rounding, else torch's floor).
+    """
     model = build_backbone(cfg["arch"], num_classes=cfg["num_classes"], width=cfg["width"],
                            crop_size=cfg["crop_size"], init=cfg["init"], dropout=cfg["dropout"])
     source_path = cfg["init_from"] or cfg["finetune_from"]
-    if source_path:
-        source = load_run_model(source_path)
+    source = load_run_model(source_path) if source_path else None  # after the random init
+    if cfg["pool_rounding"] is None:
+        cfg["pool_rounding"] = source.pool_rounding if source is not None else "floor"
+    model.set_pool_rounding(cfg["pool_rounding"])
+    if source is not None:
         if source.meta.get("classes") and list(source.meta["classes"]) != cfg["classes"]:
             raise TrainingError(f"{source_path} was trained on other classes than {cfg['data']}; "
                                 "use a net trained on the same class folders.")
@@ -249,10 +299,11 @@ def build_model(cfg: dict) -> nn.Module:
                                     f"--crop-size {cfg['crop_size']}: {error}") from None
     model.meta.update(
         classes=list(cfg["classes"]),
-        preprocessing={"mean": cfg["mean"], "std": cfg["std"], "channel_order": "RGB",
-                       "value_scale": 1.0},
+        preprocessing=dict(cfg["input_preprocessing"]),
         training={"scale": cfg["scale_jitter"] or cfg["scale"], "epochs": cfg["epochs"],
-                  "init": cfg["init"], "seed": cfg["seed"]},
+                  "init": cfg["init"], "seed": cfg["seed"],
+                  "preprocessing": cfg["preprocessing"],
+                  "mean": cfg["mean"] if isinstance(cfg["mean"], str) else "given"},
     )
     return model
 
@@ -452,6 +503,7 @@ def _train(cfg, device, resume, force_resume):
     run_dir = Path(cfg["out"])
     loader, val = build_data(cfg, rank, world, pin_memory=device.type == "cuda")
     state = start_or_resume(cfg, run_dir, resume, force_resume)
+    cfg["input_preprocessing"] = resolve_preprocessing(cfg, loader.dataset, state)
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
     model = build_model(cfg).to(device)
     if cfg["channels_last"]:
