@@ -5,13 +5,22 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import torch_threads
 from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
+from PIL import Image
 
 from vggfeat.models import build_backbone, load_backbone
 from vggfeat.training.trainer import init_from_net_a
+
+
+def folder_mean_rgb(folder):
+    """Mean RGB (0..255) of every image of a folder tree, each image weighted equally."""
+    means = [np.asarray(Image.open(p).convert("RGB"), np.float64).mean((0, 1))
+             for p in sorted(folder.rglob("*.jpg"))]
+    return np.mean(means, axis=0)
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +62,12 @@ def test_final_backbone_loads_for_extraction(learned_run):
     root, out = learned_run
     model = load_backbone(out / "backbone.pth")  # what `vggfeat extract --weights` calls
     assert model.meta["classes"] == sorted(p.name for p in (root / "train").iterdir())
-    assert model.meta["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    # The paper's preprocessing by default: 0..255, the training images' mean RGB, std 1.
+    prep = model.meta["preprocessing"]
+    assert prep["value_scale"] == 255.0 and prep["std"] == [1.0, 1.0, 1.0]
+    assert prep["channel_order"] == "RGB" and model.meta["training"]["mean"] == "sample"
+    np.testing.assert_allclose(prep["mean"], folder_mean_rgb(root / "train"), atol=4.0)
+    assert model.pool_rounding == "floor" and model.meta["pool_rounding"] == "floor"
     assert model.meta["crop_size"] == 64 and model.meta["arch"] == "vgg11"
     assert model.meta["training"]["scale"] == 64
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
@@ -125,6 +139,36 @@ def test_finetune_from_starts_from_the_trained_net(learned_run, tmp_path):
                       "--arch", "B", "--epochs", "0", "--batch-size", "8",
                       "--finetune-from", out])
     assert result.exit_code == 1 and "another configuration" in result.output
+
+
+def test_preprocessing_options_are_recorded(tmp_path):
+    root = make_image_folder(tmp_path / "data", n_train=3, n_val=1)
+    runs = {"torchvision": ["--preprocessing", "torchvision"],
+            "imagenet": ["--mean", "imagenet"],
+            "given": ["--mean", "100,110,120", "--std", "2,2,2", "--pool-rounding", "ceil"]}
+    for name, options in runs.items():
+        result = run_cli(["train-backbone", "--data", root, "--out", tmp_path / name,
+                          *TINY_OPTIONS, "--epochs", "0", "--batch-size", "4", *options])
+        assert result.exit_code == 0, result.output
+    meta = {name: load_backbone(tmp_path / name / "backbone.pth").meta for name in runs}
+    assert meta["torchvision"]["preprocessing"] == {
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB",
+        "value_scale": 1.0}
+    assert meta["imagenet"]["preprocessing"]["mean"] == [123.68, 116.779, 103.939]
+    assert meta["imagenet"]["preprocessing"]["value_scale"] == 255.0
+    assert meta["given"]["preprocessing"]["mean"] == [100.0, 110.0, 120.0]
+    assert meta["given"]["preprocessing"]["std"] == [2.0, 2.0, 2.0]
+    assert meta["given"]["pool_rounding"] == "ceil"
+    assert load_backbone(tmp_path / "given" / "backbone.pth").pool_rounding == "ceil"
+    # Fine-tuning keeps the source net's rounding unless told otherwise.
+    result = run_cli(["train-backbone", "--data", root, "--out", tmp_path / "ft", *TINY_OPTIONS,
+                      "--epochs", "0", "--batch-size", "4", "--finetune-from",
+                      tmp_path / "given"])
+    assert result.exit_code == 0, result.output
+    assert load_backbone(tmp_path / "ft" / "backbone.pth").pool_rounding == "ceil"
+    bad = run_cli(["train-backbone", "--data", root, "--out", tmp_path / "bad", *TINY_OPTIONS,
+                   "--epochs", "0", "--mean", "1,2"])
+    assert bad.exit_code == 2 and "--mean" in bad.output
 
 
 @pytest.mark.slow
