@@ -11,6 +11,7 @@ import importlib
 
 import click
 
+from vggfeat.cli.options import StrictGroup, make_strict
 from vggfeat.version import __version__
 
 # Each entry: command name -> "module:attribute" of a click.Command.
@@ -25,12 +26,16 @@ COMMANDS = {
     "eval-localisation": "vggfeat.cli.localisation:eval_localisation",
     "datasets": "vggfeat.cli.datasets:datasets",
     "doctor": "vggfeat.cli.doctor:doctor",
+    "features": "vggfeat.cli.features:features",
+    "compare": "vggfeat.cli.compare:compare",
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(StrictGroup):
     """A click group that imports a subcommand's module only when it is used, and turns
-    any exception a command lets escape into a one-line message and an exit status."""
+    any exception a command lets escape into a one-line message and an exit status.
+    Every command is made strict (`vggfeat.cli.options`): a single-value option given twice
+    is refused instead of the last one silently winning."""
 
     def list_commands(self, ctx):
         return sorted(COMMANDS)
@@ -40,7 +45,7 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, attribute = target.split(":")
-        return getattr(importlib.import_module(module_name), attribute)
+        return make_strict(getattr(importlib.import_module(module_name), attribute))
 
     def invoke(self, ctx):
         from vggfeat import errors

@@ -4,9 +4,15 @@ JSON files, and precision-recall plots.
 Files written to the output folder:
 
 - ``results.csv``: one row per class and split (AP variants or recall, chosen C, counts).
-- ``summary.json``: settings, inputs, chosen C per class, headline metric, paper figure.
-- ``scores.csv``: test sample id and the decision value of every class, per split.
+- ``summary.json``: settings, inputs, chosen C per class, headline metric, paper figure,
+  the number of splits evaluated (``n_splits``; ``settings.n_splits`` is what was asked
+  for) and every file written (``files``, relative to the folder).
+- ``scores.csv``: per split, each test sample's id, its true label(s) (``true``: names
+  joined by ``;``, a VOC difficult class with a trailing ``?``, empty where the split has
+  no public labels) and the decision value of every class.
 - ``pr_<split>.png``: precision-recall curves per class (VOC and multi-label data).
+- ``recall.png``, ``confusion.png``, ``confusion.csv`` (multi-class data): recall of each
+  class (mean and spread over splits) and the confusion matrix summed over splits.
 - plus the protocol's own files (``splits.csv``, VOC server submission files).
 """
 from __future__ import annotations
@@ -107,13 +113,18 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
 
 
-def plot_pr(result: Result, out: Path) -> list[Path]:
-    """One PNG per evaluated split: a grid with each class's precision-recall curve."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_pr(result: Result, out: Path) -> list[Path]:
+    """One PNG per evaluated split: a grid with each class's precision-recall curve."""
+    plt = _pyplot()
     written = []
     ap = {(str(r["split"]), r["class"]): r.get("ap_voc10") for r in result.rows}
     for split, curves in result.curves.items():
@@ -121,22 +132,133 @@ def plot_pr(result: Result, out: Path) -> list[Path]:
             continue
         cols = min(5, len(curves))
         rows = math.ceil(len(curves) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.8 * rows + 0.5),
+                                 squeeze=False, sharex=True, sharey=True)
         for ax in axes.flat[len(curves):]:
             ax.axis("off")
         for ax, (name, (precision, recall)) in zip(axes.flat, curves.items(), strict=False):
-            ax.plot(np.concatenate([[0], recall]), np.concatenate([[1], precision]), lw=1.2)
-            ax.set_title(f"{name} AP {100 * ap[(split, name)]:.1f}", fontsize=8)
+            ax.plot(np.concatenate([[0], recall]), np.concatenate([[1], precision]), lw=1.5)
+            ax.set_title(f"{name}: AP {100 * ap[(split, name)]:.1f}", fontsize=10)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.02)
-            ax.tick_params(labelsize=6)
-        fig.suptitle(f"{result.dataset} {split}: precision-recall (AP: VOC2010+)", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=8)
+        for ax in axes[-1]:
+            ax.set_xlabel("recall", fontsize=9)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("precision", fontsize=9)
+        where = f"split {split}" if split.isdigit() else split
+        fig.suptitle(f"{result.dataset}, {where}: precision-recall per class "
+                     "(AP: VOC 2010+ area under the curve)", fontsize=11)
         fig.tight_layout()
         path = out / f"pr_{_safe(split)}.png"
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def confusion_matrix(result: Result) -> np.ndarray | None:
+    """(K, K) counts, true class by row, predicted (highest decision value) by column,
+    summed over splits; None for multi-label results (no single true class)."""
+    if not result.rows or "recall" not in result.rows[0]:
+        return None
+    index = {c: k for k, c in enumerate(result.classes)}
+    counts = np.zeros((len(result.classes), len(result.classes)), dtype=np.int64)
+    for row in result.scores:
+        true = row.get("true")
+        if true not in index:  # no label (server split) or not one class
+            continue
+        values = [row[c] for c in result.classes]
+        counts[index[true], int(np.argmax(values))] += 1
+    return counts
+
+
+def _class_font(n: int) -> float:
+    return 9 if n <= 30 else 7 if n <= 60 else 5 if n <= 120 else 3
+
+
+def plot_recall(result: Result, out: Path) -> Path | None:
+    """A horizontal bar per class: recall, mean over splits, with the range over splits;
+    the mean class recall as a line. None for results without per-class recall."""
+    if not result.rows or "recall" not in result.rows[0]:
+        return None
+    plt = _pyplot()
+    classes = list(result.classes)
+    per = {c: [r["recall"] for r in result.rows if r["class"] == c] for c in classes}
+    mean = np.array([np.mean(per[c]) for c in classes]) * 100
+    low = mean - np.array([np.min(per[c]) for c in classes]) * 100
+    high = np.array([np.max(per[c]) for c in classes]) * 100 - mean
+    n_splits = max(len(v) for v in per.values())
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.25 * len(classes) + 1.2)))
+    y = np.arange(len(classes))
+    ax.barh(y, mean, xerr=[low, high] if n_splits > 1 else None, color="#4c72b0",
+            error_kw={"lw": 1, "capsize": 2})
+    headline = 100 * result.headline.get("mean_class_recall", float(np.mean(mean) / 100))
+    ax.axvline(headline, color="#c44e52", lw=1.5, ls="--",
+               label=f"mean class recall {headline:.1f}%")
+    ax.set_yticks(y, classes, fontsize=_class_font(len(classes)))
+    ax.invert_yaxis()
+    ax.set_xlim(0, 101)
+    ax.set_xlabel("recall (%)" + (f": mean over {n_splits} splits, bars the range"
+                                  if n_splits > 1 else ""), fontsize=10)
+    ax.set_ylabel("class", fontsize=10)
+    ax.set_title(f"{result.dataset}: recall per class", fontsize=11)
+    ax.legend(loc="lower left", fontsize=9, framealpha=0.9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path = out / "recall.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(result: Result, counts: np.ndarray, out: Path) -> Path:
+    """The confusion matrix, each row divided by its class's test images (so the diagonal
+    is each class's recall), with the counts written in the cells when they fit."""
+    plt = _pyplot()
+    classes = list(result.classes)
+    k = len(classes)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(max(4.0, 0.45 * k + 2), 30)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(100 * rates, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the true class")
+    font = _class_font(k)
+    ax.set_xticks(range(k), classes, rotation=90, fontsize=font)
+    ax.set_yticks(range(k), classes, fontsize=font)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class", fontsize=10)
+    ax.set_ylabel("true class", fontsize=10)
+    splits = len({str(r["split"]) for r in result.rows})
+    ax.set_title(f"{result.dataset}: confusion matrix ({int(counts.sum())} test images"
+                 + (f", {splits} splits summed" if splits > 1 else "") + ")", fontsize=11)
+    fig.tight_layout()
+    path = out / "confusion.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _write_confusion_csv(path: Path, classes, counts: np.ndarray) -> Path:
+    """Counts: one row per true class (first column), one column per predicted class."""
+    rows = [{"true_class": c, **{p: int(n) for p, n in zip(classes, line, strict=True)}}
+            for c, line in zip(classes, counts, strict=True)]
+    return _write_csv(path, rows)
+
+
+def splits_evaluated(result: Result) -> int:
+    """How many train/test splits the result comes from (not how many were asked for)."""
+    if "mean_class_recall_per_split" in result.headline:
+        return len(result.headline["mean_class_recall_per_split"])
+    if "mAP_voc10_std" in result.headline:  # custom multi-label data: seeded splits
+        return len({str(r["split"]) for r in result.rows})
+    return 1  # VOC: the dataset's fixed train/test split
 
 
 def write_report(result: Result, out, settings: dict, inputs: list[dict],
@@ -148,17 +270,33 @@ def write_report(result: Result, out, settings: dict, inputs: list[dict],
              "scores": _write_csv(out / "scores.csv", result.scores)}
     for k, path in enumerate(plot_pr(result, out)):
         files[f"pr{k}"] = path
+    counts = confusion_matrix(result)
+    if counts is not None:
+        files["recall"] = plot_recall(result, out)
+        files["confusion"] = plot_confusion(result, counts, out)
+        files["confusion_csv"] = _write_confusion_csv(out / "confusion.csv", result.classes,
+                                                      counts)
+    listed = [*files.values(), *result.files, out / "summary.json"]
     summary = {
         "dataset": result.dataset, "protocol": result.protocol, "inputs": inputs,
         "settings": settings, "classes": list(result.classes),
         "headline": {k: v for k, v in result.headline.items()},
         "chosen_C": result.chosen_C, "paper": paper,
-        "files": [str(p) for p in result.files],
+        "n_splits": splits_evaluated(result),
+        "files": sorted({_relative(p, out) for p in listed}),
     }
     path = out / "summary.json"
     path.write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
     files["summary"] = path
     return files
+
+
+def _relative(path, out: Path) -> str:
+    path = Path(path)
+    try:
+        return str(path.relative_to(out))
+    except ValueError:  # written outside the folder
+        return str(path)
 
 
 def _jsonable(value):

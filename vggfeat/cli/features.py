@@ -1,0 +1,88 @@
+"""`vggfeat features info|export`: look inside a feature cache and get its descriptors out."""
+import json
+from pathlib import Path
+
+import click
+
+from vggfeat.cli.options import StrictGroup
+
+
+@click.group(cls=StrictGroup)
+def features():
+    """Look inside a feature cache (`vggfeat extract`'s HDF5 file) and export it.
+
+    \b
+    Example:
+        vggfeat features info voc2007-vgg16-fc7.h5
+        vggfeat features export voc2007-vgg16-fc7.h5 --to npy
+    """
+
+
+@features.command("info")
+@click.argument("cache_file", metavar="FILE", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def info(cache_file, as_json):
+    """Describe FILE: dataset, net, layer, scales, rows done/failed, dimension, and how much
+    the descriptors vary across images (a net that learnt nothing gives the same one).
+
+    FILE may be an unfinished extraction (FILE.partial is read when FILE is absent).
+
+    \b
+    Example:
+        vggfeat features info caltech101-vgg16-fc7.h5
+    """
+    from vggfeat.features.export import ExportError, cache_summary, format_summary
+
+    try:
+        summary = cache_summary(cache_file)
+    except ExportError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
+
+
+@features.command("export")
+@click.argument("cache_file", metavar="FILE", type=click.Path(path_type=Path))
+@click.option("--to", "fmt", type=click.Choice(["npy", "csv", "parquet"]), required=True,
+              help="npy: a float32 (n, D) array plus OUT.ids.txt; csv/parquet: an id column "
+                   "then f0..f{D-1} (parquet needs pyarrow).")
+@click.option("--aggregate", type=click.Choice(["avg", "stack"]), default=None,
+              help="Combine scales by averaging or stacking [default: the dataset's, as "
+                   "svm-eval: stack for Caltech, avg otherwise].")
+@click.option("--l2/--no-l2", default=True, show_default=True,
+              help="L2-normalise each row (svm-eval's input) or keep the raw values.")
+@click.option("--boxes", is_flag=True,
+              help="The person-box descriptors of a voc2012-action cache.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file [default: <FILE without .h5>-<aggregate>.<format>].")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def export(cache_file, fmt, aggregate, l2, boxes, out, overwrite):
+    """Write FILE's descriptors as one row per image (its id first), aggregated over scales
+    and L2-normalised as svm-eval reads them, for use in other tools.
+
+    \b
+    Example:
+        vggfeat features export caltech101-vgg16-fc7.h5 --to npy
+        vggfeat features export photos-vgg16-fc7.h5 --to csv --aggregate avg --out feats.csv
+    """
+    from vggfeat.features.export import (
+        ExportError,
+        cache_summary,
+        default_aggregate,
+        default_export_path,
+        export_features,
+    )
+
+    try:
+        summary = cache_summary(cache_file, compute_variation=False)
+        aggregate = aggregate or default_aggregate(summary["dataset"])
+        out = out or default_export_path(cache_file, fmt, aggregate)
+        written = export_features(cache_file, out, fmt, aggregate=aggregate, l2=l2,
+                                  boxes=boxes, overwrite=overwrite)
+    except ExportError as error:
+        raise click.ClickException(str(error)) from None
+    if not summary["complete"]:
+        images = summary["groups"]["images"]
+        click.echo(f"warning: {summary['path']} is unfinished: exported the {images['done']} "
+                   f"of {images['rows']} rows done so far", err=True)
+    for path in written:
+        click.echo(path)
