@@ -67,6 +67,17 @@ class StrictGroup(_Strict, click.Group):
     group_class = type  # subgroups are StrictGroups too
 
 
+def make_strict(command: click.Command) -> click.Command:
+    """`command` (and a group's subcommands) made strict in place, whatever class it was
+    declared with, so a command added later cannot forget the convention."""
+    if not isinstance(command, _Strict):
+        base = type(command)
+        command.__class__ = type(f"Strict{base.__name__}", (_Strict, base), {})
+    for sub in getattr(command, "commands", {}).values():
+        make_strict(sub)
+    return command
+
+
 # -- shared options ----------------------------------------------------------------------
 
 def cpu_count() -> int:
