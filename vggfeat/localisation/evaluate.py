@@ -70,10 +70,10 @@ def correct(box, gt_boxes, threshold: float) -> bool:
 
 
 def _check_loc_net(model, name: str) -> None:
-    box_heads(model)  # raises for a classification net
     if model.meta.get("task") != "localisation":
         raise LocalisationEvalError(f"{name} is not a localisation net; give a run of "
                                     "train-backbone --task localisation.")
+    box_heads(model)
 
 
 def evaluate_localisation(data, weights, classifiers=(), protocol: str = "center",
