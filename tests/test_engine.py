@@ -190,3 +190,94 @@ def test_unknown_cpu_backend_is_named(tiny, monkeypatch):
     monkeypatch.setenv("VGGFEAT_CPU_TRUNK", "fast")
     with pytest.raises(ValueError, match="VGGFEAT_CPU_TRUNK"):
         CpuDense(tiny)
+
+
+# -- the CUDA data path, exercised on the CPU (device="cpu": torchvision's libjpeg) -------
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory):
+    """JPEGs and non-JPEGs in several shapes, a rotated and a CMYK JPEG, a truncated one."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("jpegs")
+    paths = []
+    for k, (h, w) in enumerate([(48, 64), (64, 48), (60, 80), (48, 64), (50, 70)]):
+        path = folder / f"{k}.jpg"
+        Image.fromarray(random_rgb(h, w, seed=k)).save(path, quality=95)
+        paths.append(path)
+    paths.append(write_png(folder / "5.png", random_rgb(48, 64, seed=5)))
+    rotated = Image.fromarray(random_rgb(48, 64, seed=6))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    rotated.save(folder / "6.jpg", exif=exif)
+    Image.fromarray(random_rgb(64, 48, seed=7)).convert("CMYK").save(folder / "7.jpg")
+    Image.fromarray(random_rgb(48, 64, seed=8)).convert("L").save(folder / "8.jpg")
+    good = (folder / "0.jpg").read_bytes()
+    (folder / "9.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    return paths + [folder / f"{k}.jpg" for k in (6, 7, 8, 9)]
+
+
+def test_decode_route_picks_the_device_for_plain_jpegs_only(jpegs):
+    from vggfeat.features.engine import decode_route
+
+    routes = [decode_route(p, "cpu") for p in jpegs]
+    # plain colour JPEGs and the grayscale one on the device; PNG, rotated, CMYK on the CPU;
+    # the truncated file's header is fine: the device decoder fails and the CPU reports it.
+    assert routes == ["device"] * 5 + ["cpu", "cpu", "cpu", "device", "device"]
+    assert decode_route(torch.zeros(3, 8, 8), "cpu") == "cpu"
+
+
+def test_device_decoding_gives_the_cpu_descriptors(tiny, jpegs):
+    """Same descriptors through torchvision's decoder + prefetch thread as through PIL in
+    DataLoader workers; the truncated file is a bad image either way."""
+    items = list(enumerate(jpegs))
+    host = run(tiny, items, batch_size=4, decode_on_device=False)
+    device = run(tiny, items, batch_size=4, decode_on_device=True, prefetch=1)
+    assert sorted(device) == sorted(host) == list(range(len(jpegs)))
+    for index, result in host.items():
+        if result.error:
+            assert device[index].error == result.error
+            continue
+        np.testing.assert_allclose(device[index].descriptor, result.descriptor,
+                                   rtol=1e-5, atol=1e-6)
+    assert host[len(jpegs) - 1].error and "truncated" in host[len(jpegs) - 1].error
+
+
+def test_device_decoding_crops_boxes_like_the_cpu(jpegs):
+    from types import SimpleNamespace
+
+    from vggfeat.features.engine import decode_on, load_image
+
+    samples = [SimpleNamespace(path=jpegs[0], box=(5, 3, 40, 30)),
+               SimpleNamespace(path=jpegs[0], box=(70, 0, 80, 10))]
+    cropped, empty = decode_on(samples, torch.device("cpu"))
+    torch.testing.assert_close(cropped, load_image(samples[0]), atol=1 / 255, rtol=0)
+    assert "empty" in empty
+
+
+def test_prefetcher_keeps_order_runs_ahead_and_raises():
+    from vggfeat.features.engine import Prefetcher
+
+    produced = []
+
+    def source(n, fail_at=None):
+        for k in range(n):
+            if k == fail_at:
+                raise OSError("disk gone")
+            produced.append(k)
+            yield [torch.full((2,), float(k))]
+
+    assert [int(item[0][0]) for item in Prefetcher(source(6), depth=2)] == list(range(6))
+    produced.clear()
+    fetch = iter(Prefetcher(source(100), depth=3))
+    next(fetch)
+    for _ in range(100):  # the thread fills the queue while the consumer holds item 0
+        if len(produced) >= 4:
+            break
+        import time
+        time.sleep(0.01)
+    assert 4 <= len(produced) <= 5  # 1 consumed + 3 queued (+ 1 waiting to be put)
+    fetch.close()  # stopping early ends the thread
+    with pytest.raises(OSError, match="disk gone"):
+        list(Prefetcher(source(5, fail_at=3)))

@@ -24,6 +24,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own warning threshold (~89.5 Mpixels, a 9459 x 9459 image).
 MAX_PIXELS = 89_478_485
+JPEG_MAGIC = b"\xff\xd8\xff"
+EXIF_ORIENTATION = 0x0112
 
 
 class BadImageError(ValueError):
@@ -111,3 +113,23 @@ def crop(image: Image.Image, box: tuple[int, int, int, int], path: Path) -> Imag
         raise BadImageError(path, f"box {tuple(box)} is empty inside the "
                             f"{image.width} x {image.height} image")
     return image.crop((x0, y0, x1, y1))
+
+
+def device_decodable(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> bool:
+    """Whether torchvision's ``decode_jpeg`` (on a GPU: nvJPEG) gives this file's RGB as
+    `open_rgb` does: a JPEG, colour or grayscale (not CMYK), upright (no EXIF rotation,
+    which the GPU decoder does not apply), within `max_pixels`. Reads the header only.
+
+    Anything else -- other formats, rotated or CMYK JPEGs, unreadable files -- is decoded
+    on the CPU by `open_rgb`, which also gives the one-line reason for a bad file.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read(3) != JPEG_MAGIC:
+                return False
+        with Image.open(path) as image:
+            return (image.format == "JPEG" and image.mode in ("RGB", "L")
+                    and image.width * image.height <= max_pixels
+                    and image.getexif().get(EXIF_ORIENTATION, 1) == 1)
+    except Exception:  # unreadable or malformed: the CPU path reports it properly
+        return False

@@ -11,18 +11,29 @@ Why it is built this way:
   memory (the budget stays halved for the rest of the run).
 - Decoding (and, except on CUDA, rescaling) runs in DataLoader workers (``workers`` > 0)
   while the net runs; on CUDA the decoded image is moved once and rescaled on the GPU.
+- On CUDA (``decode_on_device``) JPEGs are decoded on the GPU, a chunk of files at a time
+  (torchvision's batched ``decode_jpeg``), other files on the CPU (`decode_route`), and a
+  `Prefetcher` thread reads, decodes and rescales the next chunk on its own CUDA stream
+  while the current batches run: loading overlaps compute.
 - On the CPU in fp32 the net runs through `vggfeat.features.cpu.CpuDense` (same numbers).
+- ``VGGFEAT_FIRST_RESULT_FILE``: when set, the wall-clock time (``time.time()``) of the
+  first finished image is written there once (benchmarks measure start-up with it).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vggfeat.data.images import BadImageError, open_rgb, to_rgb
+from vggfeat.data.images import BadImageError, device_decodable, open_rgb, to_rgb
 from vggfeat.data.transforms import rescale, to_tensor
 from vggfeat.features.cpu import fast_dense
 from vggfeat.features.descriptor import DescriptorConfig, describe
@@ -76,6 +87,156 @@ def load_image(source) -> torch.Tensor:
         return to_tensor(to_rgb(source))
     path = getattr(source, "path", source)
     return to_tensor(open_rgb(path, getattr(source, "box", None)))
+
+
+def decode_route(source, device: torch.device | str) -> str:
+    """"device" when `source` is a JPEG file that `device`'s decoder handles as `open_rgb`
+    would (see `device_decodable`), else "cpu". Tensors and PIL images are already decoded
+    ("cpu": nothing to decode). On the CPU "device" means torchvision's libjpeg decoder."""
+    if isinstance(source, torch.Tensor) or hasattr(source, "convert"):
+        return "cpu"
+    path = getattr(source, "path", source)
+    return "device" if device_decodable(path) else "cpu"
+
+
+def decode_on(sources: Sequence, device: torch.device) -> list:
+    """Decode a chunk of images to float (3, H, W) in [0, 1] on `device`, JPEGs on the
+    device (one batched call), the rest on the CPU; a bad image becomes its reason (str)."""
+    # torchvision 0.29 points to TorchCodec for decoding (not a dependency here, and no GPU
+    # JPEG decoder there yet to compare with): silence that one notice, once, for everyone
+    # (catch_warnings is not thread-safe and this runs in the prefetch thread).
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities",
+                            category=DeprecationWarning)
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    out: list = [None] * len(sources)
+    jpegs = [k for k, s in enumerate(sources) if decode_route(s, device) == "device"]
+    if jpegs:
+        data = [read_file(str(getattr(sources[k], "path", sources[k]))) for k in jpegs]
+        try:
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one undecodable file fails the batch: those go to the CPU
+            decoded = [None] * len(jpegs)
+        for k, image in zip(jpegs, decoded, strict=True):
+            if image is not None:
+                image = _crop(image, getattr(sources[k], "box", None), sources[k])
+                out[k] = image if isinstance(image, str) else image.float().div_(255)
+    for k, source in enumerate(sources):
+        if out[k] is None:
+            try:
+                out[k] = load_image(source).to(device, non_blocking=True)
+            except BadImageError as error:
+                out[k] = error.reason
+    return out
+
+
+def _crop(image: torch.Tensor, box, source):
+    """`vggfeat.data.images.crop` for a (3, H, W) tensor; an empty box -> its reason."""
+    if box is None:
+        return image
+    height, width = image.shape[-2:]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if x1 <= x0 or y1 <= y0:
+        return BadImageError(getattr(source, "path", source), f"box {tuple(box)} is empty "
+                             f"inside the {width} x {height} image").reason
+    return image[:, y0:y1, x0:x1]
+
+
+class Prefetcher:
+    """Runs an iterator in a background thread, `depth` items ahead of the consumer.
+
+    On CUDA the producer works on its own stream and the consumer's stream waits for each
+    item's work (an event) before using it, so that decoding and rescaling the next chunk
+    overlaps the current batches' compute. On the CPU it is a plain read-ahead thread
+    (decoding releases the GIL). An exception in the producer is raised in the consumer.
+
+    Args:
+        source: the iterable to run ahead (its items may nest tensors in lists/tuples).
+        depth: most items produced and not yet consumed.
+        device: where the producer's tensors live.
+    """
+
+    _DONE = object()
+
+    def __init__(self, source: Iterable, depth: int = 2, device: torch.device | str = "cpu"):
+        self.source = source
+        self.device = torch.device(device)
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, daemon=True)
+
+    def _produce(self):
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        try:
+            with torch.inference_mode(), _on_stream(stream):
+                for item in self.source:
+                    event = None
+                    if stream is not None:
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    if not self._put((item, event)):
+                        return
+        except BaseException as error:  # handed to the consumer, raised there
+            self._put((error, None))
+            return
+        self._put((self._DONE, None))
+
+    def _put(self, entry) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        self.thread.start()
+        try:
+            while True:
+                item, event = self.queue.get()
+                if item is self._DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                if event is not None:
+                    consumer = torch.cuda.current_stream(self.device)
+                    consumer.wait_event(event)
+                    _record_stream(item, consumer)
+                yield item
+        finally:
+            self.stop.set()
+            self.thread.join(timeout=5)
+
+
+class _on_stream:
+    """``torch.cuda.stream(stream)``, or nothing when `stream` is None (the CPU)."""
+
+    def __init__(self, stream):
+        self.context = torch.cuda.stream(stream) if stream is not None else None
+
+    def __enter__(self):
+        return self.context.__enter__() if self.context is not None else None
+
+    def __exit__(self, *exc):
+        return self.context.__exit__(*exc) if self.context is not None else False
+
+
+def _record_stream(item, stream) -> None:
+    """Tell the caching allocator that `stream` uses the tensors inside `item` (they were
+    allocated on the producer's stream; without this their memory could be reused early)."""
+    if isinstance(item, torch.Tensor):
+        if item.is_cuda:
+            item.record_stream(stream)
+    elif isinstance(item, list | tuple):
+        for part in item:
+            _record_stream(part, stream)
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 class ScaledImages(Dataset):
@@ -165,19 +326,27 @@ class Engine:
         fast_cpu: use `vggfeat.features.cpu.CpuDense` (same numbers, faster) for fp32 on the
             CPU; None means yes.
         resize_on_device: rescale on `device` instead of in the loader; None: on CUDA.
+        decode_on_device: decode JPEGs with torchvision on `device` (batched, GPU on CUDA)
+            and prefetch the next chunk in a thread; None: on CUDA. Implies rescaling on
+            the device.
+        prefetch: chunks decoded ahead with `decode_on_device`.
     """
 
     def __init__(self, model, config: DescriptorConfig, *, batch_size: int = DEFAULT_BATCH_SIZE,
                  max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 0,
                  device: str | torch.device = "auto", channels_last: bool | None = None,
-                 fast_cpu: bool | None = None, resize_on_device: bool | None = None):
+                 fast_cpu: bool | None = None, resize_on_device: bool | None = None,
+                 decode_on_device: bool | None = None, prefetch: int = 2):
         if batch_size < 1 or max_pixels < 1 or workers < 0:
             raise ValueError("batch_size and max_pixels must be >= 1 and workers >= 0")
         self.device = resolve_device(device)
         self.model = prepare_model(model, self.device, channels_last)
         self.config = config
+        self.decode_on_device = (self.device.type == "cuda" if decode_on_device is None
+                                 else decode_on_device)
         self.resize_on_device = (self.device.type == "cuda" if resize_on_device is None
-                                 else resize_on_device)
+                                 else resize_on_device) or self.decode_on_device
+        self.prefetch = prefetch
         self.dense = self.model.dense
         if self.device.type == "cpu" and config.precision == "fp32" and fast_cpu is not False:
             self.dense = fast_dense(self.model)
@@ -192,18 +361,42 @@ class Engine:
         batcher = ShapeBatcher(self.batch_size, self.max_pixels, 2 if self.config.flip else 1)
         self._batcher = batcher
         partial: dict[int, list] = {}
-        for index, images in self._load(items, None if self.resize_on_device else scales):
+        first = os.environ.get("VGGFEAT_FIRST_RESULT_FILE")
+        for result in self._results(items, scales, batcher, partial):
+            if first:
+                _write_first_result_time(first)
+                first = None
+            yield result
+
+    def _results(self, items, scales, batcher, partial) -> Iterator[Result]:
+        for index, images in self._scaled(items, scales):
             if isinstance(images, str):
                 yield Result(index, error=images)
                 continue
-            if self.resize_on_device:
-                images = self._rescale(images[0], scales)
             partial[index] = [None] * len(scales)
             for slot, image in enumerate(images):
                 for batch in batcher.add(index, slot, image):
                     yield from self._complete(batch, partial)
         for batch in batcher.flush():
             yield from self._complete(batch, partial)
+
+    def _scaled(self, items, scales) -> Iterator[tuple[int, list | str]]:
+        """(index, one image per scale on the device) or (index, reason), in item order."""
+        if self.decode_on_device:
+            def decode(chunk):
+                images = decode_on([source for _, source in chunk], self.device)
+                return [(index, image if isinstance(image, str) else
+                         [rescale(image, q).contiguous() for q in scales])
+                        for (index, _), image in zip(chunk, images, strict=True)]
+
+            chunks = (decode(chunk) for chunk in _chunks(list(items), self.batch_size))
+            for done in Prefetcher(chunks, self.prefetch, self.device):
+                yield from done
+            return
+        for index, images in self._load(items, None if self.resize_on_device else scales):
+            if not isinstance(images, str) and self.resize_on_device:
+                images = self._rescale(images[0], scales)
+            yield index, images
 
     @torch.inference_mode()
     def _rescale(self, image: torch.Tensor, scales) -> list[torch.Tensor]:
@@ -244,3 +437,11 @@ class Engine:
         return DataLoader(dataset, batch_size=None, num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", prefetch_factor=2,
                           persistent_workers=False)
+
+
+def _write_first_result_time(path: str) -> None:
+    try:
+        with open(path, "x") as f:  # never overwrite a file vggfeat did not make
+            f.write(f"{time.time():.6f}\n")
+    except OSError:
+        pass
