@@ -230,8 +230,17 @@ def test_dense_protocol_matches_an_independent_computation(tmp_path):
     # The union of two nets and both scales is a row of its own.
     loc2 = constant_box_net(tmp_path / "loc2.pth", [0.5, 0.5, 0.9, 0.9])
     rows, _ = evaluate_localisation(csv, [loc, loc2], [cls_path], "dense", [64, 96])
-    assert [r["test_scales"] for r in rows] == [[64], [96], [64, 96]] * 2 + [[64, 96]]
+    assert [r["test_scales"] for r in rows] == [[64], [96], [64, 96]] * 2 + [
+        ["1:64", "1:96", "2:64", "2:96"]]
     assert " & " in rows[-1]["net"]
+    # The paper's fusion "256/256 and 384/352,384": each net at its own scales (RUN@Q).
+    result = run_cli(["eval-localisation", "--root", csv, "--weights", loc, f"{loc2}@96",
+                      "--classifier", cls_path, cls_path, "--scales", "64", "--workers", "0",
+                      "--quiet", "--out", tmp_path / "res"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "res" / "localisation.json").read_text())
+    assert [r["test_scales"] for r in rows] == [[64], [96], ["1:64", "2:96"]]
+    assert "top-5 localisation error" in result.output
 
 
 # -- training guarantees and command-line errors -----------------------------------------

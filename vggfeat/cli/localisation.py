@@ -14,6 +14,27 @@ from vggfeat.cli.options import (
 )
 
 
+class NetsOption(click.Option):
+    """A repeatable option that also takes the plain values after it: --weights A B C.
+
+    (click options take one value each; the paper's ensembles are lists of nets.)
+    """
+
+    def add_to_parser(self, parser, ctx):
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            option = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if option is None:
+                continue
+
+            def process(value, state, original=option.process):
+                original(value, state)
+                while state.rargs and not state.rargs[0].startswith("-"):
+                    original(state.rargs.pop(0), state)
+
+            option.process = process
+
+
 def _ints(ctx, param, text):
     if text is None:
         return None
@@ -30,10 +51,10 @@ def _ints(ctx, param, text):
 @root_option("ILSVRC folder (Data/CLS-LOC, Annotations/CLS-LOC) or a CSV of boxes; its val "
              "images are evaluated.", required=True, alias=True,
              type=click.Path(exists=True, path_type=Path))
-@click.option("--weights", required=True, multiple=True,
+@click.option("--weights", cls=NetsOption, required=True, multiple=True,
               help="Localisation run folder or backbone; several (--weights A B): the union "
-                   "of their boxes.")
-@click.option("--classifier", "classifiers", multiple=True,
+                   "of their boxes. RUN@Q1,Q2 gives one net its own scales.")
+@click.option("--classifier", "classifiers", cls=NetsOption, multiple=True,
               help="Classification run(s) giving the top-5 classes and window scores "
                    "(dense protocol); several are averaged.")
 @click.option("--protocol", type=click.Choice(["center", "dense"]), default="dense",
@@ -56,9 +77,8 @@ def _ints(ctx, param, text):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for localisation.csv and localisation.json.")
 @quiet_option()
-@click.argument("more", nargs=-1, metavar="")
 def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshold,
-                      merge_threshold, device, workers, limit, out, quiet, more):
+                      merge_threshold, device, workers, limit, out, quiet):
     """Top-1/top-5 localisation error (paper Tables 8-9): a box counts at IoU >= 0.5.
 
     \b
@@ -80,11 +100,15 @@ def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshol
     )
     from vggfeat.models import WeightsError
 
-    if more:  # `--weights A B` reads B as a trailing argument
-        if classifiers:
-            raise click.UsageError("repeat --weights/--classifier before each extra net, or "
-                                   f"put the extra nets right after --weights (got {more}).")
-        weights = [*weights, *more]
+    weights = list(weights)
+    net_scales = []
+    for i, w in enumerate(weights):
+        path, _, own = str(w).rpartition("@")
+        if path and own.replace(",", "").isdigit():
+            weights[i], own = path, _ints(None, None, own)
+        else:
+            own = None
+        net_scales.append(own)
     if workers is None:
         workers = default_workers(4)
     if device == "auto":
@@ -92,7 +116,7 @@ def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshol
     try:
         rows, bad = evaluate_localisation(data, list(weights), list(classifiers), protocol,
                                           scales, device, workers, quiet, limit,
-                                          iou_threshold, merge_threshold)
+                                          iou_threshold, merge_threshold, net_scales)
     except (WeightsError, LocalisationEvalError, LocalisationDataError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     if bad:

@@ -79,7 +79,8 @@ def _check_loc_net(model, name: str) -> None:
 def evaluate_localisation(data, weights, classifiers=(), protocol: str = "center",
                           scales=None, device: str = "cpu", workers: int = 0,
                           quiet: bool = False, limit: int | None = None,
-                          iou_threshold: float = 0.5, merge_threshold: float = 1.0):
+                          iou_threshold: float = 0.5, merge_threshold: float = 1.0,
+                          net_scales=None):
     """Localisation error rows of each localisation net (and of their union, dense).
 
     Args:
@@ -88,6 +89,8 @@ def evaluate_localisation(data, weights, classifiers=(), protocol: str = "center
         classifiers: classification nets (dense protocol): top-5 classes and window scores.
         protocol: "center" or "dense".
         scales: test scales Q [the first net's training S].
+        net_scales: per localisation net, its own scales (None: `scales`), for fusions
+            such as the paper's "256/256 and 384/352,384".
         limit: evaluate N images spread over the split.
 
     Returns:
@@ -112,12 +115,14 @@ def evaluate_localisation(data, weights, classifiers=(), protocol: str = "center
         images = LocImages(images.root, images.classes, *(
             tuple(getattr(images, f)[i] for i in keep) for f in ("paths", "labels", "boxes")))
     scales = list(scales or [default_scale(loc[0])])
+    per_net = [list(own) if own else scales for own in (net_scales or [None] * len(loc))]
+    lowest = min(min(qs) for qs in per_net)
     for m in loc + cls:
-        if min(scales) < m.meta["crop_size"]:
-            raise LocalisationEvalError(f"test scale {min(scales)} is below the "
+        if lowest < m.meta["crop_size"]:
+            raise LocalisationEvalError(f"test scale {lowest} is below the "
                                         f"{m.meta['crop_size']}-pixel crop; raise --scales.")
     run = _centre if protocol == "center" else _dense
-    return run(loc, names, cls, images, scales, device, workers, quiet, iou_threshold,
+    return run(loc, names, cls, images, per_net, device, workers, quiet, iou_threshold,
                merge_threshold)
 
 
@@ -148,28 +153,30 @@ def _centre(loc, names, cls, images, scales, device, workers, quiet, iou_thresho
             continue
         gt_name = images.classes[images.labels[index]]
         for k, (model, head) in enumerate(zip(loc, heads, strict=True)):
-            boxes = centre_boxes(model, img, scales[0], device)
+            boxes = centre_boxes(model, img, scales[k][0], device)
             if len(boxes) > 1 and gt_name not in head:
                 raise LocalisationEvalError(f"{names[k]} has no box head for class {gt_name!r}.")
             box = boxes[head[gt_name] if len(boxes) > 1 else 0]
             hits[k] += correct(box, images.boxes[index], iou_threshold)
         n += 1
-    rows = [_row(m, name, "center", scales[:1], gt_class_err=100 * (1 - h / max(n, 1)), images=n)
-            for m, name, h in zip(loc, names, hits, strict=True)]
+    rows = [_row(m, name, "center", qs[:1], gt_class_err=100 * (1 - h / max(n, 1)), images=n)
+            for m, name, h, qs in zip(loc, names, hits, scales, strict=True)]
     return rows, bad
 
 
-def _dense_sets(loc, cls, img, scales, device):
+def _dense_sets(loc, cls, img, per_net, device):
     """Per (localisation net, scale): [(boxes (n, B, 4), scores (n, C))], and per scale the
     image's class posterior, both averaged over the classification nets."""
     sets, posterior = {}, {}
-    for q in scales:
+    for q in sorted({q for qs in per_net for q in qs}):
         inputs = [to_input(img, q, m, device) for m in cls]
         posterior[q] = np.mean([dense_posterior(m, x).cpu().numpy()
                                 for m, (x, _) in zip(cls, inputs, strict=True)], axis=0)
         maps = {f: [window_posteriors(m, x, f) for m, (x, _) in zip(cls, inputs, strict=True)]
                 for f in (False, True)}
         for k, model in enumerate(loc):
+            if q not in per_net[k]:
+                continue
             x, scale_xy = to_input(img, q, model, device)
             for f in (False, True):
                 wb = window_boxes(model, x, scale_xy, f)
@@ -210,12 +217,14 @@ def _dense(loc, names, cls, images, scales, device, workers, quiet, iou_threshol
         raise LocalisationEvalError("the classification nets must record the same class list "
                                     "(nets written by train-backbone on the same classes).")
     heads = [class_index(m, images.classes, name) for m, name in zip(loc, names, strict=True)]
-    groups = []  # (label, [net indices], [scale subsets])
-    for k, name in enumerate(names):
-        subsets = [[q] for q in scales] if len(scales) > 1 else []
-        groups += [(k, name, [k], qs) for qs in subsets + [scales]]
+    groups = []  # (first net, label, [(net, scale) box sets], scales of the class posterior)
+    for k, (name, own) in enumerate(zip(names, scales, strict=True)):
+        subsets = [[q] for q in own] if len(own) > 1 else []
+        groups += [(k, name, [(k, q) for q in qs], qs) for qs in subsets + [own]]
     if len(loc) > 1:
-        groups.append((0, " & ".join(names), list(range(len(loc))), scales))
+        every = sorted({q for own in scales for q in own})
+        groups.append((0, " & ".join(names),
+                       [(k, q) for k, own in enumerate(scales) for q in own], every))
     hits = np.zeros((len(groups), 2))
     n, bad = 0, []
     for index, (img, problem) in enumerate(_loop(images, workers, quiet, "localise (dense)")):
@@ -224,20 +233,21 @@ def _dense(loc, names, cls, images, scales, device, workers, quiet, iou_threshol
             continue
         sets, posterior = _dense_sets(loc, cls, img, scales, device)
         gt_name, gt_boxes = images.classes[images.labels[index]], images.boxes[index]
-        for g, (_, _, nets, qs) in enumerate(groups):
-            keys = [(k, q) for k in nets for q in qs]
+        for g, (_, _, keys, qs) in enumerate(groups):
             preds = localise(sets, posterior, keys, qs, heads, cls_classes, merge_threshold)
             ok = [name == gt_name and box is not None and correct(box, gt_boxes, iou_threshold)
                   for name, box in preds]
             hits[g] += [ok[0], any(ok)]
         n += 1
     rows = []
-    for (k, label, nets, qs), (top1, top5) in zip(groups, hits, strict=True):
+    for (k, label, keys, qs), (top1, top5) in zip(groups, hits, strict=True):
         row = _row(loc[k], label, "dense", qs, top1_loc_err=100 * (1 - top1 / max(n, 1)),
                    top5_loc_err=100 * (1 - top5 / max(n, 1)), images=n)
+        nets = sorted({i for i, _ in keys})
         if len(nets) > 1:
             row.update(regression="+".join(sorted({_row(loc[i], "", "", [])["regression"]
-                                                   for i in nets})), train_scale=None)
+                                                   for i in nets})), train_scale=None,
+                       test_scales=[f"{i + 1}:{q}" for i, q in keys])
         rows.append(row)
     return rows, bad
 
