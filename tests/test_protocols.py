@@ -247,3 +247,25 @@ def test_custom_folder_takes_the_caltech_protocol_when_given_train_per_class(tmp
     for split in range(3):
         subsets = [r.rsplit(",", 1)[1] for r in rows if r.startswith(f"{split},")]
         assert subsets.count("train") == 3 * n_classes and subsets.count("test") == 4 * n_classes
+
+
+def test_multiclass_protocols_choose_one_c_per_split_on_training_images(caltech, tmp_path):
+    data, reader, _ = caltech
+    y = data.labels["all"]
+    settings = Settings(C=(0.01, 1.0, 100.0), train_per_class=5)
+    result = run_protocol(reader, _features(data.ids["all"], y, noise=0.8), settings)
+    for split, C in zip(("0", "1", "2"), result.headline["C_per_split"], strict=True):
+        assert C in settings.C
+        assert set(result.chosen_C[split].values()) == {C}
+        assert {r["C"] for r in result.rows if str(r["split"]) == split} == {C}
+    # Test images never influence the choice: scramble their descriptors, same C.
+    splits = draw_splits(reader.labels(), 5, 50, 3, seed=0)
+    test_ids = {i for assign in splits for i, sub in assign.items() if sub == "test"}
+    features = _features(data.ids["all"], y, noise=0.8)
+    scrambled = features.X.copy()
+    rows = [k for k, i in enumerate(data.ids["all"]) if i in test_ids
+            and all(assign.get(i) != "train" for assign in splits)]
+    assert len(rows) >= 5
+    scrambled[rows] = np.random.default_rng(0).permutation(scrambled[rows])
+    other = run_protocol(reader, Features(features.ids, scrambled, features.sources), settings)
+    assert other.chosen_C == result.chosen_C

@@ -86,10 +86,12 @@ def test_indicator_and_voc_label_matrices_agree():
 
 def test_c_is_chosen_per_class_on_training_data_and_reproducibly():
     X, y = _descriptors(n_classes=4, per_class=24, seed=3)
-    a = LinearSVMProbe(C=(0.01, 0.1, 1.0), cv=3, random_state=5).fit(X, y)
-    b = LinearSVMProbe(C=(0.01, 0.1, 1.0), cv=3, random_state=5).fit(X, y)
+    a = LinearSVMProbe(C=(0.01, 0.1, 1.0), cv=3, random_state=5, C_selection="per-class")
+    a.fit(X, y)
+    b = LinearSVMProbe(C=(0.01, 0.1, 1.0), cv=3, random_state=5, C_selection="per-class")
+    b.fit(X, y)
     np.testing.assert_array_equal(a.C_, b.C_)
-    assert a.cv_scores_.shape == (4, 3)
+    assert a.cv_scores_.shape == (4, 3) and a.C_selection_ == "per-class"
     # Each class's C is the grid value with the best mean held-out AP (smallest on ties).
     np.testing.assert_array_equal(a.C_, np.asarray(a.C)[np.argmax(a.cv_scores_, axis=1)])
 
@@ -160,3 +162,43 @@ def test_exact_newton_steps_and_cg_reach_the_same_optimum(direct_max):
         ours = _objective(X[rows], Y[rows, k], W[k], b[k], C[k])
         ref = _objective(X[rows], Y[rows, k], W_ref[k], b_ref[k], C[k])
         assert ours == pytest.approx(ref, rel=1e-5)
+
+
+def test_one_c_for_all_classes_by_cross_validated_mean_class_recall():
+    """Shared selection against scikit-learn: LinearSVC (liblinear, one-vs-rest) predicted
+    out of fold on the same stratified folds, scored by balanced accuracy (= mean class
+    recall)."""
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.svm import LinearSVC
+
+    X, y = _descriptors(n_classes=6, per_class=10, dim=48, noise=3.0, seed=11)
+    grid = (0.01, 0.1, 1.0, 10.0)
+    probe = LinearSVMProbe(C=grid, cv=5, random_state=2).fit(X, y)
+    assert probe.C_selection_ == "shared" and probe.cv_scores_.shape == (len(grid),)
+    assert len(set(probe.C_)) == 1 and probe.C_.shape == (6,)
+    folds = StratifiedKFold(5, shuffle=True, random_state=2)
+    expected = []
+    for c in grid:
+        svc = LinearSVC(C=c, tol=1e-6, max_iter=100_000)
+        expected.append(balanced_accuracy_score(y, cross_val_predict(svc, X, y, cv=folds)))
+    # Solvers agree to tolerance: at most one image of 60 predicted differently per C.
+    np.testing.assert_allclose(probe.cv_scores_, expected, atol=1 / 10 + 1e-9)
+    assert len(set(np.round(expected, 6))) > 1  # the choice is not trivial here
+    assert probe.C_[0] == grid[int(np.argmax(probe.cv_scores_))]
+    # Refit on all the training data at that C: the same SVMs as a single-C fit (to the
+    # solver's tolerance: the refit is warm-started along the grid).
+    single = LinearSVMProbe(C=float(probe.C_[0])).fit(X, y)
+    np.testing.assert_allclose(probe.coef_, single.coef_, atol=1e-4 * np.abs(single.coef_).max())
+
+
+def test_c_selection_follows_the_labels():
+    X, y = _descriptors(n_classes=3, per_class=12, seed=4)
+    Y = np.where(y[:, None] == np.arange(3), 1, -1)
+    assert LinearSVMProbe(C=(0.1, 1.0), cv=2).fit(X, Y).C_selection_ == "per-class"
+    binary = LinearSVMProbe(C=(0.1, 1.0), cv=2).fit(X, y == 1)
+    assert binary.C_selection_ == "shared" and binary.cv_scores_.shape == (2,)
+    with pytest.raises(ValueError, match="single-label"):
+        LinearSVMProbe(C=(0.1, 1.0), cv=2, C_selection="shared").fit(X, Y)
+    with pytest.raises(ValueError, match="C_selection"):
+        LinearSVMProbe(C=(0.1, 1.0), C_selection="each").fit(X, y)

@@ -68,7 +68,9 @@ def check_splits_file(ctx, param, value):
                    "selection.")
 @click.option("--cv", callback=parse_cv, default=None,
               help="Folds (e.g. 3) or held-out fraction (e.g. 0.2) of the training data for "
-                   "choosing C [default: VOC 3 folds, Caltech/custom 0.2].")
+                   "choosing C [default: VOC 3 folds, C per class; Caltech/custom "
+                   "multi-class 5 stratified folds, one C for all classes by mean class "
+                   "recall].")
 @click.option("--solver", type=click.Choice(["torch", "liblinear"]), default="torch",
               show_default=True, help="torch: batched Newton solver; liblinear: LinearSVC.")
 @device_option("Where the torch solver runs")
@@ -103,8 +105,10 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
     evaluate them with the dataset's protocol.
 
     The dataset, its location and its reader options come from the cache. Several caches
-    of the same images (e.g. Net-D and Net-E) are stacked. C is chosen per class on the
-    training data only. Writes results.csv, summary.json, scores.csv and PR plots.
+    of the same images (e.g. Net-D and Net-E) are stacked. C is chosen on the training
+    data only: per class by AP for VOC, one C for all classes of a split by mean class
+    recall for Caltech and multi-class folder/csv data. Writes results.csv, summary.json,
+    scores.csv and PR plots.
 
     \b
     Example:

@@ -1,4 +1,10 @@
-"""One-vs-rest linear SVMs with C chosen per class on training data only.
+"""One-vs-rest linear SVMs with C chosen on training data only.
+
+How C is chosen depends on what is measured. Multi-label data (VOC: AP per class) is one
+binary problem per class, so each class picks its own C by held-out AP. Single-label
+multi-class data (Caltech: mean class recall of the argmax) is one problem: the argmax
+compares the classes' scores, which are comparable only when every SVM has the same C, so
+one C is chosen for all classes by the cross-validated mean class recall of the argmax.
 
 The problem solved for each class k and each candidate C is liblinear's L2-regularised
 squared-hinge (L2-loss) SVM, bias included in the regularised weights (liblinear's
@@ -29,7 +35,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from vggfeat.evaluation.metrics import voc_ap
+from vggfeat.evaluation.metrics import mean_class_recall, voc_ap
 from vggfeat.progress import progress_bar
 
 try:  # scikit-learn >= 1.6
@@ -42,6 +48,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
 
 # Default grid of C (choice: a decade apart around 1, suited to L2-normalised descriptors).
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+C_SELECTIONS = ("auto", "shared", "per-class")
 
 
 # --------------------------------------------------------------------------------------
@@ -405,20 +412,62 @@ def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
     return mean, best
 
 
+def select_shared_C(X, Y, C_grid, *, strata, cv=5, random_state=0, progress=None,
+                    **fit_kwargs):
+    """One C for all classes: cross-validated mean class recall of the argmax prediction.
+
+    Every training image is predicted once by the SVMs fitted without its fold (out-of-fold
+    predictions, at each C of the grid); the C whose predictions have the best mean class
+    recall over the training images wins (the smallest among ties).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    Y : ndarray of shape (n, n_svms)
+        One-vs-rest targets (a single column for two classes: class 1 vs class 0).
+    C_grid : sequence of float, ascending
+    strata : ndarray of shape (n,)
+        Class index of each image (also stratifies the folds).
+    cv : int or float
+        Folds, or a held-out fraction (then only the held-out images are predicted).
+
+    Returns
+    -------
+    scores : ndarray of shape (n_C,)
+        Cross-validated mean class recall at each C.
+    best : int
+        Index into ``C_grid`` of the chosen C.
+    """
+    predicted = np.full((len(C_grid), len(Y)), -1)
+    held = np.zeros(len(Y), dtype=bool)
+    for train, val in cv_folds(len(Y), strata, cv, random_state):
+        path = fit_path(X[train], Y[train], C_grid, progress=progress, **fit_kwargs)
+        for p, (W, b) in enumerate(path):
+            scores = X[val] @ W.T + b
+            predicted[p, val] = (scores[:, 0] > 0) if scores.shape[1] == 1 else scores.argmax(1)
+        held[val] = True
+    recalls = np.array([mean_class_recall(strata[held], predicted[p, held])
+                        for p in range(len(C_grid))])
+    return recalls, int(np.argmax(recalls))
+
+
 # --------------------------------------------------------------------------------------
 # The estimator
 # --------------------------------------------------------------------------------------
 
 
 class LinearSVMProbe(ClassifierMixin, BaseEstimator):
-    """One-vs-rest linear SVMs on fixed descriptors, C chosen per class by cross-validation.
+    """One-vs-rest linear SVMs on fixed descriptors, C chosen by cross-validation.
 
     Parameters
     ----------
     C : float or sequence of float, default=C_GRID
-        One value: used for every class. Several: each class picks the one with the best
-        held-out VOC AP (ties: the smallest C) on the training data, then is refit on all
-        of it.
+        One value: used for every class. Several: chosen on the training data as
+        `C_selection` says (ties: the smallest C), then the SVMs are refit on all of it.
+    C_selection : {"auto", "shared", "per-class"}, default="auto"
+        "shared": one C for all classes, the best cross-validated mean class recall of the
+        argmax prediction (single-label data only). "per-class": each class its best
+        held-out VOC AP. "auto": shared for single-label data, per-class for multi-label.
     cv : int or float, default=3
         An int: k folds (stratified for single-label data). A float in (0, 1): that
         fraction of the training images held out once (per class for single-label data).
@@ -447,9 +496,12 @@ class LinearSVMProbe(ClassifierMixin, BaseEstimator):
         One row per class (a single row for binary data).
     intercept_ : ndarray of shape (n_svms,)
     C_ : ndarray of shape (n_svms,)
-        The C each class uses.
-    cv_scores_ : ndarray of shape (n_svms, n_C) or None
-        Mean held-out AP per class and C (None when C is a single value).
+        The C each class uses (all equal with shared selection).
+    C_selection_ : {"shared", "per-class"}
+        How C was chosen.
+    cv_scores_ : ndarray of shape (n_C,) or (n_svms, n_C), or None
+        Shared: cross-validated mean class recall per C. Per-class: mean held-out AP per
+        class and C. None when C is a single value.
     multi_label_ : bool
     n_features_in_ : int
 
@@ -464,8 +516,10 @@ class LinearSVMProbe(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, C=C_GRID, cv=3, solver="torch", difficult="ignore", tol=None,
-                 max_iter=None, device="cpu", random_state=0, verbose=False):
+                 max_iter=None, device="cpu", random_state=0, verbose=False,
+                 C_selection="auto"):
         self.C = C
+        self.C_selection = C_selection
         self.cv = cv
         self.solver = solver
         self.difficult = difficult
@@ -538,12 +592,19 @@ class LinearSVMProbe(ClassifierMixin, BaseEstimator):
             raise ValueError(f"C must be positive, got {self.C!r}")
         fit_kwargs = {"solver": self.solver, "tol": self.tol, "max_iter": self.max_iter,
                       "device": self.device}
+        self.C_selection_ = self._selection()
         self.cv_scores_ = None
         chosen = np.zeros(Y.shape[1], dtype=np.int64)
         n_folds = 0 if len(grid) == 1 else 1 if isinstance(self.cv, float) else int(self.cv)
         with progress_bar(total=n_folds * len(grid) + 1, desc="SVMs (fold x C)", file=sys.stderr,
                           disable=not self.verbose, leave=False) as bar:
-            if len(grid) > 1:
+            if len(grid) > 1 and self.C_selection_ == "shared":
+                self.cv_scores_, best = select_shared_C(
+                    X, Y, grid, cv=self.cv, strata=strata, random_state=self.random_state,
+                    progress=bar.update, **fit_kwargs,
+                )
+                chosen[:] = best
+            elif len(grid) > 1:
                 self.cv_scores_, chosen = select_C(
                     X, Y, grid, cv=self.cv, strata=strata, random_state=self.random_state,
                     progress=bar.update, **fit_kwargs,
@@ -553,6 +614,17 @@ class LinearSVMProbe(ClassifierMixin, BaseEstimator):
             bar.update()
         self.coef_, self.intercept_ = W, b
         return self
+
+    def _selection(self) -> str:
+        if self.C_selection not in C_SELECTIONS:
+            raise ValueError(f"C_selection must be one of {C_SELECTIONS}, got "
+                             f"{self.C_selection!r}")
+        if self.C_selection == "auto":
+            return "per-class" if self.multi_label_ else "shared"
+        if self.C_selection == "shared" and self.multi_label_:
+            raise ValueError("C_selection='shared' needs single-label data (one class per "
+                             "sample); multi-label data chooses C per class")
+        return self.C_selection
 
     def decision_function(self, X):
         """Signed distance to each class's hyperplane.
