@@ -7,8 +7,11 @@ a command added later is covered without touching this file):
   fits the machine;
 - results and file paths on stdout, progress and warnings on stderr.
 """
+import ast
 import io
 import json
+import re
+from pathlib import Path
 
 import click
 import pytest
@@ -17,6 +20,7 @@ from conftest import torch_threads
 from helpers_datasets import make_folder_dataset
 from helpers_training import make_image_folder
 
+import vggfeat
 from vggfeat.cli import cli
 from vggfeat.cli import options as cli_options
 from vggfeat.progress import LOG_INTERVAL, progress_bar
@@ -24,6 +28,9 @@ from vggfeat.progress import LOG_INTERVAL, progress_bar
 # Commands that run long enough to want a progress bar (and so -q/--quiet).
 LONG = {"extract", "svm-eval", "train-backbone", "eval-backbone", "eval-localisation",
         "datasets make-digits"}
+
+# Files of the repository that `pip install vggfeat` does not install.
+NOT_INSTALLED = re.compile(r"README|SPEC|CONTRIBUTING|STYLE\.md|NOTES\.md|benchmarks/|datasets/")
 
 
 def walk(group=cli, prefix=()):
@@ -61,6 +68,7 @@ def test_help_text_for_every_option_and_an_example(path, command):
     missing = [p.opts[0] for p in _options(command) if not (p.help or "").strip()]
     assert not missing, f"vggfeat {' '.join(path)}: options without help: {missing}"
     assert "Example" in result.output, f"vggfeat {' '.join(path)} --help has no example"
+    assert not NOT_INSTALLED.search(result.output), "help points at a file not installed"
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=IDS)
@@ -121,6 +129,22 @@ def test_progress_is_throttled_when_stderr_is_not_a_terminal(monkeypatch):
     for _ in progress_bar(range(1000), file=log, desc="work"):
         pass
     assert log.getvalue().count("work") <= 3  # first, (maybe one), last: not 1000 lines
+
+
+def test_messages_never_point_at_files_that_are_not_installed():
+    """Every string in the package that is not a docstring (messages, help texts)."""
+    found = []
+    for path in Path(vggfeat.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                           ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and id(node) not in docstrings and NOT_INSTALLED.search(node.value):
+                found.append(f"{path.name}:{node.lineno}: {node.value[:60]!r}")
+    assert not found, found
 
 
 # -- stdout / stderr ---------------------------------------------------------------------

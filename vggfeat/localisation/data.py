@@ -71,7 +71,8 @@ def read_localisation(data, split: str) -> LocImages:
         return read_ilsvrc(data, split)
     raise LocalisationDataError(
         f"{data} is neither a CSV file (path,label,xmin,ymin,xmax,ymax[,split]) nor an ILSVRC "
-        "folder with Data/CLS-LOC/ and Annotations/CLS-LOC/; see datasets/README.md.")
+        "folder with Data/CLS-LOC/{train/<wnid>,val}/ and Annotations/CLS-LOC/ (the ILSVRC "
+        "2012 localisation archives, or ILSVRC/ of Kaggle's copy).")
 
 
 # -- ILSVRC CLS-LOC ---------------------------------------------------------------------
@@ -94,7 +95,7 @@ def ilsvrc_classes(root: Path) -> tuple[str, ...]:
     train = root / "Data" / "CLS-LOC" / "train"
     if not train.is_dir():
         raise LocalisationDataError(f"{train} is missing; the classes are its folder names "
-                                    "(ILSVRC layout, see datasets/README.md).")
+                                    "(ILSVRC layout: Data/CLS-LOC/train/<wnid>/<id>.JPEG).")
     classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir()))
     if not classes:
         raise LocalisationDataError(f"{train} has no class folders.")
