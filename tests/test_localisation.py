@@ -1,5 +1,8 @@
 """Localisation end to end: box data, training (learning, resume), both test protocols."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -301,3 +304,29 @@ def test_command_line_errors(small, tmp_path):
 def test_help():
     result = run_cli(["eval-localisation", "--help"])
     assert result.exit_code == 0 and "Example" in result.output
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(small, tmp_path):
+    """2 gloo processes x 4 images == 1 process x 8 images per step, to float rounding."""
+    csv, cls = small
+    common = ["train-backbone", "--task", "localisation", "--root", csv, "--finetune-from",
+              cls, "--scale", CROP, "--workers", "0", "--quiet", "--epochs", "1",
+              "--batch-size", "8", "--dropout", "0", "--lr", "0.01"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "vggfeat", *map(str, common), "--out", str(tmp_path / "ddp")],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_cli([*common, "--out", tmp_path / "single"]).exit_code == 0
+    two = torch.load(tmp_path / "ddp" / "checkpoint.pth", weights_only=True)
+    one = torch.load(tmp_path / "single" / "checkpoint.pth", weights_only=True)
+    assert two["step"] == one["step"] == 2
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-6)
+    logs = [[json.loads(x) for x in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+            for d in ("ddp", "single")]
+    for a, b in zip(*logs, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loc_err"] == b["val_loc_err"]
