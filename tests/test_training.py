@@ -169,6 +169,11 @@ def test_preprocessing_options_are_recorded(tmp_path):
     bad = run_cli(["train-backbone", "--data", root, "--out", tmp_path / "bad", *TINY_OPTIONS,
                    "--epochs", "0", "--mean", "1,2"])
     assert bad.exit_code == 2 and "--mean" in bad.output
+    # torchvision's [0, 1] numbers with the paper's 0..255 pixels: refused, with the fix.
+    bad = run_cli(["train-backbone", "--data", root, "--out", tmp_path / "bad", *TINY_OPTIONS,
+                   "--epochs", "0", "--batch-size", "4", "--mean", "0.485,0.456,0.406"])
+    assert bad.exit_code == 1 and "--preprocessing torchvision" in bad.output
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

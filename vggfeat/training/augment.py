@@ -180,6 +180,11 @@ def training_preprocessing(kind: str, mean, std, sampled_mean=None) -> dict:
         values = IMAGENET_MEAN[kind]
     else:
         values = [float(m) for m in mean]
+        if kind == "paper" and max(values) <= 1.0:
+            # A 0..255 image whose mean is at most 1 is black: these are [0, 1] numbers.
+            raise ValueError(f"mean {values} is on the [0, 1] scale, but the paper's "
+                             "preprocessing takes 0..255 pixels; give a 0..255 mean (e.g. "
+                             "123.68,116.779,103.939) or add --preprocessing torchvision")
     std = DEFAULT_STD[kind] if std is None else [float(s) for s in std]
     if len(values) != 3 or len(std) != 3:
         raise ValueError(f"mean and std need three values each (R, G, B), got {mean!r}, {std!r}")

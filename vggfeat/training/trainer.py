@@ -132,6 +132,11 @@ def make_config(**options) -> dict:
         cfg["mean"] = [float(m) for m in cfg["mean"]]
     if cfg["std"] is not None:
         cfg["std"] = [float(s) for s in cfg["std"]]
+    if isinstance(cfg["mean"], list):  # given numbers: checked before any work is done
+        try:
+            training_preprocessing(cfg["preprocessing"], cfg["mean"], cfg["std"])
+        except ValueError as error:
+            raise TrainingError(f"--mean/--std: {error}") from None
     if cfg["pool_rounding"] is not None:
         check_pool_rounding(cfg["pool_rounding"])
     if cfg["device"] == "auto":
