@@ -1,9 +1,10 @@
 """One progress bar for every long loop: tqdm on stderr, readable in a log file too.
 
 On a terminal the bar redraws in place ten times a second. When stderr is a file or a pipe
-(CI, `nohup`, `2> log`) every redraw becomes a line of the log, so there it is drawn at
-most once every `LOG_INTERVAL` seconds, plus the final line (tqdm's own TQDM_MININTERVAL
-environment variable, when set, decides instead).
+(CI, `nohup`, `2> log`) each redraw would be one more carriage-return-separated chunk of
+one endless line, so there the bar is drawn at most once every `LOG_INTERVAL` seconds, in
+plain ASCII, each state on a line of its own, plus the final line (tqdm's own
+TQDM_MININTERVAL environment variable, when set, decides the interval instead).
 """
 from __future__ import annotations
 
@@ -23,6 +24,22 @@ def _is_terminal(stream) -> bool:
         return False
 
 
+class _Lines:
+    """A stream wrapper that turns tqdm's in-place redraws ("\\r" + state) into lines."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        text = text.replace("\r", "").rstrip(" \n")
+        if text:  # the clearing writes of leave=False are only spaces
+            self.stream.write(text + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def progress_bar(iterable=None, *, file=None, **kwargs) -> tqdm:
     """`tqdm(iterable, **kwargs)` on stderr, throttled when stderr is not a terminal.
 
@@ -33,7 +50,13 @@ def progress_bar(iterable=None, *, file=None, **kwargs) -> tqdm:
         **kwargs: tqdm's (desc, total, unit, disable, leave, ...).
     """
     file = sys.stderr if file is None else file
-    if not _is_terminal(file) and "TQDM_MININTERVAL" not in os.environ:
-        kwargs.setdefault("mininterval", LOG_INTERVAL)
-        kwargs.setdefault("maxinterval", max(LOG_INTERVAL, kwargs["mininterval"]))
+    if not _is_terminal(file):
+        if "TQDM_MININTERVAL" not in os.environ:
+            kwargs.setdefault("mininterval", LOG_INTERVAL)
+            kwargs.setdefault("maxinterval", max(LOG_INTERVAL, kwargs["mininterval"]))
+        kwargs.setdefault("ascii", True)
+        kwargs["leave"] = True  # a log keeps the final state (a terminal may clear it)
+        kwargs.setdefault("ncols", 100)  # a log has no width to follow
+        kwargs.pop("dynamic_ncols", None)
+        file = _Lines(file)
     return tqdm(iterable, file=file, **kwargs)
