@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from vggfeat.localisation.boxes import box_iou, merge_boxes
 from vggfeat.localisation.data import LocImages, read_localisation
@@ -31,6 +30,7 @@ from vggfeat.localisation.predict import (
     window_boxes,
     window_posteriors,
 )
+from vggfeat.progress import progress_bar
 from vggfeat.training.data import DECODE_ERRORS, open_rgb
 from vggfeat.training.evaluate import dense_posterior, net_label
 
@@ -133,7 +133,7 @@ def _backbone_file(weights) -> str:
 
 def _loop(images, workers, quiet, desc):
     loader = DataLoader(_Images(images), batch_size=None, num_workers=workers)
-    return tqdm(loader, total=len(images), file=sys.stderr, disable=quiet, desc=desc)
+    return progress_bar(loader, total=len(images), file=sys.stderr, disable=quiet, desc=desc)
 
 
 def _row(model, name, protocol, scales, **errors) -> dict:
