@@ -147,6 +147,14 @@ def test_messages_never_point_at_files_that_are_not_installed():
     assert not found, found
 
 
+def test_every_progress_bar_goes_through_the_one_helper():
+    package = Path(vggfeat.__file__).parent
+    direct = [str(p.relative_to(package)) for p in package.rglob("*.py")
+              if p.name != "progress.py" and re.search(r"^\s*(from|import) tqdm", p.read_text(),
+                                                       flags=re.M)]
+    assert not direct, f"use vggfeat.progress.progress_bar instead of tqdm in {direct}"
+
+
 # -- stdout / stderr ---------------------------------------------------------------------
 
 PROGRESS_MARKS = ("\r", "it/s", "img/s", "%|")
