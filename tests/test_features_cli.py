@@ -52,6 +52,23 @@ def test_info_describes_the_cache(cache_file):
     assert summary["variation"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
 
 
+def test_info_computes_the_variation_of_a_cache_that_does_not_store_it(cache_file, tmp_path):
+    from vggfeat.diagnostics import VARIATION_ATTR
+
+    copy = tmp_path / "old.h5"
+    shutil.copy(cache_file, copy)
+    with h5py.File(copy, "r+") as f:
+        stored = f.attrs.pop(VARIATION_ATTR, None)
+    summary = json.loads(run("features", "info", copy, "--json").stdout)
+    assert summary["variation_source"] == "computed"
+    ids, x = load_features(copy, "avg", l2=True)
+    sim = x.astype(np.float64) @ x.T.astype(np.float64)
+    expected = 1 - (sim.sum() - np.trace(sim)) / (len(x) * (len(x) - 1))
+    assert summary["variation"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    if stored is not None:
+        assert summary["variation"] == pytest.approx(float(stored), rel=1e-5)
+
+
 def test_info_reads_an_unfinished_extraction(cache_file, tmp_path):
     copy = tmp_path / "g.h5"
     shutil.copy(cache_file, partial_path(copy))
