@@ -43,8 +43,8 @@ def info(cache_file, as_json):
 @features.command("export")
 @click.argument("cache_file", metavar="FILE", type=click.Path(path_type=Path))
 @click.option("--to", "fmt", type=click.Choice(["npy", "csv", "parquet"]), required=True,
-              help="npy: a float32 (n, D) array plus OUT.ids.txt; csv/parquet: an id column "
-                   "then f0..f{D-1} (parquet needs pyarrow).")
+              help="npy: a float32 (n, D) array, its row ids in NAME.ids.txt beside it; "
+                   "csv/parquet: an id column then f0..f{D-1} (parquet needs pyarrow).")
 @click.option("--aggregate", type=click.Choice(["avg", "stack"]), default=None,
               help="Combine scales by averaging or stacking [default: the dataset's, as "
                    "svm-eval: stack for Caltech, avg otherwise].")
