@@ -101,11 +101,118 @@ def micro_weights(tmp_path_factory):
     return path
 
 
-# scikit-learn feeds numeric tables: FeatureExtractor reads each row of an (n, F) array as a
-# 1 x F grayscale image (documented in its Notes), so every applicable check runs; none is
+# scikit-learn feeds numeric tables: with rows_as_images=True each row of an (n, F) array is
+# read as a 1 x F grayscale image (documented), so every applicable check runs; none is
 # skipped. The weights path is filled in per test (parametrize_with_checks needs instances
 # at collection time, the file exists only once the fixture ran).
-@parametrize_with_checks([FeatureExtractor(weights="<micro>", scales=(32,), device="cpu")])
+@parametrize_with_checks([FeatureExtractor(weights="<micro>", scales=(32,), device="cpu",
+                                           rows_as_images=True)])
 def test_scikit_learn_estimator_checks(estimator, check, micro_weights):
     estimator.set_params(weights=micro_weights)
     check(estimator)
+
+
+# -- first-hour traps (issue 10) ------------------------------------------------------------
+
+
+def test_a_table_of_features_is_refused_not_read_as_images(micro_weights):
+    extractor = FeatureExtractor(weights=micro_weights, scales=(32,), device="cpu")
+    table = np.random.default_rng(0).random((6, 512))  # e.g. descriptors already computed
+    with pytest.raises(ValueError, match=r"2-D numeric table of shape \(6, 512\), not images"):
+        extractor.fit(table)
+    with pytest.raises(ValueError, match="not images"):
+        extractor.fit(table.tolist())
+    grey = np.random.default_rng(0).random((2, 40, 40))  # (n, H, W) images still work
+    assert extractor.fit_transform(grey).shape == (2, 256)  # micro net: fc7 of 256
+
+
+def _labelled_arrays(n_per_class=4):
+    rng = np.random.default_rng(0)
+    X = [random_rgb(36, 36, seed=k) for k in range(2 * n_per_class)]
+    for k in range(n_per_class):  # class 1: a bright square, so the task is learnable
+        X[n_per_class + k][8:28, 8:28] = 255
+    y = [0] * n_per_class + [1] * n_per_class
+    order = rng.permutation(len(X))
+    return [X[i] for i in order], [y[i] for i in order]
+
+
+def test_missing_weights_surface_before_any_fold(tmp_path):
+    from sklearn.model_selection import cross_val_score
+
+    from vggfeat.models import WeightsError
+
+    missing = tmp_path / "runs" / "D" / "backbone.pth"
+    X, y = _labelled_arrays()
+    pipeline = make_pipeline(FeatureExtractor(weights=missing, scales=(32,)), LinearSVC())
+    with pytest.raises(WeightsError, match="backbone.pth"):  # not "All the fits failed"
+        cross_val_score(pipeline, X, y, cv=2)
+    with pytest.raises(WeightsError, match="backbone.pth"):  # fit: before looking at X
+        FeatureExtractor(weights=str(missing)).fit(None)
+
+
+def test_memory_reuses_descriptors_across_folds_and_fits(micro_weights, tmp_path, monkeypatch):
+    from sklearn.model_selection import cross_val_score
+
+    from vggfeat.features.engine import Engine
+
+    computed = []
+    run = Engine.run
+
+    def counting_run(self, items):  # a spy: the real engine runs, we count its images
+        items = list(items)
+        computed.append(len(items))
+        return run(self, items)
+
+    monkeypatch.setattr(Engine, "run", counting_run)
+    X, y = _labelled_arrays()
+
+    def pipeline(memory):
+        return make_pipeline(FeatureExtractor(weights=micro_weights, scales=(32,), device="cpu",
+                                              memory=memory), LinearSVC(C=10.0))
+
+    plain = cross_val_score(pipeline(None), X, y, cv=2)
+    without = sum(computed)
+    assert without == 2 * len(X)  # every fold describes its train and test images again
+    computed.clear()
+    first = cross_val_score(pipeline(tmp_path / "memory"), X, y, cv=2)
+    assert sum(computed) == len(X)  # each image once: the second fold reuses the first's
+    computed.clear()
+    again = cross_val_score(pipeline(tmp_path / "memory"), X, y, cv=2)
+    assert sum(computed) == 0
+    np.testing.assert_array_equal(first, plain)
+    np.testing.assert_array_equal(again, plain)
+
+
+def test_memory_follows_the_file_and_the_configuration(micro_weights, tmp_path):
+    path = write_png(tmp_path / "a.png", random_rgb(40, 40, seed=1))
+    memory = tmp_path / "memory"
+    extractor = FeatureExtractor(weights=micro_weights, scales=(32,), device="cpu",
+                                 memory=memory).fit([path])
+    before = extractor.transform([path])
+    write_png(path, random_rgb(40, 40, seed=2))  # the file changes: recomputed, not reused
+    fresh = FeatureExtractor(weights=micro_weights, scales=(32,), device="cpu").fit([path])
+    np.testing.assert_allclose(extractor.transform([path]), fresh.transform([path]), atol=1e-6)
+    assert not np.allclose(extractor.transform([path]), before)
+    other = FeatureExtractor(weights=micro_weights, scales=(48,), device="cpu", memory=memory)
+    assert other.fit([path]).transform([path]).shape == (1, 256)
+    assert len(list(memory.iterdir())) == 2  # one folder per configuration
+
+
+def test_progress_is_shown_for_many_images_but_not_inside_scikit_learn(micro_weights, capsys):
+    from sklearn.model_selection import cross_val_score
+
+    X, y = _labelled_arrays(n_per_class=9)  # 18 images: more than a few
+    extractor = FeatureExtractor(weights=micro_weights, scales=(32,), device="cpu").fit(X)
+    extractor.transform(X)
+    assert "describe images" in capsys.readouterr().err
+    extractor.transform(X[:3])
+    assert "describe images" not in capsys.readouterr().err  # a few: no bar
+    cross_val_score(make_pipeline(FeatureExtractor(weights=micro_weights, scales=(32,),
+                                                   device="cpu"), LinearSVC()), X, y, cv=2)
+    assert "describe images" not in capsys.readouterr().err  # a pipeline stays quiet
+    extractor.set_params(verbose=True).transform(X[:3])
+    assert "describe images" in capsys.readouterr().err
+    extractor.set_params(verbose=False).transform(X)
+    assert "describe images" not in capsys.readouterr().err
+    params = FeatureExtractor().get_params()
+    assert params["verbose"] == "auto" and params["memory"] is None

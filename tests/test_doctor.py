@@ -157,3 +157,30 @@ def test_unfinished_or_foreign_cache_fails(tmp_path):
 def test_asking_for_a_missing_gpu_fails():
     result = doctor("--device", "cuda")
     assert result.exit_code == 1 and "[FAIL] device:" in result.output
+
+
+def test_train_val_folder_is_described_as_splits_not_two_classes(tmp_path):
+    from helpers_datasets import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "photos", per_class=2, split_dirs=True)
+    (data.root / "test").rename(data.root / "val")
+    check = check_dataset("folder", data.root)
+    assert check.status == OK
+    assert "3 classes, splits: train, val" in check.detail
+
+
+def test_mixed_folder_layout_fails_showing_the_accepted_layouts(tmp_path):
+    from helpers_datasets import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "photos", per_class=2, split_dirs=True)
+    shutil.copytree(data.root / "train" / "cat", data.root / "bird")
+    check = check_dataset("folder", data.root)
+    assert check.status == FAIL and "accepts two layouts" in check.detail
+
+
+def test_partial_cache_given_directly_is_not_ok(cache, tmp_path):
+    partial = tmp_path / "digits-tiny.h5.partial"
+    shutil.copy(cache, partial)  # what an interrupted run leaves, rows all done or not
+    check = check_cache(partial)
+    assert check.status == FAIL and "unfinished" in check.detail
+    assert "rerun the same `vggfeat extract`" in check.fix

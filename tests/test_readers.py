@@ -182,6 +182,44 @@ def test_folder_reader_flat_and_split_layouts(tmp_path):
     np.testing.assert_array_equal(reader.labels("train").y, split.labels["train"])
 
 
+def _rename_split(root, old, new):
+    (root / old).rename(root / new)
+
+
+def test_folder_with_train_and_val_only_is_read_as_splits_not_classes(tmp_path):
+    data = make_folder_dataset(tmp_path / "imagenet_style", per_class=2, split_dirs=True)
+    _rename_split(data.root, "test", "val")  # the ImageNet / train-backbone layout
+    reader = open_dataset("folder", data.root)
+    assert reader.classes == ("cat", "dog", "fish")  # not ("train", "val")
+    assert reader.splits() == ("train", "val")
+    assert len(reader.split_ids("val")) == 6 and reader.split_ids("val")[0].startswith("val/")
+
+    _rename_split(data.root, "val", "validation")  # the other usual spelling
+    assert open_dataset("folder", data.root).splits() == ("train", "val")
+
+
+def test_folder_layouts_that_cannot_be_told_apart_are_refused_with_both_layouts(tmp_path):
+    data = make_folder_dataset(tmp_path / "mixed", per_class=2, split_dirs=True)
+    shutil.copytree(data.root / "train" / "cat", data.root / "bird")  # a stray class folder
+    with pytest.raises(DatasetLayoutError) as error:
+        open_dataset("folder", data.root)
+    message = str(error.value)
+    assert "mixes split folders (test, train) with other folders (bird)" in message
+    assert "ROOT/<class>/<images>" in message and "ROOT/train/<class>/<images>" in message
+
+    only_train = make_folder_dataset(tmp_path / "only", per_class=2, split_dirs=True)
+    shutil.rmtree(only_train.root / "test")
+    with pytest.raises(DatasetLayoutError, match="lack train/ and a held-out val/ or test/"):
+        open_dataset("folder", only_train.root)
+
+
+def test_a_class_called_train_stays_a_class(tmp_path):
+    data = make_folder_dataset(tmp_path / "vehicles", classes=("bus", "car", "train"),
+                               per_class=2)
+    reader = open_dataset("folder", data.root)  # train/ holds images, so it is a class
+    assert reader.classes == ("bus", "car", "train") and reader.splits() == ()
+
+
 def test_csv_reader_single_and_multi_label(tmp_path):
     single = make_csv_dataset(tmp_path / "s", n_images=12)
     reader = open_dataset("csv", single.root / "labels.csv")

@@ -182,24 +182,33 @@ def read_cache_attributes(path: Path) -> dict:
 def check_cache(cache, model=None) -> Check:
     """Whether a feature cache is complete and, given a model, made with its weights and
     preprocessing."""
+    from vggfeat.diagnostics import evaluation_problem, low_variation_warning
+    from vggfeat.features.cache import read_variation
+
     path = Path(cache).expanduser()
-    partial = path.with_name(path.name + ".partial")
+    problem = evaluation_problem(path)  # the same words svm-eval would refuse it with
+    if problem:
+        fix = ("rerun the same `vggfeat extract` command: it resumes where it stopped"
+               if "unfinished" in problem else "add the labels as the message says")
+        return Check("cache", FAIL, problem, fix)
     if not path.is_file():
-        if partial.is_file():
-            return Check("cache", FAIL, f"{path} is not finished ({partial} exists)",
-                         "rerun the same `vggfeat extract` command: it resumes where it stopped")
         return Check("cache", FAIL, f"{path} does not exist",
                      "check the path, or make it with `vggfeat extract ... --out FILE.h5`")
     try:
         attrs = read_cache_attributes(path)
         cached = json.loads(attrs["preprocessing"])
+        variation = read_variation(path)
     except (OSError, KeyError, ValueError) as error:
         return Check("cache", FAIL, f"{path} is not a vggfeat feature cache ({error})",
                      "make it with `vggfeat extract`")
     detail = (f"{path}: {attrs.get('dataset')} ({attrs['_done']}/{attrs['_rows']} rows), "
               f"{attrs.get('arch')} {attrs.get('layer')}, scales "
               f"{list(map(int, attrs.get('scales', [])))}, preprocessing "
-              f"{json.dumps(cached, sort_keys=True)}")
+              f"{json.dumps(cached, sort_keys=True)}, descriptor variation {variation:.3g}")
+    flat = low_variation_warning(path, variation)
+    if flat:
+        return Check("cache", WARN, flat.removeprefix("warning: "),
+                     "extract again with a backbone that learnt (or another --layer)")
     if model is None:
         return Check("cache", OK, detail + " (give --weights to compare)")
     problems = []

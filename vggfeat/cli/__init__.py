@@ -82,7 +82,7 @@ def cli(debug):
     \b
     Example:
         vggfeat extract --dataset voc2007 --root ~/data/VOCdevkit --weights vgg16
-        vggfeat svm-eval voc2007-vgg16.h5 --out results/
+        vggfeat svm-eval voc2007-vgg16-fc7.h5 --out results/
     """
 
 

@@ -47,7 +47,13 @@ def parse_options(ctx, param, values):
 
 
 def default_out(dataset: str, weights: str, layer: str) -> Path:
-    stem = Path(str(weights)).stem or str(weights)
+    """<dataset>-<weights>-<layer>.h5; a training run's weights (RUN_DIR or its
+    backbone.pth, the same name in every run) are named by the run folder."""
+    path = Path(str(weights)).expanduser()
+    if path.is_dir() or path.name == "backbone.pth":
+        stem = (path if path.is_dir() else path.resolve().parent).resolve().name
+    else:
+        stem = path.stem or str(weights)
     return Path(f"{dataset}-{stem}-{layer}.h5")
 
 
@@ -81,7 +87,8 @@ def default_out(dataset: str, weights: str, layer: str) -> Path:
 @click.option("--option", "reader_options", multiple=True, callback=parse_options,
               metavar="KEY=VALUE", help="Reader option, e.g. drop_background=true (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output file [default: <dataset>-<weights>-<layer>.h5].")
+              help="Output file [default: <dataset>-<weights>-<layer>.h5, <weights> being "
+                   "the file's stem or, for RUN_DIR/backbone.pth, the run folder's name].")
 @click.option("--overwrite", is_flag=True,
               help="Replace an --out made with another configuration, or that is not a vggfeat "
                    "cache (kept until the new file is complete; never the --weights file).")

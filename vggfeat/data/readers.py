@@ -45,6 +45,13 @@ IMAGE_SUFFIXES = frozenset(
 VOC_SCALES = (256, 384, 512, 640, 768)
 CALTECH_SCALES = (256, 384, 512)
 SPLIT_NAMES = ("train", "val", "test")
+# Folder names read as splits by the folder reader (validation/ is val/).
+SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+FOLDER_LAYOUTS = (
+    "--dataset folder accepts two layouts: ROOT/<class>/<images> (seeded splits are drawn), "
+    "or ROOT/train/<class>/<images> plus ROOT/test/<class>/... and/or ROOT/val/<class>/... "
+    "(validation/ also accepted; without test/, val/ is the test split)"
+)
 
 
 class DatasetLayoutError(ValueError):
@@ -539,8 +546,13 @@ class Caltech256Reader(Caltech101Reader):
 class FolderReader(_ClassFolderReader):
     """Custom data, one sub-folder per class (searched recursively for images).
 
-    Either ``<root>/<class>/...`` (the protocol draws seeded splits) or predefined splits
-    ``<root>/{train,val,test}/<class>/...`` (``val`` is optional and joins training).
+    Two layouts (`FOLDER_LAYOUTS`): ``<root>/<class>/...`` (the protocol draws seeded
+    splits), or predefined splits ``<root>/<split>/<class>/...`` with ``train`` and at least
+    one of ``val`` (or ``validation``) and ``test``. With a test split, val joins training;
+    without one (the ImageNet layout train/ + val/), val is the held-out split. A top-level
+    folder named like a split that holds class folders (not images) is a split folder, so a
+    class called "train" (VOC has one) stays a class; a mix of split folders and other
+    folders is refused rather than guessed.
     """
 
     name = "folder"
@@ -552,16 +564,18 @@ class FolderReader(_ClassFolderReader):
         subdirs = sorted(
             p for p in self.base.iterdir() if p.is_dir() and not p.name.startswith(".")
         )
-        names = {p.name for p in subdirs}
+        split_dirs = [p for p in subdirs if _is_split_folder(p)]
         self._split_of: dict[str, str] = {}
-        if {"train", "test"} <= names and names <= set(SPLIT_NAMES):
+        if split_dirs:
+            self._check_split_layout(subdirs, split_dirs)
             self._label_of = {}
             classes = set()
-            for split_dir in subdirs:
-                class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+            for split_dir in split_dirs:
+                class_dirs = sorted(p for p in split_dir.iterdir()
+                                    if p.is_dir() and not p.name.startswith("."))
                 found = self._index(self.base, class_dirs)
                 self._label_of.update(found)
-                self._split_of.update({i: split_dir.name for i in found})
+                self._split_of.update({i: SPLIT_ALIASES[split_dir.name] for i in found})
                 classes |= {p.name for p in class_dirs}
             class_dirs_names = sorted(classes)
         else:
@@ -569,9 +583,26 @@ class FolderReader(_ClassFolderReader):
             class_dirs_names = [p.name for p in subdirs]
         if len(class_dirs_names) < 2:
             raise DatasetLayoutError(
-                f"expected at least two class sub-folders in {self.base}; {_listing(self.base)}"
+                f"expected at least two class sub-folders in {self.base}; {_listing(self.base)}. "
+                f"{FOLDER_LAYOUTS}"
             )
         self.classes = tuple(class_dirs_names)
+
+    def _check_split_layout(self, subdirs: list[Path], split_dirs: list[Path]) -> None:
+        names = [p.name for p in split_dirs]
+        others = [p.name for p in subdirs if p not in split_dirs]
+        splits = [SPLIT_ALIASES[n] for n in names]
+        problem = ""
+        if others:
+            problem = (f"it mixes split folders ({', '.join(names)}) with other folders "
+                       f"({', '.join(others[:5])})")
+        elif len(set(splits)) != len(splits):
+            problem = f"it has both val/ and validation/ ({', '.join(names)})"
+        elif "train" not in splits or len(splits) < 2:
+            problem = (f"its split folders ({', '.join(names)}) lack train/ and a held-out "
+                       "val/ or test/")
+        if problem:
+            raise DatasetLayoutError(f"{self.base}: {problem}. {FOLDER_LAYOUTS}")
 
     def splits(self) -> tuple[str, ...]:
         return tuple(s for s in SPLIT_NAMES if s in set(self._split_of.values()))
@@ -581,6 +612,15 @@ class FolderReader(_ClassFolderReader):
         if not ids:
             raise DatasetLayoutError(f"{self.base}: no {split} split (found: {self.splits()})")
         return ids
+
+
+def _is_split_folder(path: Path) -> bool:
+    """A folder named like a split (train, val, validation, test) that holds folders and no
+    images directly: split/<class>/..., as opposed to a class folder called "train"."""
+    if path.name not in SPLIT_ALIASES:
+        return False
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    return any(p.is_dir() for p in entries) and not any(_is_image(p) for p in entries)
 
 
 class CSVReader(DatasetReader):
@@ -703,3 +743,41 @@ def open_dataset(name: str, root, **options) -> DatasetReader:
     if name not in _READERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return _READERS[name](root, **options)
+
+
+class LabelTableReader(DatasetReader):
+    """Labels given as a table rather than read from files: the labels that
+    `extract_to_cache(..., labels=, splits=)` stores in a cache (ids are the items' ids).
+
+    Evaluated with the folder/csv protocol (``protocol = "csv"``): the given train(+val) /
+    test split when there is one, else seeded splits.
+    """
+
+    protocol = "csv"
+
+    def __init__(self, name: str, root, ids, classes, y, splits=None):
+        super().__init__(root or ".")
+        self.name = name
+        self.classes = tuple(classes)
+        self._labels = Labels(list(ids), self.classes, np.asarray(y, dtype=np.int8))
+        self._split_of = dict(zip(ids, splits, strict=True)) if splits is not None else {}
+        self.multi_label = bool(((self._labels.y == 1).sum(axis=1) != 1).any())
+
+    def images(self) -> list[Sample]:
+        return [Sample(i, Path(i)) for i in self._labels.ids]
+
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s for s in SPLIT_NAMES if s in set(self._split_of.values()))
+
+    def split_ids(self, split: str) -> list[str]:
+        ids = [i for i in self._labels.ids if self._split_of.get(i) == split]
+        if not ids:
+            raise DatasetLayoutError(f"{self.name}: no items with split {split!r}")
+        return ids
+
+    def labels(self, split: str | None = None) -> Labels | None:
+        if split is None:
+            return self._labels
+        keep = set(self.split_ids(split))
+        rows = [k for k, i in enumerate(self._labels.ids) if i in keep]
+        return Labels([self._labels.ids[k] for k in rows], self.classes, self._labels.y[rows])

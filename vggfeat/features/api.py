@@ -1,8 +1,11 @@
 """The Python feature API: a scikit-learn transformer, and the cache writer re-exported."""
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,11 +14,18 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from vggfeat.data.images import BadImageError
 from vggfeat.features.cache import aggregate_scales, l2_normalize
-from vggfeat.features.descriptor import DescriptorConfig
+from vggfeat.features.descriptor import DescriptorConfig, config_key
 from vggfeat.features.engine import DEFAULT_BATCH_SIZE, Engine
 from vggfeat.features.pipeline import extract_to_cache
+from vggfeat.models.weights import WeightsError
+from vggfeat.progress import progress_bar
 
 __all__ = ["FeatureExtractor", "extract_to_cache"]
+
+# verbose="auto" shows a progress bar for more images than this (fewer take seconds).
+AUTO_PROGRESS_IMAGES = 16
+# Suffixes that make a `weights` string a file name (checked for existence at clone time).
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
 class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -43,22 +53,41 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     batch_size : int, default=32
     workers : int, default=0
         DataLoader processes for decoding and rescaling.
+    verbose : {"auto", True, False}, default="auto"
+        A progress bar on stderr while transforming. "auto": when transforming more than
+        16 images, unless a scikit-learn meta-estimator (Pipeline, cross-validation, a
+        search) is the caller, so pipelines stay quiet.
+    memory : str or path-like, optional
+        A folder where descriptors are kept between calls, keyed by the configuration
+        (weights' sha256, scales, layer, flip, preprocessing) and the image (a file's
+        resolved path, size and modification time; the pixels of an in-memory image).
+        Repeated fits, e.g. the folds of ``cross_val_score``, then reuse them instead of
+        running the net again. Like the `memory` of scikit-learn's Pipeline; never cleared
+        by vggfeat (delete the folder to reclaim the space).
+    rows_as_images : bool, default=False
+        Read a 2-D numeric array (n, F) as n grayscale images of 1 x F pixels, as
+        scikit-learn's generic estimator checks need. Off, such an array is refused: it
+        is almost always a table of features given by mistake.
 
     Attributes
     ----------
     model_ : torch.nn.Module
         The loaded backbone (on `device`).
     n_features_in_ : int
-        Only when fitted on a 2-D numeric array (see Notes).
+        Only when fitted on a 2-D numeric array with ``rows_as_images=True``.
 
     Notes
     -----
     `X` is a sequence of images: paths, PIL images, or arrays of shape (H, W) or
-    (H, W, 3). A numeric ndarray is a batch: (n, H, W, 3) or (n, H, W) images, and, so
-    that scikit-learn's array-based estimator checks apply, a 2-D array (n, F) (or a list
-    of n lists of F numbers) is read as n grayscale images of 1 x F pixels. Float pixels
-    are taken as [0, 1], integers as 0..255. `fit` only loads the weights (nothing is
-    learnt from the images); rows are float32.
+    (H, W, 3). A numeric ndarray is a batch: (n, H, W, 3) or (n, H, W) images. A 2-D
+    array (n, F), or a list of n lists of F numbers, is refused unless ``rows_as_images``.
+    Float pixels are taken as [0, 1], integers as 0..255. `fit` only loads the weights
+    (nothing is learnt from the images); rows are float32.
+
+    Weights are checked early: `fit` loads them before looking at `X` and raises
+    `vggfeat.models.WeightsError` naming the file; cloning (which scikit-learn's
+    cross-validation and searches do before any fold) already raises it for a weights
+    file that does not exist, so the error is not buried under "All the fits failed".
 
     Examples
     --------
@@ -70,7 +99,7 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def __init__(self, weights="vgg16", arch=None, scales=(256, 384, 512), aggregate="avg",
                  layer="fc7", flip=True, device="auto", batch_size=DEFAULT_BATCH_SIZE,
-                 workers=0):
+                 workers=0, verbose="auto", memory=None, rows_as_images=False):
         self.weights = weights
         self.arch = arch
         self.scales = scales
@@ -80,6 +109,9 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.device = device
         self.batch_size = batch_size
         self.workers = workers
+        self.verbose = verbose
+        self.memory = memory
+        self.rows_as_images = rows_as_images
 
     def fit(self, X, y=None):
         """Load the weights (and check `X`); nothing is learnt.
@@ -92,13 +124,20 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Returns
         -------
         self : FeatureExtractor
+
+        Raises
+        ------
+        vggfeat.models.WeightsError
+            The weights cannot be found or loaded (checked before `X`).
         """
         from vggfeat.models import load_backbone
 
         if self.aggregate not in ("avg", "stack"):
             raise ValueError(f"aggregate must be 'avg' or 'stack', got {self.aggregate!r}")
-        self._images(X, reset=True)
+        if self.verbose not in ("auto", True, False):
+            raise ValueError(f"verbose must be 'auto', True or False, got {self.verbose!r}")
         model = load_backbone(self.weights, self.arch)
+        self._images(X, reset=True)
         self.config_ = DescriptorConfig.from_model(model, self.scales, layer=self.layer,
                                                    flip=self.flip)
         # Built once per fit (the CPU fast path traces the net); not pickled (see below).
@@ -127,15 +166,40 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """
         check_is_fitted(self, "model_")
         images = self._images(X, reset=False)
+        descriptors = np.empty((len(images), len(self.config_.scales), self._dim()), np.float32)
+        memory = _Memory(self.memory, self.config_) if self.memory is not None else None
+        keys = [memory.key(image) for image in images] if memory else []
+        todo = []
+        for k in range(len(images)):
+            stored = memory.get(keys[k]) if memory else None
+            if stored is None:
+                todo.append(k)
+            else:
+                descriptors[k] = stored
+        if todo:
+            self._compute(images, todo, descriptors, memory, keys)
+        return l2_normalize(aggregate_scales(descriptors, self.aggregate)).astype(np.float32)
+
+    def _compute(self, images, todo, descriptors, memory, keys) -> None:
+        """Run the net on images[todo] into `descriptors` (and the memory)."""
         engine = getattr(self, "_engine", None) or Engine(
             self.model_, self.config_, batch_size=self.batch_size, workers=self.workers,
             device=self.device)
-        descriptors = np.empty((len(images), len(self.config_.scales), self._dim()), np.float32)
-        for result in engine.run(list(enumerate(images))):
-            if result.error is not None:
-                raise BadImageError(_name(images[result.index]), result.error)
-            descriptors[result.index] = result.descriptor
-        return l2_normalize(aggregate_scales(descriptors, self.aggregate)).astype(np.float32)
+        show = self.verbose is True or (self.verbose == "auto"
+                                        and len(todo) > AUTO_PROGRESS_IMAGES
+                                        and not _called_by_scikit_learn())
+        bar = progress_bar(total=len(todo), desc="describe images", unit="img",
+                           disable=not show, dynamic_ncols=True)
+        try:
+            for result in engine.run([(k, images[k]) for k in todo]):
+                if result.error is not None:
+                    raise BadImageError(_name(images[result.index]), result.error)
+                descriptors[result.index] = result.descriptor
+                if memory:
+                    memory.put(keys[result.index], result.descriptor)
+                bar.update(1)
+        finally:
+            bar.close()
 
     def _dim(self) -> int:
         return self.model_.feature_dim(self.layer)
@@ -148,6 +212,8 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 isinstance(X, list | tuple) and X and isinstance(X[0], list | tuple)):
             X = np.asarray(X)  # array-likes and nested lists of numbers
         if _is_table(X):
+            if not self.rows_as_images:
+                raise ValueError(_table_message(X))
             # The documented adaptation: rows of a 2-D array are 1 x F grayscale images.
             # validate_data also gives scikit-learn's errors (1-D, sparse, NaN, F changed).
             X = validate_data(self, X, reset=reset, dtype="numeric")
@@ -163,6 +229,12 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if len(X) == 0:
             raise ValueError("X holds no images (0 samples); at least 1 is required")
         return [_array_image(x) if isinstance(x, np.ndarray) else x for x in X]
+
+    def __sklearn_clone__(self):
+        # scikit-learn clones before every fold, outside the try that turns a failed fit
+        # into "All the fits failed": a missing weights file is said here, once, clearly.
+        _check_weights_file(self.weights)
+        return super().__sklearn_clone__()
 
     def __getstate__(self):
         # The engine holds a TorchScript trace, which does not pickle; transform rebuilds it.
@@ -212,3 +284,81 @@ def _name(source) -> str:
     return str(getattr(source, "path", source if isinstance(source, (str, os.PathLike))
                        else "<in-memory image>"))
 
+
+
+def _table_message(X) -> str:
+    shape = getattr(X, "shape", None)
+    return (f"X is a {len(shape) if shape else 2}-D numeric table"
+            f"{f' of shape {tuple(shape)}' if shape else ''}, not images: FeatureExtractor "
+            "turns images into descriptors (features already computed go straight to the "
+            "classifier). Give paths, PIL images, a list of (H, W[, 3]) arrays, or an "
+            "(n, H, W[, 3]) array; rows_as_images=True reads each row as a 1 x F image.")
+
+
+def _check_weights_file(weights) -> None:
+    """Raise WeightsError for `weights` that names a file (a path, or a string with a folder
+    or a weights suffix) which does not exist; names of torchvision weights pass."""
+    if not isinstance(weights, str | os.PathLike):
+        return
+    text = os.fspath(weights)
+    looks_like_file = (isinstance(weights, os.PathLike) or os.sep in text or "/" in text
+                       or text.lower().endswith(WEIGHT_SUFFIXES))
+    if looks_like_file and not Path(text).expanduser().exists():
+        raise WeightsError(f"weights {text!r}: no such file or folder (FeatureExtractor "
+                           "checks its weights before any fit). Give the path of a .pth file, "
+                           "a train-backbone run folder, or a torchvision name such as vgg16.")
+
+
+def _called_by_scikit_learn() -> bool:
+    """Whether a scikit-learn meta-estimator (Pipeline, cross-validation, a search, ...) is
+    on the call stack; sklearn.base and sklearn.utils wrap every direct call too."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith("sklearn.") and not module.startswith(("sklearn.base",
+                                                                    "sklearn.utils")):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _Memory:
+    """Descriptors on disk: <folder>/<configuration key>/<image key>.npy, (S, D) float32."""
+
+    def __init__(self, folder, config: DescriptorConfig):
+        self.folder = Path(folder).expanduser() / config_key(config.as_dict())
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(source) -> str:
+        """A file: resolved path, size, mtime. In-memory pixels: their content."""
+        digest = hashlib.sha256()
+        path = getattr(source, "path", source)
+        if isinstance(path, str | os.PathLike):
+            resolved = Path(path).expanduser().resolve()
+            stat = resolved.stat() if resolved.exists() else None
+            digest.update(f"file:{resolved}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}"
+                          .encode())
+            box = getattr(source, "box", None)
+            if box is not None:
+                digest.update(f":box{tuple(box)}".encode())
+        elif isinstance(source, torch.Tensor):
+            array = source.detach().cpu().contiguous().numpy()
+            digest.update(f"tensor:{array.shape}:{array.dtype}:".encode() + array.tobytes())
+        elif hasattr(source, "tobytes") and hasattr(source, "mode"):  # a PIL image
+            digest.update(f"pil:{source.mode}:{source.size}:".encode() + source.tobytes())
+        else:
+            digest.update(repr(source).encode())
+        return digest.hexdigest()[:32]
+
+    def get(self, key: str) -> np.ndarray | None:
+        try:
+            return np.load(self.folder / f"{key}.npy")
+        except (OSError, ValueError):  # absent, or damaged by a crash: computed again
+            return None
+
+    def put(self, key: str, descriptor: np.ndarray) -> None:
+        path = self.folder / f"{key}.npy"
+        tmp = path.with_name(f".{key}.{os.getpid()}.tmp.npy")
+        np.save(tmp, np.asarray(descriptor, dtype=np.float32))
+        os.replace(tmp, path)  # parallel folds may write the same key: last one wins, intact

@@ -436,10 +436,12 @@ def _text(value) -> str:
 def read_descriptors(path: str | os.PathLike, group: str | None = None,
                      ) -> tuple[list[str], np.ndarray]:
     """(ids, (n, S, D) float32) of the rows that are done."""
+    from vggfeat.diagnostics import unfinished_message
+
     path = Path(path)
+    unfinished = unfinished_message(path)  # the one description of an interrupted run
     if not path.exists():
-        hint = " (an extraction was interrupted: rerun it)" if partial_path(path).exists() else ""
-        raise CacheError(f"{path}: no such feature file{hint}")
+        raise CacheError(unfinished or f"{path}: no such feature file")
     with h5py.File(path, "r") as f:
         g = f[group or ROOT_GROUP]
         done = g["done"][()]
@@ -447,8 +449,9 @@ def read_descriptors(path: str | os.PathLike, group: str | None = None,
         descriptors = g["descriptors"][()][done].astype(np.float32)
     missing = int((~done).sum())
     if missing:
-        warnings.warn(f"{path}: {missing} rows have no descriptor (see its `failed` table); "
-                      "they are left out", stacklevel=3)
+        why = unfinished or "see its `failed` table"
+        warnings.warn(f"{path}: {missing} rows have no descriptor ({why}); they are left out",
+                      stacklevel=3)
     return ids, descriptors
 
 
@@ -549,3 +552,62 @@ class FeatureDataset:
 
     def __getstate__(self):
         return {**self.__dict__, "_file": None, "_pid": None}
+
+
+# -- labels (caches written by the Python API) and the descriptor-variation statistic ----
+
+LABELS, SPLITS, CLASSES_ATTR = "labels", "splits", "classes"
+
+
+def write_labels(path: str | os.PathLike, classes: Sequence[str], y: np.ndarray,
+                 splits: Sequence[str] | None = None) -> None:
+    """Store labels aligned with the root group's ids: ``labels`` (n, K) int8 in {1, -1},
+    the class names in attribute ``classes``, and optionally ``splits`` (train/val/test).
+    Labels do not change the descriptors, so they are not part of the config key."""
+    with h5py.File(path, "r+") as f:
+        for name in (LABELS, SPLITS):
+            if name in f:
+                del f[name]
+        f.create_dataset(LABELS, data=np.asarray(y, dtype=np.int8))
+        f.attrs[CLASSES_ATTR] = json.dumps(list(classes))
+        if splits is not None:
+            f.create_dataset(SPLITS, data=np.array(list(splits), dtype=object), dtype=STRING)
+
+
+def read_labels(path: str | os.PathLike):
+    """(ids, classes, y, splits or None) stored by `write_labels`, or None if none were."""
+    with h5py.File(path, "r") as f:
+        if LABELS not in f or CLASSES_ATTR not in f.attrs:
+            return None
+        ids = [_text(i) for i in f["ids"][()]]
+        splits = [_text(s) for s in f[SPLITS][()]] if SPLITS in f else None
+        return ids, tuple(json.loads(_text(f.attrs[CLASSES_ATTR]))), f[LABELS][()], splits
+
+
+def store_variation(path: str | os.PathLike) -> float:
+    """Compute `vggfeat.diagnostics.descriptor_variation` over the done rows of the root
+    group and store it as a file attribute; returns it."""
+    from vggfeat.diagnostics import VARIATION_ATTR
+
+    with h5py.File(path, "r+") as f:
+        value = _variation(f)
+        f.attrs[VARIATION_ATTR] = value
+    return value
+
+
+def read_variation(path: str | os.PathLike) -> float:
+    """The stored descriptor-variation statistic (computed, not stored, for caches made
+    before it existed)."""
+    from vggfeat.diagnostics import VARIATION_ATTR
+
+    with h5py.File(path, "r") as f:
+        value = f.attrs.get(VARIATION_ATTR)
+        return _variation(f) if value is None else float(value)
+
+
+def _variation(f: h5py.File, chunk: int = 1024) -> float:
+    from vggfeat.diagnostics import descriptor_variation
+
+    done, rows = f["done"][()], f["descriptors"]  # `chunk` rows at a time: any size
+    return descriptor_variation(rows[start:start + chunk][done[start:start + chunk]]
+                                for start in range(0, len(done), chunk))

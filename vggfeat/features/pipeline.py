@@ -14,7 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from vggfeat import distributed, locking
+from vggfeat.diagnostics import low_variation_warning
 from vggfeat.features import cache
 from vggfeat.features.descriptor import DescriptorConfig
 from vggfeat.features.engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, Engine, resolve_device
@@ -56,6 +59,7 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
                      dtype: str = "float32", overwrite: bool = False, dataset: str = "items",
                      root: str | os.PathLike | None = None, reader_options: dict | None = None,
                      progress: bool = True, log: Callable[[str], None] | None = None,
+                     labels: Sequence | None = None, splits: Sequence[str] | None = None,
                      ) -> ExtractSummary:
     """Compute the descriptors of `items` into the HDF5 cache at `path` (the CLI's file).
 
@@ -78,6 +82,10 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
         dataset, root, reader_options: recorded in the file's attributes.
         progress: a tqdm bar on stderr (rank 0 only).
         log: where warnings go (default: stderr).
+        labels: optional, one per item: a class name, or a list of names (multi-label).
+            Stored in the file, so `vggfeat svm-eval FILE` can evaluate it (folder/csv
+            protocol: 3 seeded splits, or the given `splits`).
+        splits: optional, one per item: "train", "val" (joins training) or "test".
 
     Returns:
         ExtractSummary (the same on every rank).
@@ -96,6 +104,7 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
     groups = {g: [item_id(s) for s in samples] for g, samples in sources.items()}
     for g, ids in groups.items():
         _check_unique(ids, g)
+    table = None if labels is None else label_table(labels, splits, len(groups[cache.ROOT_GROUP]))
 
     check_out_is_not_an_input(Path(path), weights, [s for v in sources.values() for s in v])
     device = distributed.init(resolve_device(device))
@@ -126,7 +135,13 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
         summary = None
         if rank == 0:
             cache.merge_shards(out, log)
+            if table is not None:
+                cache.write_labels(cache.partial_path(out), *table)
             complete = cache.finalize(out)
+            if complete:  # a backbone that gives every image the same output is said here
+                warning = low_variation_warning(out, cache.store_variation(out))
+                if warning:
+                    log(warning)
             final = out if complete else cache.partial_path(out)
             failed = [f for g in groups for f in cache.read_failed(final, g)]
             summary = ExtractSummary(final, sum(map(len, groups.values())), 0,
@@ -134,6 +149,31 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
         summary = distributed.broadcast(summary)
     summary.computed = distributed.total(computed)
     return summary
+
+
+def label_table(labels: Sequence, splits: Sequence[str] | None, n: int):
+    """(classes, (n, K) int8 matrix in {1, -1}, splits) from per-item labels; ValueError for
+    a length mismatch, an empty label, a single class or an unknown split name."""
+    labels = list(labels)
+    if len(labels) != n:
+        raise ValueError(f"labels has {len(labels)} entries for {n} items; give one per item")
+    names = [[str(x) for x in lab] if isinstance(lab, list | tuple | set | frozenset)
+             else [str(lab)] for lab in labels]
+    if any(not row for row in names):
+        raise ValueError("every item needs at least one label (an empty list was given)")
+    classes = sorted({c for row in names for c in row})
+    if len(classes) < 2:
+        raise ValueError(f"labels name {len(classes)} class; an SVM needs at least two")
+    index = {c: k for k, c in enumerate(classes)}
+    y = -np.ones((n, len(classes)), dtype=np.int8)
+    for i, row in enumerate(names):
+        y[i, [index[c] for c in row]] = 1
+    if splits is not None:
+        splits = [str(s) for s in splits]
+        if len(splits) != n or not set(splits) <= {"train", "val", "test"}:
+            raise ValueError("splits needs one of 'train', 'val', 'test' per item "
+                             f"({len(splits)} given for {n} items)")
+    return classes, y, splits
 
 
 def _check_unique(ids: list[str], group: str) -> None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vggfeat import distributed as D
+from vggfeat.diagnostics import training_stalled
 from vggfeat.models import build_backbone, canonical_arch, load_backbone, normalize, save_backbone
 from vggfeat.models.vgg import check_pool_rounding
 from vggfeat.progress import progress_bar
@@ -81,7 +82,7 @@ DEFAULTS = {
     "lr_patience": 3,         # ... when val top-1 has not improved for this many epochs (choice)
     "lr_drops": 3,            # at most this many times (3 in the paper)
     # -- augmentation -------------------------------------------------------------------
-    "scale": 256,             # fixed training scale S (smallest side) ...
+    "scale": None,            # fixed training scale S (smallest side); None: crop * 8/7 ...
     "scale_jitter": None,     # ... or [S_min, S_max], S drawn per image (e.g. [256, 512])
     "val_scale": None,        # Q of the single-crop validation; default S or (S_min+S_max)/2
     "flip": True,             # random horizontal flips
@@ -121,6 +122,8 @@ def make_config(**options) -> dict:
     cfg["arch"] = canonical_arch(cfg["arch"])
     for key in ("data", "out", "init_from", "finetune_from"):
         cfg[key] = None if cfg[key] is None else str(cfg[key])
+    if cfg["scale"] is None:  # the paper's S = 256 for 224 crops, kept in proportion
+        cfg["scale"] = round(cfg["crop_size"] * 256 / 224)
     if cfg["scale_jitter"] is not None:
         cfg["scale_jitter"] = [int(s) for s in cfg["scale_jitter"]]
     if cfg["preprocessing"] not in PREPROCESSINGS:
@@ -542,6 +545,7 @@ def _train(cfg, device, resume, force_resume):
     writer = open_tensorboard(cfg, run_dir)
     bad = BadImageCounter(cfg["max_bad_fraction"], device)
     record = {}
+    records, warned = [], False  # for the "learnt nothing" check (vggfeat.diagnostics)
     for epoch in range(start_epoch, cfg["epochs"]):
         seed_everything(cfg["seed"], epoch, rank)
         loader.sampler.set_epoch(epoch)
@@ -569,6 +573,11 @@ def _train(cfg, device, resume, force_resume):
                                              step, cfg), run_dir / CHECKPOINT_NAME)
             if not cfg["quiet"]:
                 print(format_record(record), file=sys.stderr)
+            records.append(record)
+            stalled = None if warned else training_stalled(records, cfg["num_classes"])
+            if stalled:  # said once, even with --quiet: the run is producing nothing
+                print(stalled, file=sys.stderr)
+                warned = True
     if main:
         if start_epoch >= cfg["epochs"] and state is None:  # --epochs 0: the initial net
             save_checkpoint(checkpoint_state(model, optimizer, scheduler, scaler, 0, 0, cfg),
