@@ -18,6 +18,7 @@ from vggfeat.localisation.data import LocalisationDataError
 from vggfeat.models import load_backbone, save_backbone
 
 CROP = 64
+LEARN_CROP = 32  # the learning test's net: 4x less arithmetic than at 64, boxes as good
 
 
 @pytest.fixture(autouse=True)
@@ -26,15 +27,15 @@ def one_thread():
         yield
 
 
-def classifier_file(path, arch="vgg11-bn", seed=0, classes=("n01", "n02")):
-    net = make_tiny_backbone(seed=seed, arch=arch, num_classes=len(classes))
-    net.meta.update(classes=list(classes), training={"scale": CROP})
+def classifier_file(path, arch="vgg11-bn", seed=0, classes=("n01", "n02"), crop=CROP):
+    net = make_tiny_backbone(seed=seed, arch=arch, num_classes=len(classes), crop_size=crop)
+    net.meta.update(classes=list(classes), training={"scale": crop})
     return save_backbone(net, path)
 
 
-def train_loc(data, cls, out, *extra):
+def train_loc(data, cls, out, *extra, scale=CROP):
     return run_cli(["train-backbone", "--task", "localisation", "--root", data,
-                    "--finetune-from", cls, "--out", out, "--scale", CROP, "--workers", "0",
+                    "--finetune-from", cls, "--out", out, "--scale", scale, "--workers", "0",
                     "--quiet", *map(str, extra)])
 
 
@@ -77,18 +78,20 @@ def test_csv_layout_and_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory):
-    """A narrow VGG-A (batch norm) fine-tuned 10 epochs on 200 generated images (~30 s).
+    """A narrow VGG-A (batch norm, 32-pixel crops) fine-tuned 8 epochs on 160 generated
+    32..40-pixel images (about 15 s).
 
     The box layer starts as the paper's (normal, std 0.01); without batch norm this narrow
     net did not learn boxes in this budget (its loss stayed at the constant-box level).
+    Training seeds 0, 1, 2 gave 36.7%, 33.3%, 30.0% against 86.7% for the constant box.
     """
     root = tmp_path_factory.mktemp("loc")
-    csv = make_loc_csv(root, n_train=100, n_val=30, seed=0)
-    cls = classifier_file(root / "cls.pth")
+    csv = make_loc_csv(root, n_train=80, n_val=30, seed=0, size=(LEARN_CROP, LEARN_CROP + 8))
+    cls = classifier_file(root / "cls.pth", crop=LEARN_CROP)
     with torch_threads(1):
-        result = train_loc(csv, cls, root / "run", "--box-head", "scr", "--epochs", "10",
+        result = train_loc(csv, cls, root / "run", "--box-head", "scr", "--epochs", "8",
                            "--batch-size", "16", "--lr", "0.01", "--dropout", "0",
-                           "--color-shift", "0", "--seed", "0")
+                           "--color-shift", "0", "--seed", "0", scale=LEARN_CROP)
     assert result.exit_code == 0, result.output
     return csv, cls, root / "run"
 
@@ -111,9 +114,10 @@ def centre_baseline_error(csv) -> float:
     return 100 * misses / len(val)
 
 
-def independent_centre_error(model, csv, q=CROP) -> tuple[float, list]:
+def independent_centre_error(model, csv) -> tuple[float, list]:
     """The centre protocol by hand: rescale, central crop, net, decode, IoU."""
     val = read_localisation(csv, "val")
+    q = crop = model.meta["crop_size"]
     pre = model.meta["preprocessing"]
     misses, boxes_out = 0, []
     for path, label, gt in zip(val.paths, val.labels, val.boxes, strict=True):
@@ -122,13 +126,13 @@ def independent_centre_error(model, csv, q=CROP) -> tuple[float, list]:
         r = q / min(w, h)
         size = (max(q, round(w * r)), max(q, round(h * r)))
         scaled = np.asarray(img.resize(size, Image.Resampling.BILINEAR), np.float32) / 255
-        top, left = (size[1] - CROP) // 2, (size[0] - CROP) // 2
-        x = torch.from_numpy(scaled[top:top + CROP, left:left + CROP]).permute(2, 0, 1)
+        top, left = (size[1] - crop) // 2, (size[0] - crop) // 2
+        x = torch.from_numpy(scaled[top:top + crop, left:left + crop]).permute(2, 0, 1)
         x = (x * pre["value_scale"] - torch.tensor(pre["mean"])[:, None, None]) \
             / torch.tensor(pre["std"])[:, None, None]
         with torch.no_grad():
             out = model(x[None])[0].view(-1, 4)
-        cx, cy, bw, bh = (out[label] if len(out) > 1 else out[0]).double().numpy() * CROP
+        cx, cy, bw, bh = (out[label] if len(out) > 1 else out[0]).double().numpy() * crop
         box = np.array([(cx - bw / 2 + left) * w / size[0], (cy - bh / 2 + top) * h / size[1],
                         (cx + bw / 2 + left) * w / size[0], (cy + bh / 2 + top) * h / size[1]])
         boxes_out.append(box)
@@ -140,7 +144,7 @@ def independent_centre_error(model, csv, q=CROP) -> tuple[float, list]:
 def test_narrow_net_learns_boxes_far_better_than_the_centre(learned, tmp_path):
     csv, _, run = learned
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == list(range(1, 11))
+    assert [r["epoch"] for r in log] == list(range(1, 9))
     assert log[-1]["train_loss"] < 0.6 * log[0]["train_loss"]
     result = run_cli(["eval-localisation", "--root", csv, "--weights", run, "--protocol",
                       "center", "--workers", "0", "--quiet", "--out", tmp_path / "res"])
@@ -150,7 +154,7 @@ def test_narrow_net_learns_boxes_far_better_than_the_centre(learned, tmp_path):
     baseline = centre_baseline_error(csv)
     print(f"trained net {row['gt_class_err']:.1f}% vs centre box {baseline:.1f}%")
     assert baseline >= 70  # objects of random size and place: a constant box mostly misses
-    assert row["gt_class_err"] <= baseline - 25
+    assert row["gt_class_err"] <= baseline - 35
     assert (tmp_path / "res" / "localisation.csv").read_text().startswith("net,")
 
 
@@ -159,7 +163,7 @@ def test_centre_protocol_matches_an_independent_computation(learned):
     csv, _, run = learned
     model = load_backbone(run / "backbone.pth")
     assert model.meta["task"] == "localisation" and model.meta["box_head"] == "scr"
-    rows, bad = evaluate_localisation(csv, [run], protocol="center", scales=[CROP])
+    rows, bad = evaluate_localisation(csv, [run], protocol="center", scales=[LEARN_CROP])
     expected, _ = independent_centre_error(model, csv)
     assert not bad and rows[0]["gt_class_err"] == pytest.approx(expected)
 
@@ -215,7 +219,7 @@ def expected_dense(img, loc_code, cls, q):
 
 
 def test_dense_protocol_matches_an_independent_computation(tmp_path):
-    csv = make_loc_csv(tmp_path / "d", n_train=1, n_val=6, seed=3, size=(64, 120))
+    csv = make_loc_csv(tmp_path / "d", n_train=1, n_val=4, seed=3, size=(64, 120))
     code = [0.5, 0.5, 0.3, 0.4]
     loc = constant_box_net(tmp_path / "loc.pth", code)
     cls_path = classifier_file(tmp_path / "cls.pth", arch="vgg11", seed=2)

