@@ -37,6 +37,8 @@ def training_stalled(records: Sequence[dict], num_classes: int,
     """
     if num_classes < 2 or len(records) < after:
         return None
+    if any("train_loss" not in r or "val_top1_err" not in r for r in records):
+        return None  # another task's log (e.g. localisation): not a classification run
     chance_loss = math.log(num_classes)
     losses = [r["train_loss"] for r in records]
     chance_err = 100.0 * (1 - 1 / num_classes)

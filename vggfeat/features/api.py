@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -359,6 +360,6 @@ class _Memory:
 
     def put(self, key: str, descriptor: np.ndarray) -> None:
         path = self.folder / f"{key}.npy"
-        tmp = path.with_name(f".{key}.{os.getpid()}.tmp.npy")
+        tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
         np.save(tmp, np.asarray(descriptor, dtype=np.float32))
         os.replace(tmp, path)  # parallel folds may write the same key: last one wins, intact
