@@ -130,3 +130,4 @@ def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshol
             writer.writeheader()
             writer.writerows({k: (",".join(map(str, v)) if isinstance(v, list) else v)
                               for k, v in r.items()} for r in rows)
+        click.echo(f"wrote {out / 'localisation.csv'} and {out / 'localisation.json'}")

@@ -215,3 +215,4 @@ def eval_backbone(data, weights, scales, method, device, workers, limit, json_ou
     click.echo(format_table(rows))
     if json_out:
         json_out.write_text(json.dumps(rows, indent=1) + "\n")
+        click.echo(json_out)
