@@ -20,7 +20,8 @@ def _options(ctx, param, values):
 
 @click.command()
 @click.option("--weights", default=None,
-              help="Weights file (.pth) or torchvision name (vgg16) to load.")
+              help="Weights file (.pth), train-backbone run folder, or torchvision name "
+                   "(vgg16) to load.")
 @click.option("--arch", default=None,
               help="Architecture: with --weights, checked against the file; alone, looks for "
                    "torchvision's weights of it.")

@@ -63,7 +63,8 @@ def default_out(dataset: str, weights: str, layer: str) -> Path:
 @root_option("Dataset folder (for --dataset csv: the CSV file, or a folder holding labels.csv).",
              required=True, type=click.Path(path_type=Path))
 @click.option("--weights", required=True,
-              help="Weights file (.pth) or torchvision name, e.g. vgg16.")
+              help="Weights file (.pth), train-backbone run folder, or torchvision name, "
+                   "e.g. vgg16.")
 @click.option("--arch", default=None, help="Architecture, when the weights cannot say.")
 @click.option("--scales", callback=parse_scales, default=None,
               help="Smallest image side(s) Q, e.g. 256,384,512 [default: the dataset's].")
