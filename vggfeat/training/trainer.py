@@ -517,8 +517,11 @@ def _train(cfg, device, resume, force_resume):
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     preprocessing = model.meta["preprocessing"]
+    # fused: one kernel for the whole update on CUDA (the foreach/loop paths launch several
+    # per parameter); same arithmetic. Not on the CPU, where it brings nothing measurable.
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                                weight_decay=cfg["weight_decay"])
+                                weight_decay=cfg["weight_decay"],
+                                fused=True if device.type == "cuda" else None)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg["lr_factor"], patience=cfg["lr_patience"],
         min_lr=cfg["lr"] * cfg["lr_factor"] ** cfg["lr_drops"])
