@@ -168,6 +168,9 @@ def test_preprocessing_options_are_recorded(tmp_path):
                       tmp_path / "given"])
     assert result.exit_code == 0, result.output
     assert load_backbone(tmp_path / "ft" / "backbone.pth").pool_rounding == "ceil"
+    # ... and the input its weights were trained on.
+    assert load_backbone(tmp_path / "ft" / "backbone.pth").meta["preprocessing"] == \
+        meta["given"]["preprocessing"]
     bad = run_cli(["train-backbone", "--data", root, "--out", tmp_path / "bad", *TINY_OPTIONS,
                    "--epochs", "0", "--mean", "1,2"])
     assert bad.exit_code == 2 and "--mean" in bad.output

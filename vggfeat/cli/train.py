@@ -82,11 +82,11 @@ def _ints(ctx, param, text):
 @click.option("--no-flip", is_flag=True, help="Disable random horizontal flips.")
 @click.option("--color-shift", type=FiniteFloat(0), default=0.1, show_default=True,
               help="Std of AlexNet's PCA colour shift; 0 disables it.")
-@click.option("--preprocessing", type=click.Choice(["paper", "torchvision"]), default="paper",
-              show_default=True,
+@click.option("--preprocessing", type=click.Choice(["paper", "torchvision"]), default=None,
               help="Input normalisation, stored in the backbone. paper: RGB in 0..255 minus "
                    "the mean RGB, no division; torchvision: RGB in [0, 1] minus ImageNet's "
-                   "mean, divided by its std.")
+                   "mean, divided by its std [paper; with --init-from/--finetune-from and "
+                   "no --mean/--std: that net's].")
 @click.option("--mean", default=None, callback=three_numbers,
               help="sample (mean RGB of --mean-sample training images), imagenet, or R,G,B "
                    "on the --preprocessing scale [paper: sample; torchvision: imagenet].")

@@ -88,8 +88,9 @@ DEFAULTS = {
     "flip": True,             # random horizontal flips
     "color_shift": 0.1,       # std of AlexNet's PCA colour weights; 0 disables
     # -- input normalisation (stored in the backbone's meta) -----------------------------
-    "preprocessing": "paper", # "paper": RGB 0..255 minus the mean, std 1 (SPEC section 1);
-                              # "torchvision": RGB in [0, 1], ImageNet mean and std
+    "preprocessing": None,    # "paper": RGB 0..255 minus the mean, std 1 (SPEC section 1);
+                              # "torchvision": RGB in [0, 1], ImageNet mean and std;
+                              # None: the --init-from/--finetune-from net's record, else paper
     "mean": None,             # "sample" (mean RGB of the training images), "imagenet", or
                               # 3 numbers on that scale; None: paper "sample", torchvision
                               # "imagenet"
@@ -126,18 +127,16 @@ def make_config(**options) -> dict:
         cfg["scale"] = round(cfg["crop_size"] * 256 / 224)
     if cfg["scale_jitter"] is not None:
         cfg["scale_jitter"] = [int(s) for s in cfg["scale_jitter"]]
-    if cfg["preprocessing"] not in PREPROCESSINGS:
+    if cfg["preprocessing"] not in (None, *PREPROCESSINGS):
         raise TrainingError(f"preprocessing must be one of {PREPROCESSINGS}, got "
                             f"{cfg['preprocessing']!r}")
-    if cfg["mean"] is None:
-        cfg["mean"] = "sample" if cfg["preprocessing"] == "paper" else "imagenet"
-    if cfg["mean"] not in ("sample", "imagenet"):
+    if cfg["mean"] not in (None, "sample", "imagenet"):
         cfg["mean"] = [float(m) for m in cfg["mean"]]
     if cfg["std"] is not None:
         cfg["std"] = [float(s) for s in cfg["std"]]
     if isinstance(cfg["mean"], list):  # given numbers: checked before any work is done
         try:
-            training_preprocessing(cfg["preprocessing"], cfg["mean"], cfg["std"])
+            training_preprocessing(cfg["preprocessing"] or "paper", cfg["mean"], cfg["std"])
         except ValueError as error:
             raise TrainingError(f"--mean/--std: {error}") from None
     if cfg["pool_rounding"] is not None:
@@ -265,25 +264,40 @@ def init_from_net_a(model: nn.Module, source: nn.Module, n_convs: int = 4) -> li
     return copied
 
 
-def resolve_preprocessing(cfg: dict, train_set, state) -> dict:
-    """The run's input normalisation: the checkpoint's on --resume (the same numbers as
-    before), else from the options, the mean RGB sampled from `train_set` if asked."""
+def resolve_preprocessing(cfg: dict, train_set, state, source=None) -> dict:
+    """The run's input normalisation, also written to cfg["input_preprocessing"].
+
+    On --resume the checkpoint's (the same numbers as before). A net started from another
+    (`source`, --init-from/--finetune-from) keeps the input its weights were trained on
+    unless --preprocessing, --mean or --std say otherwise. Else from the options: paper
+    (the mean RGB sampled from `train_set`) by default.
+    """
     if state is not None and state["config"].get("input_preprocessing"):
-        return dict(state["config"]["input_preprocessing"])
-    sampled = None
-    if cfg["mean"] == "sample":
-        sampled = sample_mean_rgb(train_set, cfg["mean_sample"], cfg["seed"], cfg["workers"])
-    try:
-        return training_preprocessing(cfg["preprocessing"], cfg["mean"], cfg["std"], sampled)
-    except ValueError as error:
-        raise TrainingError(f"--mean/--std: {error}") from None
+        record = dict(state["config"]["input_preprocessing"])
+    elif source is not None and cfg["preprocessing"] is None and cfg["mean"] is None \
+            and cfg["std"] is None:
+        record = dict(source.meta["preprocessing"])
+    else:
+        kind = cfg["preprocessing"] = cfg["preprocessing"] or "paper"
+        mean = cfg["mean"] = cfg["mean"] or ("sample" if kind == "paper" else "imagenet")
+        sampled = None
+        if mean == "sample":
+            sampled = sample_mean_rgb(train_set, cfg["mean_sample"], cfg["seed"],
+                                      cfg["workers"])
+        try:
+            record = training_preprocessing(kind, mean, cfg["std"], sampled)
+        except ValueError as error:
+            raise TrainingError(f"--mean/--std: {error}") from None
+    cfg["input_preprocessing"] = record
+    return record
 
 
-def build_model(cfg: dict) -> nn.Module:
+def build_model(cfg: dict, train_set=None, state=None) -> nn.Module:
     """The network to train: fresh init, or from net A, or a trained net to fine-tune.
 
-    Needs cfg["input_preprocessing"] (`resolve_preprocessing`); fills cfg["pool_rounding"]
-    when it is None (the source net's rounding, else torch's floor).
+    Fills cfg["input_preprocessing"] (`resolve_preprocessing`, from `train_set` and the
+    resumed `state`) and cfg["pool_rounding"] when it is None (the source net's rounding,
+    else torch's floor).
     """
     model = build_backbone(cfg["arch"], num_classes=cfg["num_classes"], width=cfg["width"],
                            crop_size=cfg["crop_size"], init=cfg["init"], dropout=cfg["dropout"])
@@ -292,6 +306,7 @@ def build_model(cfg: dict) -> nn.Module:
     if cfg["pool_rounding"] is None:
         cfg["pool_rounding"] = source.pool_rounding if source is not None else "floor"
     model.set_pool_rounding(cfg["pool_rounding"])
+    resolve_preprocessing(cfg, train_set, state, source)
     if source is not None:
         if source.meta.get("classes") and list(source.meta["classes"]) != cfg["classes"]:
             raise TrainingError(f"{source_path} was trained on other classes than {cfg['data']}; "
@@ -310,8 +325,9 @@ def build_model(cfg: dict) -> nn.Module:
         preprocessing=dict(cfg["input_preprocessing"]),
         training={"scale": cfg["scale_jitter"] or cfg["scale"], "epochs": cfg["epochs"],
                   "init": cfg["init"], "seed": cfg["seed"],
-                  "preprocessing": cfg["preprocessing"],
-                  "mean": cfg["mean"] if isinstance(cfg["mean"], str) else "given"},
+                  "preprocessing": cfg["preprocessing"] or ("from " + source_path if source
+                                                            else "paper"),
+                  "mean": cfg["mean"] if isinstance(cfg["mean"], str | None) else "given"},
     )
     return model
 
@@ -511,9 +527,8 @@ def _train(cfg, device, resume, force_resume):
     run_dir = Path(cfg["out"])
     loader, val = build_data(cfg, rank, world, pin_memory=device.type == "cuda")
     state = start_or_resume(cfg, run_dir, resume, force_resume)
-    cfg["input_preprocessing"] = resolve_preprocessing(cfg, loader.dataset, state)
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, loader.dataset, state).to(device)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     preprocessing = model.meta["preprocessing"]
