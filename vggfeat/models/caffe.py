@@ -112,14 +112,18 @@ def read_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
                 continue
             name_field, blob_field = (4, 6) if field == 2 else (1, 7)
             name, blobs = None, []
-            for sub_field, _, sub_value in iter_fields(value):
+            for sub_field, sub_wire, sub_value in iter_fields(value):
+                if sub_field in (name_field, blob_field) and sub_wire != LENGTH:
+                    # a damaged file can put a number where a name or a blob belongs
+                    raise ValueError(f"field {sub_field} of a layer has wire type {sub_wire}")
                 if sub_field == name_field:
                     name = sub_value.decode("utf-8")
                 elif sub_field == blob_field:
                     blobs.append(parse_blob(sub_value))
             if blobs:
                 layers[name] = blobs
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, TypeError, OverflowError, UnicodeDecodeError) as error:
+        # TypeError/OverflowError: a field of the wrong wire type or an absurd dimension
         raise WeightsError(f"cannot parse {path} as a caffemodel: {error}. The file is "
                            "truncated or not a Caffe model; download it again.") from None
     if not layers:
