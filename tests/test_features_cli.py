@@ -81,6 +81,18 @@ def test_info_reads_an_unfinished_extraction(cache_file, tmp_path):
     assert "UNFINISHED: 5 of 9 rows done" in result.stdout and "rerun" in result.stdout
 
 
+def test_info_names_failed_images(cache_file, tmp_path):
+    from vggfeat.features.cache import record_failures
+
+    copy = tmp_path / "h.h5"
+    shutil.copy(cache_file, copy)
+    with h5py.File(copy, "r+") as f:
+        f["done"][0] = False
+        record_failures(f["/"], {"a/000.jpg": "truncated file"})
+    text = run("features", "info", copy).stdout
+    assert "8 done, 1 failed, 0 pending" in text and "a/000.jpg: truncated file" in text
+
+
 def test_info_of_a_missing_or_foreign_file_is_one_line(tmp_path):
     missing = run("features", "info", tmp_path / "nowhere.h5")
     assert missing.exit_code == 1 and "vggfeat extract" in missing.stderr

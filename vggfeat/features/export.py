@@ -65,6 +65,7 @@ def cache_summary(path: str | os.PathLike, *, compute_variation: bool = True) ->
                                   "create it with `vggfeat extract`")
             groups = {name: _group_counts(f[g]) for name, g in _group_names(f).items()}
             labels = json.loads(_text(attrs["classes"])) if "classes" in attrs else None
+            failed = [(_text(i), _text(r)) for i, r in f["failed"][:5]] if "failed" in f else []
             has_splits = "splits" in f
     except OSError as error:
         raise ExportError(f"{path}: not a readable HDF5 feature cache ({error})") from None
@@ -86,6 +87,7 @@ def cache_summary(path: str | os.PathLike, *, compute_variation: bool = True) ->
         "dimension": groups["images"]["dimension"],
         "classes": labels,
         "stored_splits": has_splits,
+        "failed_examples": failed,
     }
     summary.update(_variation(path, attrs, groups["images"]["done"], compute_variation))
     return summary
@@ -146,6 +148,8 @@ def format_summary(summary: dict) -> str:
     for name, g in summary["groups"].items():
         rows.append((name, f"{g['rows']} rows: {g['done']} done, {g['failed']} failed, "
                            f"{g['pending']} pending"))
+    for image_id, reason in summary["failed_examples"]:
+        rows.append(("failed", f"{image_id}: {reason}"))
     if summary["classes"] is not None:
         rows.append(("labels", f"{len(summary['classes'])} classes stored"
                                + (" with splits" if summary["stored_splits"] else "")))
