@@ -48,6 +48,8 @@ except ImportError:  # pragma: no cover - older scikit-learn
 
 # Default grid of C (choice: a decade apart around 1, suited to L2-normalised descriptors).
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+# Largest shared Gram matrix (n x n) the solver keeps: 4 GiB, n = 32,768 rows in float32.
+GRAM_MAX_BYTES = 4 << 30
 C_SELECTIONS = ("auto", "shared", "per-class")
 
 
@@ -139,12 +141,16 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
             # CG would end in d + 1 steps in exact arithmetic; allow float32 some slack.
             cg_steps = min(max_cg, 2 * Xa.shape[1])
             direct = A.sum(0) <= direct_max
+            # The n x n Gram matrix is shared by every class only while it fits (ImageNet's
+            # 1.28M rows would need 6.5 TB); beyond, each class's block is computed alone.
+            fits = Xa.shape[0] ** 2 * Xa.element_size() <= GRAM_MAX_BYTES
             if direct.all():
-                D, XD = _woodbury_newton(Xa, A, Ca, G, _gram(Xa, gram_cache))
+                D, XD = _woodbury_newton(Xa, A, Ca, G, _gram(Xa, gram_cache) if fits else None)
             elif direct.any():
                 D, XD = torch.empty_like(G), torch.empty_like(Za)
                 D[:, direct], XD[:, direct] = _woodbury_newton(
-                    Xa, A[:, direct], Ca[direct], G[:, direct], _gram(Xa, gram_cache))
+                    Xa, A[:, direct], Ca[direct], G[:, direct],
+                    _gram(Xa, gram_cache) if fits else None)
                 rest = ~direct
                 D[:, rest], XD[:, rest] = _conjugate_gradient(
                     Xa, A[:, rest], Ca[rest], -G[:, rest], (eta * gnorm)[rest], cg_steps)
@@ -199,7 +205,7 @@ def _woodbury_newton(Xa, A, C, G, K):
         rows = torch.nonzero(A[:, j], as_tuple=True)[0]
         if rows.numel() == 0:
             continue
-        M = K[rows.unsqueeze(1), rows].double()
+        M = (K[rows.unsqueeze(1), rows] if K is not None else Xa[rows] @ Xa[rows].T).double()
         M.diagonal().add_(1.0 / (2.0 * float(C[j])))
         L, info = torch.linalg.cholesky_ex(M)
         rhs = XG[rows, j].double().unsqueeze(1)
