@@ -15,7 +15,7 @@ from torch import nn
 from vggfeat.features.cpu import fast_dense
 from vggfeat.features.descriptor import DescriptorConfig, config_key, describe
 from vggfeat.models import build_backbone, load_backbone, normalize, save_backbone
-from vggfeat.models.vgg import dense_output_size, pool5_size
+from vggfeat.models.vgg import CONFIGS, dense_output_size, make_features, pool5_size
 from vggfeat.training.evaluate import dense_posterior
 
 ODD_SIZES = [(64, 64), (65, 97), (95, 130), (100, 161), (127, 64)]
@@ -206,15 +206,18 @@ def test_old_checkpoints_without_a_record(tmp_path):
 
 
 def test_torchvision_weights_keep_torchs_floor(tmp_path):
-    torch.manual_seed(0)
-    reference = torchvision.models.vgg11().eval()
-    torch.save(reference.state_dict(), tmp_path / "vgg11.pth")
-    model = load_backbone(tmp_path / "vgg11.pth")
+    # A bare state dict is torchvision's format: it loads with torch's floor rounding ...
+    torch.save(make_tiny_backbone(seed=10).state_dict(), tmp_path / "bare.pth")
+    model = load_backbone(tmp_path / "bare.pth")
     assert model.pool_rounding == "floor" and model.meta["pool_rounding"] == "floor"
+    # ... which is what torchvision's own trunk computes (VGG-A's layers, full width).
+    torch.manual_seed(0)
+    reference = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["A"]).eval()
+    ours = make_features(CONFIGS["vgg11"]).eval()  # the trunk build_backbone("A") has
+    ours.load_state_dict(reference.state_dict())
     x = torch.randn(1, 3, 97, 75)
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_features(x), reference.features(x),
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=0)
 
 
 def test_bad_rounding_is_refused():
