@@ -5,12 +5,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import vggfeat.data.digits as digits_module
 from vggfeat.data.digits import (
+    CLUTTER,
     MANIFEST,
     load_digit_arrays,
     make_digits,
     parse_digits,
     render,
+    render_cluttered,
     split_indices,
 )
 from vggfeat.data.readers import open_dataset
@@ -117,8 +120,90 @@ def test_refuses_foreign_or_existing_output_and_keeps_it(tmp_path):
     ({"split": "halves"}, "split"),
     ({"val_fraction": 0.0}, "val_fraction"),
     ({"transfer_digits": "9"}, "at least two"),
+    ({"clutter": True, "size": 16}, "too small for a cluttered canvas"),
 ])
 def test_bad_options_are_named(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_digits(tmp_path / "d", **kwargs)
     assert not (tmp_path / "d").exists()
+
+
+# -- the cluttered canvas (the demo's task) ----------------------------------------------
+
+BLANK, SOLID = np.zeros((8, 8)), np.full((8, 8), 16.0)
+
+
+def dark_box(pixels, below):
+    """(height, width, top, left) of the pixels darker than `below`."""
+    rows, cols = np.nonzero(pixels < below)
+    return (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1, rows.min(), cols.min())
+
+
+def test_cluttered_canvas_is_noise_fragments_and_one_whole_digit():
+    noise_floor = 255 * (1 - CLUTTER["noise"]) - 1
+    fragment_gray = 255 * (1 - CLUTTER["fragment_ink"])
+    # Blank digit, blank fragments: only the noise, which covers the whole range it should.
+    pixels = np.asarray(render_cluttered(np.stack([BLANK, BLANK]), 0, np.array([0, 1]), 64, 0))
+    assert pixels.shape == (64, 64) and pixels.min() >= noise_floor and pixels.max() == 255
+    assert pixels.std() > 10
+    # Solid fragments only: faded ink, never as dark as a digit, and less than two whole
+    # squares of it (each fragment is at most half a digit).
+    pixels = np.asarray(render_cluttered(np.stack([BLANK, SOLID]), 0, np.array([0, 1]), 64, 0))
+    assert fragment_gray - 2 <= pixels.min() < noise_floor
+    assert (pixels < noise_floor).sum() <= 2 * (0.625 * 64) ** 2 / 2
+    # A solid digit, blank fragments: one fully inked square, whole, inside the canvas, its
+    # side within the drawn range; other seeds place it elsewhere and at other sizes.
+    lo, hi = (share * 64 for share in CLUTTER["side"])
+    boxes = set()
+    for seed in range(6):
+        pixels = np.asarray(render_cluttered(np.stack([SOLID, BLANK]), 0, np.array([0, 1]), 64,
+                                             seed))
+        height, width, top, left = dark_box(pixels, 20)
+        assert height == width and lo - 1 <= height <= hi + 1
+        assert pixels[top + 2:top + height - 2, left + 2:left + width - 2].max() < 20
+        boxes.add((height, top, left))
+    assert len(boxes) == 6
+
+
+def test_cluttered_digits_deterministic_and_independent_of_the_others(tmp_path):
+    a = make_digits(tmp_path / "a", per_class=4, size=48, clutter=True, seed=5)
+    b = make_digits(tmp_path / "b", per_class=4, size=48, clutter=True, seed=5)
+    c = make_digits(tmp_path / "c", per_class=8, size=48, clutter=True, seed=5)
+    d = make_digits(tmp_path / "d", per_class=4, size=48, clutter=True, seed=6)
+    for name in files(a.root):
+        if name != MANIFEST:
+            assert (a.root / name).read_bytes() == (b.root / name).read_bytes()
+    # Each canvas depends on the seed and its image alone, not on which others are written
+    # (here 8 per digit instead of 4, so some change folder between train and val).
+    by_name = {p.name: p.read_bytes() for p in c.root.rglob("*.png")}
+    assert all(by_name[p.name] == p.read_bytes() for p in a.root.rglob("*.png"))
+    shared = sorted(set(files(a.root)) & set(files(d.root)) - {MANIFEST})
+    assert all((a.root / n).read_bytes() != (d.root / n).read_bytes() for n in shared)
+    # The layout is the one the trainer and the reader read, at the canvas size.
+    train, _ = scan_image_folder(a.path("backbone"))
+    assert train.classes == ("0", "1", "2", "3", "4")
+    reader = open_dataset("folder", a.path("transfer"))
+    assert Image.open(reader.images()[0].path).size == (48, 48)
+    manifest = json.loads((a.root / MANIFEST).read_text())
+    assert manifest["options"]["clutter"] == json.loads(json.dumps(CLUTTER))
+    plain = make_digits(tmp_path / "plain", per_class=2)
+    assert json.loads((plain.root / MANIFEST).read_text())["options"]["clutter"] is None
+
+
+def test_backbone_canvases_never_show_pieces_of_transfer_digits(tmp_path, monkeypatch):
+    pools = {}
+    real = digits_module.render_cluttered
+
+    def recording(images, index, pool, size, seed):
+        pools[index] = set(pool.tolist())
+        return real(images, index, pool, size, seed)
+
+    monkeypatch.setattr(digits_module, "render_cluttered", recording)
+    layout = make_digits(tmp_path / "d", per_class=3, size=32, clutter=True)
+    _, labels = load_digit_arrays()
+    source = {int(i) for i in np.flatnonzero(labels <= 4)}
+    for part, digits in (("backbone_train", source), ("transfer", None)):
+        for path in layout.path(part).rglob("*.png"):
+            index = int(path.stem.split("_")[1])
+            expected = digits if digits is not None else set(range(len(labels))) - source
+            assert pools[index] == expected

@@ -14,6 +14,13 @@ and the tests exercise the same decoding, reader and trainer code as a real data
     holds the other digits (5-9), which the backbone never sees: a ``--dataset folder`` root
     for `vggfeat extract` and `vggfeat svm-eval`.
 
+``clutter=True`` (the demo's task)
+    Each digit at a random side (about 1/3 to 5/8 of the canvas) and a random position on a
+    ``size`` x ``size`` canvas, over uniform noise and two faded half-digit fragments of
+    other images of the same part (backbone or transfer: the backbone never sees a transfer
+    digit, even in pieces). Raw pixels are then a poor representation of the class, while a
+    pooled, multi-scale descriptor is invariant to position and scale by construction.
+
 File names carry the index into `load_digits` (``7_0123.png``), so any file can be traced
 back to its source row. A ``digits.json`` manifest records what was written and from which
 options; writing again with the same options into the same folder rewrites the same bytes.
@@ -34,6 +41,10 @@ MANIFEST = "digits.json"
 # load_digits stores ink as 0..16 on a 0 background; written files show dark ink on white
 # paper (as the scanned forms did), which also keeps JPEG ringing off the background.
 MAX_VALUE = 16.0
+# The cluttered canvas (clutter=True): digit side as a share of the canvas (22..40 px of 64),
+# noise amplitude and the faded half-digit fragments, all in ink units (0 paper, 1 ink).
+CLUTTER = {"side": (0.34, 0.625), "noise": 0.25, "fragments": 2, "fragment_ink": 0.6}
+MIN_CLUTTER_SIZE = 24
 
 
 @dataclass
@@ -92,6 +103,48 @@ def render(image: np.ndarray, size: int) -> Image.Image:
     return Image.fromarray(gray, mode="L").resize((size, size), Image.Resampling.BICUBIC)
 
 
+def ink(image: np.ndarray, side: int) -> np.ndarray:
+    """One 8x8 digit (0..16) -> side x side ink in 0..1, bicubic (smooth strokes)."""
+    small = Image.fromarray((image / MAX_VALUE).astype(np.float32), mode="F")
+    return np.clip(np.asarray(small.resize((side, side), Image.Resampling.BICUBIC)), 0.0, 1.0)
+
+
+def _stamp(canvas: np.ndarray, patch: np.ndarray, top: int, left: int) -> None:
+    """Darkest-wins overlay of `patch` at (top, left); the part off the canvas is dropped."""
+    size = canvas.shape[0]
+    t0, l0 = max(top, 0), max(left, 0)
+    t1, l1 = min(top + patch.shape[0], size), min(left + patch.shape[1], size)
+    if t0 < t1 and l0 < l1:
+        region = canvas[t0:t1, l0:l1]
+        np.maximum(region, patch[t0 - top:t1 - top, l0 - left:l1 - left], out=region)
+
+
+def render_cluttered(images: np.ndarray, index: int, pool: np.ndarray, size: int,
+                     seed: int) -> Image.Image:
+    """Digit `index` at a random side and place on a cluttered size x size canvas.
+
+    The clutter is uniform noise and `CLUTTER["fragments"]` half-digits of other images of
+    `pool`, faded. Everything is drawn from a generator seeded by (seed, index) alone, so
+    an image does not depend on which other images are written.
+    """
+    rng = np.random.default_rng([seed, 1, index])
+    lo, hi = (round(share * size) for share in CLUTTER["side"])
+    canvas = rng.uniform(0.0, CLUTTER["noise"], (size, size))
+    others = pool[pool != index]
+    for _ in range(CLUTTER["fragments"]):
+        side = int(rng.integers(lo, hi + 1))
+        piece = CLUTTER["fragment_ink"] * ink(images[int(rng.choice(others))], side)
+        cut = side // 2  # blank the bottom, top, right or left half: a fragment, not a digit
+        piece[(np.s_[cut:], np.s_[:cut], np.s_[:, cut:], np.s_[:, :cut])[rng.integers(4)]] = 0.0
+        top, left = rng.integers(-side // 2, size - side // 2, size=2)
+        _stamp(canvas, piece, int(top), int(left))
+    side = int(rng.integers(lo, hi + 1))
+    top, left = rng.integers(0, size - side + 1, size=2)
+    _stamp(canvas, ink(images[index], side), int(top), int(left))
+    gray = np.clip(255.0 * (1.0 - canvas), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(gray, mode="L")
+
+
 def split_indices(labels: np.ndarray, digits, *, val_fraction: float, per_class: int | None,
                   seed: int) -> tuple[list[int], list[int]]:
     """Seeded, stratified (train, val) indices of the images of `digits`.
@@ -112,13 +165,21 @@ def split_indices(labels: np.ndarray, digits, *, val_fraction: float, per_class:
     return train, val
 
 
-def _write(images, labels, indices, folder: Path, size: int, suffix: str) -> dict[str, int]:
+def _painter(images, labels, digits, size: int, clutter: bool, seed: int):
+    """index -> image; a cluttered canvas takes its fragments from `digits`' images only."""
+    if not clutter:
+        return lambda i: render(images[i], size)
+    pool = np.flatnonzero(np.isin(labels, digits))
+    return lambda i: render_cluttered(images, i, pool, size, seed)
+
+
+def _write(draw, labels, indices, folder: Path, suffix: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for i in indices:
         digit = str(int(labels[i]))
         target = folder / digit / f"{digit}_{i:04d}{suffix}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        img = render(images[i], size)
+        img = draw(i)
         if suffix == ".jpg":
             img.save(target, quality=95)
         else:
@@ -130,7 +191,7 @@ def _write(images, labels, indices, folder: Path, size: int, suffix: str) -> dic
 def make_digits(out_dir, *, split: str = "transfer", size: int = 32, fmt: str = "png",
                 backbone_digits="0-4", transfer_digits="5-9", digits="0-9",
                 val_fraction: float = 0.2, per_class: int | None = None, seed: int = 0,
-                overwrite: bool = False) -> DigitsLayout:
+                clutter: bool = False, overwrite: bool = False) -> DigitsLayout:
     """Write scikit-learn's digits as an image-folder dataset.
 
     Parameters
@@ -152,7 +213,11 @@ def make_digits(out_dir, *, split: str = "transfer", size: int = 32, fmt: str = 
     per_class : int, optional
         Keep at most this many images per digit (before the train/val split); all when None.
     seed : int
-        Decides the train/val split and which images `per_class` keeps.
+        Decides the train/val split, which images `per_class` keeps and, with `clutter`,
+        every canvas (the same seed writes the same bytes).
+    clutter : bool
+        Place each digit at a random side and position on a `size` x `size` canvas with
+        noise and fragments of other digits (see the module docstring); `size` >= 24.
     overwrite : bool
         Replace an earlier `make_digits` output in `out_dir`.
 
@@ -173,7 +238,7 @@ def make_digits(out_dir, *, split: str = "transfer", size: int = 32, fmt: str = 
     ['backbone', 'backbone_train', 'backbone_val', 'transfer']
     """
     options = _check_options(split, size, fmt, val_fraction, per_class, backbone_digits,
-                             transfer_digits, digits, seed)
+                             transfer_digits, digits, seed, clutter)
     root = Path(out_dir).expanduser().resolve()
     _prepare(root, overwrite)
     images, labels = load_digit_arrays()
@@ -183,7 +248,8 @@ def make_digits(out_dir, *, split: str = "transfer", size: int = 32, fmt: str = 
         keep, _ = split_indices(labels, options["digits"], val_fraction=0.0,
                                 per_class=per_class, seed=seed)
         layout.folders = {"all": "."}
-        layout.counts = {".": _write(images, labels, keep, root, size, suffix)}
+        draw = _painter(images, labels, options["digits"], size, clutter, seed)
+        layout.counts = {".": _write(draw, labels, keep, root, suffix)}
     else:
         train, val = split_indices(labels, options["backbone_digits"],
                                    val_fraction=val_fraction, per_class=per_class, seed=seed)
@@ -191,21 +257,27 @@ def make_digits(out_dir, *, split: str = "transfer", size: int = 32, fmt: str = 
                                     per_class=per_class, seed=seed)
         layout.folders = {"backbone": "backbone", "backbone_train": "backbone/train",
                           "backbone_val": "backbone/val", "transfer": "transfer"}
-        for folder, indices in (("backbone/train", train), ("backbone/val", val),
-                                ("transfer", transfer)):
-            layout.counts[folder] = _write(images, labels, indices, root / folder, size, suffix)
+        source = _painter(images, labels, options["backbone_digits"], size, clutter, seed)
+        target = _painter(images, labels, options["transfer_digits"], size, clutter, seed)
+        for folder, indices, draw in (("backbone/train", train, source),
+                                      ("backbone/val", val, source),
+                                      ("transfer", transfer, target)):
+            layout.counts[folder] = _write(draw, labels, indices, root / folder, suffix)
     (root / MANIFEST).write_text(layout.to_json())
     return layout
 
 
 def _check_options(split, size, fmt, val_fraction, per_class, backbone_digits,
-                   transfer_digits, digits, seed) -> dict:
+                   transfer_digits, digits, seed, clutter) -> dict:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {tuple(FORMATS)}, not {fmt!r}")
     if int(size) < 8:
         raise ValueError(f"size {size} is smaller than the 8x8 source images; use >= 8")
+    if clutter and int(size) < MIN_CLUTTER_SIZE:
+        raise ValueError(f"size {size} is too small for a cluttered canvas (digits would be "
+                         f"a few pixels); use >= {MIN_CLUTTER_SIZE}, e.g. 64")
     if split == "transfer" and not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
     if per_class is not None and per_class < (2 if split == "transfer" else 1):
@@ -223,7 +295,8 @@ def _check_options(split, size, fmt, val_fraction, per_class, backbone_digits,
     return {"split": split, "size": int(size), "format": fmt, "seed": int(seed),
             "val_fraction": float(val_fraction), "per_class": per_class,
             "backbone_digits": list(backbone), "transfer_digits": list(transfer),
-            "digits": list(as_digits(digits))}
+            "digits": list(as_digits(digits)),
+            "clutter": dict(CLUTTER) if clutter else None}
 
 
 def _prepare(root: Path, overwrite: bool) -> None:
