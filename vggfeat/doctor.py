@@ -112,7 +112,7 @@ def check_weights(weights: str, arch: str | None = None) -> tuple[Check, object]
     detail = (f"{meta['source']}: {meta['arch']}, width {meta.get('width', 1.0)}, crop "
               f"{meta.get('crop_size', 224)}, {meta.get('num_classes', '?')} classes, "
               f"preprocessing {json.dumps(meta['preprocessing'], sort_keys=True)}, "
-              f"sha256 {meta['sha256'][:12]}...")
+              f"pooling rounded {model.pool_rounding}, sha256 {meta['sha256'][:12]}...")
     return Check("weights", OK, detail), model
 
 
