@@ -105,6 +105,18 @@ def test_one_name_per_concept(path, command):
         assert any("--quiet" in o.opts for o in options.values()), f"{path}: no -q/--quiet"
 
 
+def test_device_auto_takes_the_gpu_when_there_is_one(monkeypatch):
+    import torch
+
+    from vggfeat.cli.svm_eval import _device
+    from vggfeat.features.engine import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _device("auto") == "cuda" and resolve_device("auto").type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _device("auto") == "cpu" and _device("cuda:1") == "cuda:1"
+
+
 def test_workers_default_never_exceeds_the_cores(monkeypatch):
     for cores in (1, 2, 4, 64):
         monkeypatch.setattr(cli_options, "cpu_count", lambda c=cores: c)
