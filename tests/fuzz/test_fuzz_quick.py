@@ -3,7 +3,7 @@ each kind, derandomised so a failure reproduces. The standalone script runs thou
 import pytest
 from fuzz_parsers import TARGETS, fuzz
 
-EXAMPLES = {"image": 60, "voc-xml": 60, "checkpoint": 25, "caffemodel": 40}
+EXAMPLES = {"image": 60, "voc-xml": 60, "checkpoint": 10, "caffemodel": 40}
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
