@@ -1,89 +1,80 @@
-"""Descriptor extraction speed: vggfeat's engine vs a plain per-image, per-scale loop.
+"""Descriptor extraction speed as whole processes: `vggfeat extract` vs a plain per-image loop.
 
-Both compute the same descriptors (checked) from the same JPEG files and weights, decoding
-and rescaling included. Prints images/s for both and the ratio, and the engine's arithmetic
-rate (GFLOP/s, counted from the layer shapes) next to a large fp32 matrix product's.
+Two jobs, as in issue 12: small (12 JPEGs of 400x300, half portrait) and large (300 such
+images), VGG16 (random Glorot weights: speed does not depend on the values), Q = 224, 288,
+fc7, flips. For each job, each side runs as its own process, timed from launch to exit, so
+that imports, weight loading and start-up count:
 
-    python benchmarks/extract_speed.py --arch vgg16 --scales 224,256 --images 4
+- engine: ``python -m vggfeat extract --dataset folder ...`` (the CLI a user runs);
+- plain loop: ``benchmarks/plain_loop.py`` (decode, resize, one view at a time, batch 1).
 
-Random (Glorot) weights unless --weights is given: speed does not depend on the values.
+The two sides alternate (``--repeats``: the best of each counts, fair on a shared machine)
+and must agree on every descriptor. Also measured in the same run: a 4096^2 fp32 matrix
+product's GFLOP/s with the same thread count (the ceiling the engine is compared with), the
+time from invoking `vggfeat extract` to its first computed image, the CPU's vector
+extensions and the load average before and after.
+
+    python benchmarks/extract_speed.py                            # both jobs (the figures)
+    python benchmarks/extract_speed.py --large-images 24 --repeats 1   # a quick check
+
+Targets: engine >= 1.3x the plain loop, and engine GFLOP/s (whole process, every second
+counted) >= 85% of the matmul's.
 """
 from __future__ import annotations
 
 import argparse
-import platform
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from vggfeat.data.transforms import scaled_size
-from vggfeat.features.descriptor import DescriptorConfig
-from vggfeat.features.engine import Engine
-from vggfeat.models import build_backbone, load_backbone
-from vggfeat.models.preprocessing import normalize
+from vggfeat.models import build_backbone, save_backbone
+
+HERE = Path(__file__).resolve().parent
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vgg16")
-    parser.add_argument("--weights", default=None, help="weights file or torchvision name")
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier")
-    parser.add_argument("--scales", default="224,256")
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--size", default="500x375", help="WxH of the landscape images; "
-                        "every other image is portrait (VOC's two usual shapes)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--scales", default="224,288")
+    parser.add_argument("--small-images", type=int, default=12)
+    parser.add_argument("--large-images", type=int, default=300, help="0: small job only")
+    parser.add_argument("--size", default="400x300", help="WxH of the landscape images; "
+                        "every other image is portrait")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP/torch threads of both processes [default: torch's]")
     parser.add_argument("--matmul", type=int, default=4096, help="side of the matrix product")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each method, "
-                        "alternated; the best counts (fair on a machine shared with others)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each side per job")
+    parser.add_argument("--extra", default="", help="extra `vggfeat extract` options")
     return parser.parse_args()
 
 
 def write_images(folder: Path, n: int, width: int, height: int) -> list[Path]:
+    """n JPEGs, half portrait, in ROOT/train/<class>/ and ROOT/test/<class>/."""
     rng = np.random.default_rng(0)
     paths = []
     for k in range(n):
         w, h = (width, height) if k % 2 == 0 else (height, width)
         ramp = np.linspace(0, 255, w)[None, :, None]
         pixels = ((rng.integers(0, 256, (h, w, 3)) + ramp) / 2).astype(np.uint8)
-        paths.append(folder / f"{k:04d}.jpg")
-        Image.fromarray(pixels).save(paths[-1], quality=90)
+        path = folder / ("train" if k % 4 < 2 else "test") / f"c{k % 2}" / f"{k:04d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
     return paths
 
 
-def plain_loop(model, paths, config, device) -> np.ndarray:
-    """The obvious code: one image, one scale, one view at a time, batch of one."""
-    out = []
-    with torch.no_grad():
-        for path in paths:
-            x = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy())
-            x = x.permute(2, 0, 1).float().div(255)[None]
-            rows = []
-            for q in config.scales:
-                size = scaled_size(x.shape[2], x.shape[3], q)
-                y = F.interpolate(x, size=size, mode="bilinear", antialias=True)
-                y = normalize(y, config.preprocessing).to(device)
-                views = [model.dense(v, config.layer).mean((2, 3)) for v in (y, y.flip(-1))]
-                rows.append(((views[0] + views[1]) / 2)[0].cpu().numpy())
-            out.append(np.stack(rows))
-    return np.stack(out)
-
-
-def engine_run(engine, paths) -> np.ndarray:
-    results = {r.index: r.descriptor for r in engine.run(list(enumerate(paths)))}
-    return np.stack([results[k] for k in range(len(paths))])
-
-
-def dense_flops(model, height: int, width: int, layer: str) -> float:
-    """Multiply-adds x 2 of one dense pass over an H x W image, from the layer shapes."""
+def dense_flops(model, height: int, width: int) -> float:
+    """Multiply-adds x 2 of one dense fc7 pass over an H x W image, from the layer shapes."""
     flops, h, w = 0.0, height, width
     for module in model.features:
         if isinstance(module, nn.Conv2d):
@@ -91,112 +82,140 @@ def dense_flops(model, height: int, width: int, layer: str) -> float:
             flops += 2 * module.in_channels * module.out_channels * k * h * w
         elif isinstance(module, nn.MaxPool2d):
             h, w = h // 2, w // 2
-    if layer == "pool5":
-        return flops
     fc6, fc7 = model.classifier[0], model.classifier[3]
     positions = (h - model.kernel + 1) * (w - model.kernel + 1)
-    flops += 2 * fc6.in_features * fc6.out_features * positions
-    if layer == "fc7":
-        flops += 2 * fc7.in_features * fc7.out_features * positions
-    return flops
+    return flops + 2 * (fc6.in_features + fc7.in_features) * fc7.out_features * positions
 
 
-def total_flops(model, paths, config) -> float:
+def job_flops(model, paths, scales) -> float:
     total = 0.0
     for path in paths:
         with Image.open(path) as image:
             width, height = image.size
-        for q in config.scales:
-            h, w = scaled_size(height, width, q)
-            total += dense_flops(model, h, w, config.layer) * (2 if config.flip else 1)
+        total += sum(2 * dense_flops(model, *scaled_size(height, width, q)) for q in scales)
     return total
 
 
-def matmul_rate(n: int, device) -> float:
+def matmul_rate(n: int) -> float:
     """Best GFLOP/s of an n x n fp32 matrix product over a few runs."""
-    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
+    a, b = torch.rand(n, n), torch.rand(n, n)
     best = float("inf")
     for _ in range(4):
-        _sync(device)
         start = time.perf_counter()
         a @ b
-        _sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, *args):
+def run_process(command, env) -> float:
     start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"{command[:4]} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return seconds
 
 
-def load_average() -> str:
+def engine_process(root, weights, scales, out, env, extra) -> tuple[float, float]:
+    """(whole-process seconds, seconds from invocation to the first computed image)."""
+    first = out.with_suffix(".first")
+    for stale in (out, first):
+        stale.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "vggfeat", "extract", "--dataset", "folder", "--root",
+               str(root), "--weights", str(weights), "--scales", scales, "--layer", "fc7",
+               "--flip", "--device", "cpu", "--out", str(out), "--quiet", *extra.split()]
+    invoked = time.time()
+    seconds = run_process(command, dict(env, VGGFEAT_FIRST_RESULT_FILE=str(first)))
+    return seconds, float(first.read_text()) - invoked
+
+
+def engine_rows(out: Path) -> dict[str, np.ndarray]:
+    from vggfeat.features import load_features
+
+    ids, X = load_features(out, aggregate="stack", l2=False)
+    return {Path(i).name: row for i, row in zip(ids, X, strict=True)}
+
+
+def vector_extensions() -> str:
     try:
-        return Path("/proc/loadavg").read_text().split()[0]
-    except OSError:
-        return "?"
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(f for f in flags if f.startswith(("avx", "amx", "fma")))
 
 
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}"
+    return "cpu"
 
 
 def main():
     args = parse_args()
-    torch.manual_seed(0)
-    if args.weights:
-        model = load_backbone(args.weights, args.arch)
-    else:
-        model = build_backbone(args.arch, width=args.width, init="xavier").eval()
+    env = dict(os.environ)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        env["OMP_NUM_THREADS"] = str(args.threads)
     scales = tuple(int(q) for q in args.scales.split(","))
-    config = DescriptorConfig.from_model(model, scales)
-    engine = Engine(model, config, batch_size=args.batch_size, workers=args.workers,
-                    device=args.device)
-    device = engine.device
     width, height = (int(v) for v in args.size.split("x"))
+    extensions = vector_extensions()
+    isa = "AVX-512" if "avx512f" in extensions else "AVX2" if "avx2" in extensions else "other"
+    load_before = os.getloadavg()
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {isa}; torch {torch.__version__}, "
+          f"{args.threads or torch.get_num_threads()} threads per process")
+    print(f"vector extensions: {extensions}")
+    print(f"load average at the start: {' '.join(f'{v:.2f}' for v in load_before)}")
+    torch.manual_seed(0)
+    model = build_backbone(args.arch, width=args.width, init="xavier").eval()
+    jobs = [("small", args.small_images)] + ([("large", args.large_images)]
+                                              if args.large_images else [])
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_images(Path(tmp), args.images, width, height)
-        warm = paths[:2]  # both orientations: first-call kernel setup is not measured
-        plain_loop(engine.model, warm, config, device)
-        engine_run(engine, warm)
-        plain_s = ours_s = float("inf")
-        rate = 0.0
-        for _ in range(args.repeats):  # alternated, so a busy spell hits all three alike
-            plain, seconds = timed(plain_loop, engine.model, paths, config, device)
-            plain_s = min(plain_s, seconds)
-            ours, seconds = timed(engine_run, engine, paths)
-            ours_s = min(ours_s, seconds)
-            rate = max(rate, matmul_rate(args.matmul, device))
-        flops = total_flops(model, paths, config)
-    error = np.abs(ours - plain).max() / np.abs(plain).max()
-    print(f"machine: {machine()}; load average {load_average()} at the end")
-    print(f"config: {args.arch} width {args.width}, Q={scales}, flip, {config.layer}, "
-          f"{args.images} JPEGs {width}x{height} (half portrait), batch {args.batch_size}, "
-          f"workers {args.workers}, device {device}, best of {args.repeats}")
-    print(f"descriptors agree: max relative difference {error:.2e}")
-    print(f"plain loop : {args.images / plain_s:8.3f} images/s ({plain_s:.1f} s)")
-    print(f"engine     : {args.images / ours_s:8.3f} images/s ({ours_s:.1f} s)")
-    print(f"speed-up   : {plain_s / ours_s:8.2f}x")
-    print(f"engine     : {flops / ours_s / 1e9:8.1f} GFLOP/s (decode and resize included; "
-          f"{flops / args.images / 1e9:.1f} GFLOP per image)")
-    print(f"matmul     : {rate:8.1f} GFLOP/s ({args.matmul}^2 fp32); engine at "
-          f"{100 * flops / ours_s / 1e9 / rate:.0f}% of it")
-    if error > 1e-4:
+        tmp = Path(tmp)
+        weights = tmp / "weights.pth"
+        save_backbone(model, weights)
+        for name, n in jobs:
+            root = tmp / name
+            paths = write_images(root, n, width, height)
+            listing = tmp / f"{name}.txt"
+            listing.write_text("\n".join(str(p) for p in paths))
+            plain_s = ours_s = first_s = float("inf")
+            rate = 0.0
+            for _ in range(args.repeats):  # alternated: a busy spell hits both alike
+                plain_s = min(plain_s, run_process(
+                    [sys.executable, str(HERE / "plain_loop.py"), str(weights), str(listing),
+                     args.scales, str(tmp / "plain.npz")], env))
+                seconds, first = engine_process(root, weights, args.scales, tmp / "out.h5",
+                                                env, args.extra)
+                ours_s, first_s = min(ours_s, seconds), min(first_s, first)
+                rate = max(rate, matmul_rate(args.matmul))
+            plain = np.load(tmp / "plain.npz")
+            ours = engine_rows(tmp / "out.h5")
+            reference = {Path(p).name: x for p, x in zip(plain["paths"], plain["X"],
+                                                           strict=True)}
+            assert sorted(ours) == sorted(reference), "the two sides saw different images"
+            error = max(np.abs(ours[k] - reference[k]).max() / np.abs(reference[k]).max()
+                        for k in reference)
+            flops = job_flops(model, paths, scales)
+            rows.append((name, n, plain_s, ours_s, first_s, flops / ours_s / 1e9, rate, error))
+    load_after = os.getloadavg()
+    print(f"config: {args.arch} width {args.width}, Q={scales}, fc7, flips, "
+          f"{width}x{height} JPEGs (half portrait), best of {args.repeats} whole processes")
+    print("| job | images | plain loop s | vggfeat extract s | speed-up (>= 1.3x) | "
+          "to first image s | engine GFLOP/s | matmul GFLOP/s | engine / matmul (>= 85%) "
+          "| max rel. diff |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, n, plain_s, ours_s, first_s, gflops, rate, error in rows:
+        print(f"| {name} | {n} | {plain_s:.1f} | {ours_s:.1f} | **{plain_s / ours_s:.2f}x** | "
+              f"{first_s:.1f} | {gflops:.1f} | {rate:.1f} | **{100 * gflops / rate:.0f}%** | "
+              f"{error:.1e} |")
+    print(f"load average at the end: {' '.join(f'{v:.2f}' for v in load_after)}")
+    if max(row[-1] for row in rows) > 1e-4:
         raise SystemExit("the engine and the plain loop disagree")
 
 

@@ -281,3 +281,16 @@ def test_prefetcher_keeps_order_runs_ahead_and_raises():
     fetch.close()  # stopping early ends the thread
     with pytest.raises(OSError, match="disk gone"):
         list(Prefetcher(source(5, fail_at=3)))
+
+
+def test_first_result_time_is_written_once(tiny, images, tmp_path, monkeypatch):
+    import time
+
+    stamp = tmp_path / "first"
+    monkeypatch.setenv("VGGFEAT_FIRST_RESULT_FILE", str(stamp))
+    before = time.time()
+    run(tiny, list(enumerate(images[:3])))
+    first = float(stamp.read_text())
+    assert before <= first <= time.time()
+    run(tiny, list(enumerate(images[:3])))  # an existing file is never overwritten
+    assert float(stamp.read_text()) == first
