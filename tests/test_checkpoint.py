@@ -1,7 +1,11 @@
 """Checkpoints: atomic weights_only files, RNG states, bitwise resume, refused resume."""
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -125,3 +129,60 @@ def test_existing_run_is_not_overwritten_without_resume(data, tmp_path):
     assert result.exit_code == 1 and "pass --resume" in result.output
     result = train(data, tmp_path / "new", "--epochs", "1", "--resume")
     assert result.exit_code == 1 and "start without --resume" in result.output
+
+
+def run(data, out, *extra):
+    return run_cli(["train-backbone", "--data", data, "--out", out, *TINY_OPTIONS,
+                    "--batch-size", "16", *map(str, extra)])
+
+
+def test_resume_with_other_optimizer_options_refuses_or_applies_them(data, tmp_path):
+    """A changed --lr/--momentum/--weight-decay is never silently overridden by the saved
+    optimizer state while config.json records it: refused, or applied with --force-resume."""
+    out = tmp_path / "run"
+    assert run(data, out, "--epochs", "1", "--lr", "0.005").exit_code == 0
+    changed = ["--lr", "0.001", "--momentum", "0.5", "--weight-decay", "0"]
+    refused = run(data, out, "--epochs", "2", "--resume", *changed)
+    assert refused.exit_code == 1
+    for text in ("lr: 0.005 saved vs 0.001 now", "momentum: 0.9 saved vs 0.5 now",
+                 "weight_decay: 0.0005 saved vs 0.0 now", "--force-resume"):
+        assert text in refused.output, refused.output
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    with pytest.warns(UserWarning, match="despite: lr"):
+        applied = run(data, out, "--epochs", "2", "--resume", "--force-resume", *changed)
+    assert applied.exit_code == 0, applied.output
+    assert "note: --resume applies the new lr 0.005 -> 0.001" in applied.output
+    state = torch.load(out / "checkpoint.pth", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.001, 0.5, 0.0)
+    assert state["scheduler"]["min_lrs"] == [pytest.approx(0.001 * 0.1 ** 3)]
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log] == [0.005, 0.001]  # what was done ...
+    config = json.loads((out / "config.json").read_text())
+    assert (config["lr"], config["momentum"], config["weight_decay"]) == (0.001, 0.5, 0.0)
+
+
+def test_a_second_run_on_one_folder_is_refused_and_a_dead_ones_lock_taken_over(data, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "vggfeat", "train-backbone", "--data", str(data), "--out",
+            str(out), *TINY_OPTIONS, "--batch-size", "16", "--epochs", "1000"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not ((out / "train.lock").exists() or (out / "config.json").exists()):
+            assert first.poll() is None, first.communicate()  # not ended before the check
+            assert time.monotonic() < deadline, "the first run did not start in 60 s"
+            time.sleep(0.05)
+        second = run(data, out, "--epochs", "1")
+        assert second.exit_code == 2, second.output
+        assert "in use" in second.output and f"process {first.pid}" in second.output
+    finally:
+        first.kill()
+        first.communicate(timeout=30)
+    assert (out / "train.lock").exists()  # killed: its lock is left behind ...
+    resume = ["--resume"] if (out / "checkpoint.pth").exists() else []
+    third = run(data, out, "--epochs", "1", *resume)
+    assert third.exit_code == 0, third.output  # ... and taken over, with a note
+    assert f"taking over the lock {out / 'train.lock'} of process {first.pid}" in third.output
+    assert not (out / "train.lock").exists()

@@ -220,6 +220,7 @@ def test_out_that_is_not_a_cache_is_refused_and_kept(folder, tiny_weights, tmp_p
         assert load_features(out)[1].shape == (12, 512)
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_out_do_not_destroy_each_other(tiny_weights, tmp_path):
     root = tmp_path / "data"
     make_folder_dataset(root, classes=("a", "b"), per_class=24)
@@ -232,7 +233,8 @@ def test_two_runs_on_one_out_do_not_destroy_each_other(tiny_weights, tmp_path):
     lock = tmp_path / "f.h5.lock"
     deadline = time.monotonic() + 60
     while not (tmp_path / "f.h5.partial").exists():  # the first run is writing
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        assert first.poll() is None, first.communicate()  # not ended before the check
+        assert time.monotonic() < deadline, "no partial file after 60 s"
         time.sleep(0.05)
     second = extract(*args, "--out", out)
     assert second.exit_code == 2, second.output

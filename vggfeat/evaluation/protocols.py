@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vggfeat import atomic
 from vggfeat.data.readers import DatasetReader, Labels
 from vggfeat.evaluation.inputs import EvaluationInputError, Features
 from vggfeat.evaluation.metrics import (
@@ -189,7 +190,8 @@ def _write_server_files(out: Path | None, pattern: str, classes, ids, scores, li
     written = []
     for k, name in enumerate(classes):
         path = out / pattern.format(name)
-        path.write_text("".join(line(i, s) for i, s in zip(ids, scores[:, k], strict=True)))
+        atomic.write_text(path, "".join(line(i, s) for i, s in zip(ids, scores[:, k],
+                                                                   strict=True)))
         written.append(path)
     return written
 
@@ -336,7 +338,7 @@ def write_splits(path: Path, splits: list[dict[str, str]], labels: Labels) -> Pa
     class_of = {i: ";".join(labels.classes[k] for k in np.flatnonzero(row == 1))
                 for i, row in zip(labels.ids, labels.y, strict=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
+    with atomic.open_text(path, newline="") as fh:  # whole or absent, even if killed
         writer = csv.writer(fh)
         writer.writerow(["split", "id", "class", "subset"])
         for s, assign in enumerate(splits):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vggfeat import atomic
 from vggfeat.evaluation.inputs import PAPER_NETS
 from vggfeat.evaluation.protocols import Result
 
@@ -102,11 +103,16 @@ def format_table(result: Result, paper: dict | None = None) -> str:
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as fh:
+    with atomic.open_text(path, newline="") as fh:  # whole or absent, even if killed
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def _savefig(fig, path: Path) -> None:
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def _safe(name: str) -> str:
@@ -152,7 +158,7 @@ def plot_pr(result: Result, out: Path) -> list[Path]:
                      "(AP: VOC 2010+ area under the curve)", fontsize=11)
         fig.tight_layout()
         path = out / f"pr_{_safe(split)}.png"
-        fig.savefig(path, dpi=100)
+        _savefig(fig, path)
         plt.close(fig)
         written.append(path)
     return written
@@ -207,7 +213,7 @@ def plot_recall(result: Result, out: Path) -> Path | None:
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path = out / "recall.png"
-    fig.savefig(path, dpi=100)
+    _savefig(fig, path)
     plt.close(fig)
     return path
 
@@ -239,7 +245,7 @@ def plot_confusion(result: Result, counts: np.ndarray, out: Path) -> Path:
                  + (f", {splits} splits summed" if splits > 1 else "") + ")", fontsize=11)
     fig.tight_layout()
     path = out / "confusion.png"
-    fig.savefig(path, dpi=100)
+    _savefig(fig, path)
     plt.close(fig)
     return path
 
@@ -285,7 +291,7 @@ def write_report(result: Result, out, settings: dict, inputs: list[dict],
         "files": sorted({_relative(p, out) for p in listed}),
     }
     path = out / "summary.json"
-    path.write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
+    atomic.write_text(path, json.dumps(summary, indent=2, default=_jsonable) + "\n")
     files["summary"] = path
     return files
 

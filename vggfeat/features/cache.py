@@ -22,15 +22,18 @@ or at the start of the next run if the processes were killed).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from vggfeat import atomic
 from vggfeat.features.descriptor import DescriptorConfig, config_key
 from vggfeat.version import __version__
 
@@ -91,7 +94,8 @@ def cache_attributes(config: DescriptorConfig, *, dataset: str, root: str | None
     record = {**config.as_dict(), "dataset": dataset, "reader_options": reader_options or {},
               "dtype": dtype}
     return {
-        "vggfeat_format": FORMAT, "vggfeat_version": __version__, "dataset": dataset, "root": str(root or ""),
+        "vggfeat_format": FORMAT, "vggfeat_version": __version__, "dataset": dataset,
+        "root": str(root or ""),
         "arch": config.arch, "layer": config.layer, "weights_sha256": config.weights_sha256,
         "scales": np.asarray(config.scales, dtype=np.int64), "flip": bool(config.flip),
         "precision": config.precision, "dtype": dtype,
@@ -134,6 +138,8 @@ def open_for_writing(out: str | os.PathLike, attrs: dict, groups: dict[str, Sequ
         if partial.exists():  # both: the complete file wins, the stale partial goes
             partial.unlink()
         os.replace(out, partial)
+    for leftover in out.parent.glob(f".{partial.name}.*.tmp"):  # a killed `rewriting`
+        leftover.unlink()
     if not partial.exists():
         for shard in shard_paths(out):
             shard.unlink()
@@ -331,17 +337,46 @@ class RowWriter:
             return _text(ids[index if self.rows is None else self.rows[index]])
 
         new = {id_of(i): reason for i, reason in self.failures.items()}
-        record_failures(self.group, new, drop={id_of(i) for i in self.written})
+        drop = {id_of(i) for i in self.written}
+        before = _failure_dict(self.group)
+        path, group = Path(self.file.filename), self.group.name
         self.file.flush()
         self.file.close()
+        if _merged_failures(before, new, drop) != before:  # the table's structure changes
+            with rewriting(path) as f:
+                record_failures(f[group], new, drop)
+
+
+@contextlib.contextmanager
+def rewriting(path: Path) -> Iterator[h5py.File]:
+    """An h5py file on a copy of `path` that replaces `path` when the block succeeds.
+
+    Changes to a file's structure (the `failed` table, datasets, attributes) move HDF5
+    metadata: done in place, a kill -9 or a full disk in the middle could leave a file that
+    no longer opens and lose every finished row. On a copy, the old file stays whole until
+    the new one is complete (one file copy per run, only when the structure changes).
+    """
+    path = Path(path)
+    with atomic.replacing(path) as tmp:
+        shutil.copyfile(path, tmp)
+        with _open(tmp, "r+") as f:
+            yield f
+
+
+def _failure_dict(group: h5py.Group) -> dict[str, str]:
+    return {_text(i): _text(r) for i, r in group["failed"][()]} if "failed" in group else {}
+
+
+def _merged_failures(old: dict, new: dict, drop) -> dict:
+    merged = {i: r for i, r in old.items() if i not in drop and i not in new}
+    merged.update(new)
+    return dict(sorted(merged.items()))
 
 
 def record_failures(group: h5py.Group, new: dict[str, str], drop: set[str] = frozenset()):
     """Replace `group`'s failed table: old entries not in `drop` or `new`, then `new`."""
-    old = {_text(i): _text(r) for i, r in group["failed"][()]} if "failed" in group else {}
-    merged = {i: r for i, r in old.items() if i not in drop and i not in new}
-    merged.update(new)
-    table = np.array(sorted(merged.items()), dtype=FAILED_DTYPE).reshape(-1)
+    merged = _merged_failures(_failure_dict(group), new, drop)
+    table = np.array(list(merged.items()), dtype=FAILED_DTYPE).reshape(-1)
     if "failed" in group:
         del group["failed"]
     group.create_dataset("failed", data=table, maxshape=(None,), dtype=FAILED_DTYPE)
@@ -370,22 +405,30 @@ def merge_shards(out: Path, log: Callable[[str], None] = print) -> int:
     read are reported and deleted (their rows are simply computed again).
     """
     partial, merged = partial_path(out), 0
+    shards = []
     for shard in shard_paths(out):
         if shard.name.endswith(".tmp"):
-            shard.unlink()
-            continue
-        try:
-            merged += _merge_one(shard, partial)
-        except CacheInUseError:
-            raise  # in use is not broken: the shard's rows are kept for the next run
-        except (OSError, KeyError, ValueError) as error:
-            log(f"warning: shard {shard} cannot be merged ({error}); its rows will be redone")
+            shard.unlink()  # a shard killed while being created
+        else:
+            shards.append(shard)
+    if not shards:
+        return 0
+    with rewriting(partial) as f:  # all shards into one copy: a kill keeps the old file
+        for shard in shards:
+            try:
+                merged += _merge_one(shard, f)
+            except CacheInUseError:
+                raise  # in use is not broken: the shard's rows are kept for the next run
+            except (OSError, KeyError, ValueError) as error:
+                log(f"warning: shard {shard} cannot be merged ({error}); its rows will be "
+                    "redone")
+    for shard in shards:  # only now: killed before this, the next run merges them again
         shard.unlink()
     return merged
 
 
-def _merge_one(shard: Path, partial: Path) -> int:
-    with _open(shard, "r") as s, _open(partial, "r+") as f:
+def _merge_one(shard: Path, f: h5py.File) -> int:
+    with _open(shard, "r") as s:
         if _text(s.attrs["config_key"]) != _text(f.attrs["config_key"]):
             raise ValueError("another configuration")
         target = f[_text(s.attrs["group"])]
@@ -399,7 +442,6 @@ def _merge_one(shard: Path, partial: Path) -> int:
         new = {_text(i): _text(r) for i, r in s["failed"][()]}
         done_ids = {_text(i) for i in s["ids"][()][done]}
         record_failures(target, new, drop=done_ids)
-        f.flush()
         return int(done.sum())
 
 

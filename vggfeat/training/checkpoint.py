@@ -14,11 +14,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vggfeat import atomic
+
 CHECKPOINT_NAME = "checkpoint.pth"
 
 # Config entries that define what is being trained: changing one of them between runs
 # makes --resume meaningless (another network or another dataset).
 IDENTITY_KEYS = ("arch", "width", "crop_size", "num_classes", "classes", "train_digest")
+
+# Options that the optimizer's and the scheduler's saved state also hold. Restoring that
+# state would silently keep the old values while config.json records the new ones, so a
+# change is refused like an identity change, and applied (`apply_optimizer_options`) only
+# when --force-resume asks for it.
+OPTIMIZER_KEYS = ("lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "lr_drops")
 
 
 class CheckpointError(ValueError):
@@ -28,21 +36,13 @@ class CheckpointError(ValueError):
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write `state` atomically: temporary file, flush, fsync, rename, fsync the folder.
 
-    A crash at any moment leaves either the previous checkpoint or the new one.
+    A crash at any moment leaves either the previous checkpoint or the new one; so does a
+    full disk, reported as `vggfeat.atomic.DiskFullError`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    with atomic.replacing(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)  # a full disk: DiskFullError, the old checkpoint kept
     return path
 
 
@@ -97,13 +97,13 @@ def set_rng_state(state: dict) -> None:
 # -- resume checks --------------------------------------------------------------------
 
 def check_resumable(saved: dict, current: dict, path: Path, force: bool = False) -> list[str]:
-    """Compare the identity of a saved run with the requested one.
+    """Compare the identity and the optimizer options of a saved run with the requested one.
 
     Returns the differences (for a warning when forced); raises CheckpointError when they
     differ and `force` is False.
     """
     diffs = []
-    for key in IDENTITY_KEYS:
+    for key in IDENTITY_KEYS + OPTIMIZER_KEYS:
         old, new = saved.get(key), current.get(key)
         if old != new:
             if key == "classes":
@@ -113,6 +113,38 @@ def check_resumable(saved: dict, current: dict, path: Path, force: bool = False)
     if diffs and not force:
         raise CheckpointError(
             f"{path} was written by another configuration ({'; '.join(diffs)}). Resume with "
-            "the same architecture and dataset, choose another --out, or pass --force-resume "
-            "to continue anyway.")
+            "the same options (architecture, dataset, --lr, --momentum, --weight-decay, "
+            "--lr-*), choose another --out, or pass --force-resume to continue with this "
+            "command's values.")
     return diffs
+
+
+def apply_optimizer_options(saved: dict, cfg: dict, optimizer, scheduler) -> list[str]:
+    """After loading their state: give the optimizer and the scheduler the values of `cfg`
+    where they differ from the saved run's config `saved`; returns what changed.
+
+    A changed --lr scales the current learning rate by new/old, so the drops the
+    scheduler already made are kept; the scheduler's floor becomes
+    lr * lr_factor ** lr_drops as in a fresh run.
+    """
+    changes = []
+    old_lr, new_lr = saved.get("lr"), cfg["lr"]
+    if old_lr != new_lr:
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * new_lr / old_lr if old_lr else new_lr
+        changes.append(f"lr {old_lr} -> {new_lr} (now {optimizer.param_groups[0]['lr']:.4g})")
+    for key in ("momentum", "weight_decay"):
+        if saved.get(key) != cfg[key]:
+            for group in optimizer.param_groups:
+                group[key] = cfg[key]
+            changes.append(f"{key} {saved.get(key)} -> {cfg[key]}")
+    schedule = ("lr", "lr_factor", "lr_patience", "lr_drops")
+    if any(saved.get(k) != cfg[k] for k in schedule):
+        scheduler.factor, scheduler.patience = cfg["lr_factor"], cfg["lr_patience"]
+        floor = cfg["lr"] * cfg["lr_factor"] ** cfg["lr_drops"]
+        scheduler.min_lrs = [floor] * len(optimizer.param_groups)
+        scheduler.default_min_lr = floor
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        changes += [f"{k} {saved.get(k)} -> {cfg[k]}" for k in schedule[1:]
+                    if saved.get(k) != cfg[k]]
+    return changes

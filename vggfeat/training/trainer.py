@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vggfeat import atomic, locking
 from vggfeat import distributed as D
 from vggfeat.diagnostics import training_stalled
 from vggfeat.models import build_backbone, canonical_arch, load_backbone, normalize, save_backbone
@@ -40,6 +41,7 @@ from vggfeat.training.augment import (
 )
 from vggfeat.training.checkpoint import (
     CHECKPOINT_NAME,
+    apply_optimizer_options,
     check_resumable,
     load_checkpoint,
     rng_state,
@@ -108,6 +110,9 @@ DEFAULTS = {
     "tensorboard": False,     # also write TensorBoard scalars (needs the tensorboard package)
     "quiet": False,
 }
+
+
+LOCK_NAME = "train.lock"  # held while a run writes its folder (vggfeat.locking)
 
 
 class TrainingError(ValueError):
@@ -488,7 +493,7 @@ def rewrite_log(log_path: Path, upto_epoch: int) -> None:
     if log_path.exists():
         lines = [line for line in log_path.read_text().splitlines()
                  if line.strip() and json.loads(line)["epoch"] <= upto_epoch]
-        log_path.write_text("".join(line + "\n" for line in lines))
+        atomic.write_text(log_path, "".join(line + "\n" for line in lines))
 
 
 def open_tensorboard(cfg, run_dir):
@@ -516,8 +521,10 @@ def train(resume: bool = False, force_resume: bool = False, **options) -> dict:
     """
     cfg = make_config(**options)
     device = D.init(cfg["device"])
-    try:
-        return _train(cfg, device, resume, force_resume)
+    try:  # one run per folder: a second train-backbone on the same --out is refused
+        with locking.job_lock(Path(cfg["out"]) / LOCK_NAME, f"run folder {cfg['out']}",
+                              log=lambda message: print(message, file=sys.stderr)):
+            return _train(cfg, device, resume, force_resume)
     finally:
         D.shutdown()
 
@@ -547,6 +554,11 @@ def _train(cfg, device, resume, force_resume):
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        # New --lr/--momentum/--weight-decay/--lr-* values win over the restored state (only
+        # reached with --force-resume: check_resumable refuses a change otherwise).
+        changes = apply_optimizer_options(state["config"], cfg, optimizer, scheduler)
+        if changes and D.is_main_process():
+            print(f"note: --resume applies the new {'; '.join(changes)}", file=sys.stderr)
         start_epoch, step = state["epoch"], state["step"]
         # Each epoch reseeds from (seed, epoch, rank) anyway; restoring the saved states
         # also covers any RNG use between epochs.
@@ -558,7 +570,7 @@ def _train(cfg, device, resume, force_resume):
     log_path = run_dir / "log.jsonl"
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+        atomic.write_text(run_dir / "config.json", json.dumps(cfg, indent=1) + "\n")
         rewrite_log(log_path, start_epoch)
     writer = open_tensorboard(cfg, run_dir)
     bad = BadImageCounter(cfg["max_bad_fraction"], device)
@@ -581,8 +593,7 @@ def _train(cfg, device, resume, force_resume):
                                 "or use --init xavier / --init-from for deep nets; the last "
                                 "good checkpoint (if any) is kept.")
         if main:
-            with open(log_path, "a") as log:
-                log.write(json.dumps(record) + "\n")
+            atomic.append_line(log_path, json.dumps(record))  # never a half line, if killed
             if writer is not None:
                 for key, value in record.items():
                     if isinstance(value, float):

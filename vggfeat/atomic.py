@@ -1,0 +1,109 @@
+"""Files that are either whole or absent: written next to their place, then renamed.
+
+A kill -9 or a full disk in the middle of a write must never leave a half-written file that
+a later run (or a reader) would trust. Every result file is therefore written to a
+temporary name in the same folder, flushed and fsynced, and moved into place with
+`os.replace` (atomic on POSIX); on failure the temporary file is removed and a full disk
+becomes `DiskFullError`, one message naming the file and the fix.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from vggfeat.errors import EXIT_FAILED, VggfeatError
+
+# "No space" in all its forms: a full disk, a quota, a file-size limit (ulimit -f).
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# HDF5 reports the C errno inside its message rather than as OSError.errno.
+FULL_TEXTS = ("No space left", "Disk quota exceeded", "File too large", "errno = 28",
+              "errno = 27", "errno = 122")
+
+
+class DiskFullError(VggfeatError):
+    """No space left while writing a file; the message names the file and the fix."""
+
+    exit_code = EXIT_FAILED
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` (an OSError, or h5py's wrapping of one) means "no space left"."""
+    if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
+        return True
+    text = str(error)
+    return isinstance(error, (OSError, RuntimeError)) and any(t in text for t in FULL_TEXTS)
+
+
+def disk_full_error(path: str | os.PathLike, error: BaseException) -> DiskFullError:
+    reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+    return DiskFullError(
+        f"no space left to write {path} ({reason}). Nothing half-written was kept; finished "
+        "work is. Free space (or choose an --out on another disk) and rerun the same command.")
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path` atomically.
+
+    On any failure the temporary file is deleted and `path` is left as it was; a full disk
+    is raised as `DiskFullError`.
+    """
+    path = Path(path)
+    tmp = _tmp(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if is_disk_full(error):
+            raise disk_full_error(path, error) from None
+        raise
+    fsync_folder(path.parent)
+
+
+def write_text(path: str | os.PathLike, text: str, newline: str | None = None) -> Path:
+    """`Path.write_text`, atomically (see `replacing`)."""
+    with replacing(path) as tmp, open(tmp, "w", newline=newline) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def open_text(path: str | os.PathLike, newline: str | None = None):
+    """`open(path, "w")` whose content appears at `path` only when the block succeeds."""
+    with replacing(path) as tmp, open(tmp, "w", newline=newline) as handle:
+        yield handle
+
+
+def append_line(path: str | os.PathLike, line: str) -> Path:
+    """Add one line to a small text file (a log), rewriting it atomically: a kill leaves the
+    old content or the new, never a half line."""
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    return write_text(path, old + line + "\n")
