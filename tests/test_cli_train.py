@@ -96,3 +96,25 @@ def test_eval_backbone_rejects_unsafe_weights(data, tmp_path):
     result = run_cli(["eval-backbone", "--data", data, "--weights", tmp_path / "pickled.pth",
                       "--device", "cpu", "--quiet"])
     assert result.exit_code == 1 and "pickled.pth" in result.output
+
+
+def test_uneven_width_round_trips_through_every_command(data, tmp_path):
+    # 64 * 0.1 = 6.4 -> 6 channels but 4096 * 0.1 -> 410: the width must come from the
+    # checkpoint, not from one tensor's shape (0.2, 0.3: tests/test_weights.py).
+    width = "0.1"
+    run = tmp_path / "run"
+    result = train(data, run, "--epochs", "1", "--width", width, "--max-steps", "1")
+    assert result.exit_code == 0, result.output
+    backbone = run / "backbone.pth"
+    result = run_cli(["eval-backbone", "--root", data, "--weights", backbone, "--scales", "64",
+                      "--method", "dense", "--device", "cpu", "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    result = run_cli(["doctor", "--weights", backbone, "--device", "cpu"])
+    assert f"width {float(width)}" in result.output, result.output
+    cache = tmp_path / "f.h5"
+    result = run_cli(["extract", "--dataset", "folder", "--root", data / "val", "--weights",
+                      backbone, "--scales", "64", "--device", "cpu", "--quiet", "--out", cache])
+    assert result.exit_code == 0, result.output
+    result = train(data, tmp_path / "tuned", "--epochs", "1", "--width", width, "--max-steps",
+                   "1", "--finetune-from", run)
+    assert result.exit_code == 0, result.output
