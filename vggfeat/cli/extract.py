@@ -29,8 +29,8 @@ def parse_scales(ctx, param, value):
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a list of integers, e.g. 256,384,512") \
             from None
-    if not scales:
-        raise click.BadParameter("give at least one scale, e.g. 256,384,512")
+    if not scales or min(scales) <= 0:
+        raise click.BadParameter(f"{value!r}: give positive image sides, e.g. 256,384,512")
     return scales
 
 
@@ -132,6 +132,9 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
     except (DatasetLayoutError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     out = out or default_out(dataset, weights, layer)
+    from vggfeat.cli.checks import require_device
+
+    require_device(device)  # cuda without a GPU, cuda:7, mps: refused before any work
     if workers is None:  # decoding processes only pay off when the net is not on the CPU
         from vggfeat.features.engine import resolve_device
 
