@@ -20,7 +20,8 @@ from vggfeat.errors import EXIT_FAILED, VggfeatError
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # HDF5 reports the C errno inside its message rather than as OSError.errno.
 FULL_TEXTS = ("No space left", "Disk quota exceeded", "File too large", "errno = 28",
-              "errno = 27", "errno = 122")
+              "errno = 27", "errno = 122",
+              "unexpected pos")  # torch.save's zip writer after a short write
 
 
 class DiskFullError(VggfeatError):
@@ -107,3 +108,31 @@ def append_line(path: str | os.PathLike, line: str) -> Path:
     if old and not old.endswith("\n"):
         old += "\n"
     return write_text(path, old + line + "\n")
+
+
+def check_space(path: str | os.PathLike, nbytes: int) -> None:
+    """Raise `DiskFullError` naming `path` unless `nbytes` can be allocated in its folder.
+
+    Asked of the file system itself (posix_fallocate of a probe file, then deleted), so
+    quotas and file-size limits count too. Used before writes whose failure half-way would
+    be costly or messy (an HDF5 file allocated in full, a checkpoint).
+    """
+    path = Path(path)
+    probe = path.with_name(f".{path.name}.{os.getpid()}.space.tmp")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as error:
+        if is_disk_full(error):
+            raise disk_full_error(path, error) from None
+        raise
+    try:
+        os.posix_fallocate(fd, 0, max(int(nbytes), 1))
+    except OSError as error:
+        if is_disk_full(error):
+            raise disk_full_error(path, error) from None
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            probe.unlink()

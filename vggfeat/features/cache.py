@@ -138,7 +138,7 @@ def open_for_writing(out: str | os.PathLike, attrs: dict, groups: dict[str, Sequ
         if partial.exists():  # both: the complete file wins, the stale partial goes
             partial.unlink()
         os.replace(out, partial)
-    for leftover in out.parent.glob(f".{partial.name}.*.tmp"):  # a killed `rewriting`
+    for leftover in out.parent.glob(f".{partial.name}*.tmp"):  # of a killed run: ours
         leftover.unlink()
     if not partial.exists():
         for shard in shard_paths(out):
@@ -262,13 +262,17 @@ def _id_difference(stored_ids: dict, groups: dict) -> str:
 
 def _create(path: Path, attrs: dict, groups: dict, n_scales: int, dim: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    # Never a half-created partial file; the whole file is allocated here, so a full disk
+    # shows now (DiskFullError), not in the middle of the rows. The space is checked before
+    # HDF5 writes anything: an HDF5 file that cannot be written cannot be closed either.
+    n_rows = sum(len(ids) for ids in groups.values())
+    atomic.check_space(path, n_rows * (n_scales * dim * np.dtype(attrs["dtype"]).itemsize
+                                       + 256) + (1 << 20))
+    with atomic.replacing(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(attrs)
         for group, ids in groups.items():
             _create_rows(f.require_group(group), list(ids), n_scales, dim, attrs["dtype"])
             f[group].create_dataset("failed", shape=(0,), maxshape=(None,), dtype=FAILED_DTYPE)
-    os.replace(tmp, path)  # never a half-created partial file
 
 
 def _create_rows(g: h5py.Group, ids: list[str], n_scales: int, dim: int, dtype: str) -> None:
@@ -386,15 +390,14 @@ def create_shard(out: Path, rank: int, group: str, attrs: dict, ids: Sequence[st
                  indices: Sequence[int], dim: int) -> Path:
     """A shard for `rank`'s rows of `group` (`indices` into the main file)."""
     path = shard_path(out, rank, group)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    atomic.check_space(path, len(indices) * (len(attrs["scales"]) * dim * 4 + 256) + (1 << 20))
+    with atomic.replacing(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(attrs)
         f.attrs["group"] = group
         g = f.require_group(ROOT_GROUP)
         _create_rows(g, [ids[i] for i in indices], len(attrs["scales"]), dim, "float32")
         g.create_dataset("index", data=np.asarray(indices, dtype=np.int64))
         g.create_dataset("failed", shape=(0,), maxshape=(None,), dtype=FAILED_DTYPE)
-    os.replace(tmp, path)
     return path
 
 

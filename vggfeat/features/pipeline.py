@@ -206,7 +206,7 @@ def _plan(out, attrs, groups, dim, overwrite, log):
     """Rank 0: prepare the partial file; pending rows per group (or the error, for all ranks)."""
     try:
         partial = cache.open_for_writing(out, attrs, groups, dim, overwrite=overwrite, log=log)
-    except (cache.CacheError, OSError, locking.LockedError) as error:
+    except Exception as error:  # noqa: BLE001 - every rank must learn of it, not hang
         return error
     return {g: cache.pending(partial, g) for g in groups}
 

@@ -41,9 +41,21 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.check_space(path, _tensor_bytes(state) * 1.05 + (1 << 20))
     with atomic.replacing(path) as tmp, open(tmp, "wb") as handle:
         torch.save(state, handle)  # a full disk: DiskFullError, the old checkpoint kept
     return path
+
+
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors in a nested state (about a checkpoint's size on disk)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
