@@ -298,3 +298,57 @@ def test_disk_full_while_svm_eval_writes(voc_cache, tmp_path):
     assert not hidden_tmp(out) and "summary.json" not in files_of(out)
     assert svm_eval(voc_cache, "--out", out, *SVM).exit_code == 0
     assert files_of(out) == expected
+
+
+# -- torchrun with one rank killed ---------------------------------------------------------
+
+def children_with_rank(parent: int) -> dict[int, int]:
+    """RANK -> pid of the processes whose parent is `parent` (torchrun's workers)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent:
+            for item in environ:
+                if item.startswith(b"RANK="):
+                    found[int(item[5:])] = int(entry.name)
+    return found
+
+
+@pytest.mark.slow
+def test_torchrun_with_a_killed_rank_stops_with_a_message_and_resumes(tiny_weights, tmp_path):
+    root = tmp_path / "data"
+    make_folder_dataset(root, classes=("a", "b"), per_class=12)
+    args = ["--dataset", "folder", "--root", root, "--weights", tiny_weights,
+            "--scales", "64,96,128", "--device", "cpu", "--batch-size", "1", "--quiet"]
+    out = tmp_path / "two.h5"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", "vggfeat", "extract", *map(str, args),
+                "--out", str(out)]
+    agent = subprocess.Popen(torchrun, env={**ENV, "VGGFEAT_DIST_TIMEOUT": "20"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shard = tmp_path / "two.h5.partial.rank1.images"
+    deadline = time.monotonic() + 120
+    while not shard.exists():  # both ranks are computing rows
+        assert agent.poll() is None, agent.communicate()
+        assert time.monotonic() < deadline, "the job did not start in 120 s"
+        time.sleep(0.05)
+    workers = children_with_rank(agent.pid)
+    os.kill(workers[1], signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, stderr = agent.communicate(timeout=90)
+    assert agent.returncode != 0
+    assert time.monotonic() - killed_at < 60  # stopped, not hung (timeout 20 s + grace)
+    assert "rank 0: the torchrun job stopped" in stderr, stderr[-3000:]
+    assert "rerun the same command to resume" in stderr
+    rerun = subprocess.run(torchrun, env=ENV, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    whole = tmp_path / "whole.h5"
+    assert CliRunner().invoke(cli, ["extract", *map(str, args), "--out", str(whole)]
+                              ).exit_code == 0
+    assert_same_cache(out, whole)
