@@ -41,6 +41,7 @@ INPUT_ERRORS = (
 USAGE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR,
                 errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
 
+HDF5_SUFFIXES = (".h5", ".hdf5", ".h5.partial", ".hdf5.partial")
 DEBUG_HINT = "rerun with --debug (or VGGFEAT_DEBUG=1) to see the traceback"
 
 
@@ -96,10 +97,42 @@ def describe_os_error(error: OSError) -> tuple[str, int]:
     return f"{where}{reason} ({type(error).__name__}). {DEBUG_HINT}", EXIT_FAILED
 
 
+def _hdf5_source(error: BaseException) -> tuple[bool, str | None]:
+    """(raised inside h5py?, the HDF5 file it was reading) from the traceback's frames.
+
+    A damaged HDF5 file fails wherever the damage is met (opening an object, iterating
+    attributes, reading a chunk) with KeyError, RuntimeError or OSError; the h5py object
+    being read knows its file's name.
+    """
+    inside, name = False, None
+    tb = error.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        inside = inside or "h5py" in frame.f_code.co_filename
+        for value in list(frame.f_locals.values()):
+            if isinstance(value, (str, os.PathLike)) and str(value).endswith(HDF5_SUFFIXES):
+                name = str(value)  # the innermost frame's wins
+                continue
+            try:  # an open h5py object knows its file (a closed one raises)
+                filename = value.file.filename
+            except Exception:  # noqa: BLE001 - not an h5py object, or already closed
+                continue
+            if isinstance(filename, str):
+                name = filename
+        tb = tb.tb_next
+    return inside, name
+
+
 def describe(error: BaseException) -> tuple[str, int]:
     """(one-line message, exit status) for an exception that escaped a command."""
     if _known_input_error(error):
         return str(error), getattr(error, "exit_code", EXIT_USAGE)
+    inside_h5py, hdf5_file = _hdf5_source(error)
+    if inside_h5py and isinstance(error, (KeyError, RuntimeError, OSError, ValueError)):
+        detail = str(error).strip("'\"").splitlines()[0] if str(error) else type(error).__name__
+        where = hdf5_file or getattr(error, "filename", None) or "an HDF5 file"
+        return (f"{where}: the HDF5 file is damaged ({detail}). Recreate it (`vggfeat extract` "
+                "writes a new cache) or restore it from a copy.", EXIT_USAGE)
     if _is_out_of_memory(error):
         return ("out of memory: " + (str(error).splitlines()[0] if str(error) else "")
                 + ". Use smaller sizes: a lower --batch-size, --max-pixels or --scales, a "
