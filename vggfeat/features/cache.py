@@ -609,7 +609,7 @@ def write_labels(path: str | os.PathLike, classes: Sequence[str], y: np.ndarray,
     """Store labels aligned with the root group's ids: ``labels`` (n, K) int8 in {1, -1},
     the class names in attribute ``classes``, and optionally ``splits`` (train/val/test).
     Labels do not change the descriptors, so they are not part of the config key."""
-    with h5py.File(path, "r+") as f:
+    with rewriting(path) as f:  # new datasets: on a copy, so a kill never breaks the file
         for name in (LABELS, SPLITS):
             if name in f:
                 del f[name]
@@ -634,8 +634,9 @@ def store_variation(path: str | os.PathLike) -> float:
     group and store it as a file attribute; returns it."""
     from vggfeat.diagnostics import VARIATION_ATTR
 
-    with h5py.File(path, "r+") as f:
+    with _open(Path(path), "r") as f:
         value = _variation(f)
+    with rewriting(path) as f:  # the finished file is only ever replaced whole
         f.attrs[VARIATION_ATTR] = value
     return value
 
