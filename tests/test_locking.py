@@ -91,3 +91,12 @@ def test_job_lock_in_one_process(tmp_path):
     with pytest.raises(RuntimeError), locking.job_lock(path, "x"):
         raise RuntimeError("the job failed")
     assert not path.exists()  # released on errors too
+
+
+def test_a_folder_made_for_the_lock_goes_when_nothing_was_written(tmp_path):
+    with pytest.raises(RuntimeError), locking.job_lock(tmp_path / "new" / "x.lock", "x"):
+        raise RuntimeError("failed before writing anything")
+    assert not (tmp_path / "new").exists()
+    with locking.job_lock(tmp_path / "kept" / "x.lock", "x"):
+        (tmp_path / "kept" / "result.txt").write_text("work")
+    assert (tmp_path / "kept" / "result.txt").exists()

@@ -65,8 +65,8 @@ def _same_inode(fd: int, path: Path) -> bool:
 class Lock:
     """A held lock; `release` deletes the lock file (it is ours) and drops the flock."""
 
-    def __init__(self, path: Path, fd: int):
-        self.path, self.fd = path, fd
+    def __init__(self, path: Path, fd: int, made_folder: bool = False):
+        self.path, self.fd, self.made_folder = path, fd, made_folder
 
     def release(self) -> None:
         if self.fd is None:
@@ -75,6 +75,9 @@ class Lock:
             self.path.unlink()  # while still holding the flock: see `acquire`'s inode check
         os.close(self.fd)
         self.fd = None
+        if self.made_folder:  # a run that failed before writing anything leaves no folder
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()
 
 
 def acquire(path: str | os.PathLike, what: str,
@@ -86,6 +89,7 @@ def acquire(path: str | os.PathLike, what: str,
             `path` exists and is not a vggfeat lock file (never overwritten).
     """
     path = Path(path)
+    made_folder = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(20):  # retried only when the previous owner deleted the file meanwhile
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -95,6 +99,7 @@ def acquire(path: str | os.PathLike, what: str,
             os.close(fd)
             raise
         if lock is not None:
+            lock.made_folder = made_folder
             return lock
         os.close(fd)
     raise LockedError(f"{what}: cannot take the lock {path} (it keeps changing); "
