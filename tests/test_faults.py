@@ -181,7 +181,7 @@ def test_kill_while_svm_eval_writes_leaves_only_whole_files(voc_cache, tmp_path)
     start = time.perf_counter()
     assert svm_eval(voc_cache, "--out", out, *SVM).exit_code == 0
     one_run = time.perf_counter() - start
-    delays = np.random.default_rng(3).uniform(0.2 * one_run, 1.5 * one_run, 4)
+    delays = np.random.default_rng(3).uniform(0.2 * one_run, 1.2 * one_run, 3)
     for _ in kill_at_random(_reporting_forever, delays, (voc_cache, out)):
         for name, content in files_of(out).items():  # every file whole: the old or new
             assert content == expected[name], name
