@@ -1,8 +1,9 @@
 """`python -m vggfeat.demo`: the transfer story at reduced size, through the real CLI steps.
 
 Two runs: `--quick` (a smoke run of every step: commands, files, resuming) and the full
-demo, marked slow: only at full size (every image, 12 epochs, 3 scales; minutes on 2 CPU
-cores) does the trained net beat the random one (see vggfeat/demo.py).
+demo, marked slow (every image, 20 epochs, 3 scales; minutes on 2 CPU cores): the claim
+the demo makes, trained backbone > untrained backbone > raw pixels by more than the
+split-to-split spread.
 """
 import csv
 import json
@@ -11,6 +12,7 @@ import sys
 
 import pytest
 
+from vggfeat.cli import cli
 from vggfeat.demo import (
     FULL,
     QUICK,
@@ -23,6 +25,7 @@ from vggfeat.demo import (
     format_markdown,
     run_demo,
     table_rows,
+    train_args,
 )
 
 
@@ -39,15 +42,13 @@ def quick_demo(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_trained_backbone_beats_the_random_one_on_unseen_digits(tmp_path):
-    out, _, rows = demo_run(tmp_path / "demo_out", FULL)
-    recall = {r["method"]: r["mean_class_recall"] for r in rows}
+def test_trained_beats_untrained_beats_pixels_by_more_than_the_spread(tmp_path):
+    _, _, rows = demo_run(tmp_path / "demo_out", FULL)
+    recall = {r["method"]: (r["mean_class_recall"], r["std"]) for r in rows}
     assert set(recall) == {"trained", "random", "pixels"}
-    assert recall["trained"] > recall["random"], rows
-    summaries = {m: json.loads((out / "svm" / m / "summary.json").read_text())
-                 for m in ("trained", "random")}
-    per_split = {m: s["headline"]["mean_class_recall_per_split"] for m, s in summaries.items()}
-    assert all(t > r for t, r in zip(per_split["trained"], per_split["random"], strict=True))
+    for better, worse in (("trained", "random"), ("random", "pixels")):
+        (high, high_std), (low, low_std) = recall[better], recall[worse]
+        assert high - low > max(high_std, low_std), rows
 
 
 def test_every_step_is_a_printed_cli_command(quick_demo):
@@ -56,11 +57,15 @@ def test_every_step_is_a_printed_cli_command(quick_demo):
     kinds = [c.split()[2] for c in commands]
     assert kinds == ["datasets", "train-backbone", "train-backbone", "extract", "svm-eval",
                      "extract", "svm-eval"]
+    assert "--clutter" in commands[0]
     assert "--epochs 0" in commands[2] and "--init xavier" in commands[1]
+    assert "--preprocessing torchvision" in commands[1]  # pinned, whatever the default
     assert f"--root {out / 'digits' / 'transfer'}" in commands[3]  # the unseen digits
     recall = {r["method"]: r["mean_class_recall"] for r in quick_demo[2]}
     assert set(recall) == {"trained", "random", "pixels"}
-    assert all(20.0 < value <= 100.0 for value in recall.values())  # 5 classes: chance 20%
+    # A smoke run: too small to learn much (every row is near chance, 20%), so only that the
+    # figures are percentages; the slow test checks the claim.
+    assert all(0.0 <= value <= 100.0 for value in recall.values())
 
 
 def test_outputs_table_plot_and_shared_splits(quick_demo):
@@ -124,3 +129,46 @@ def test_help_has_an_example():
     done = subprocess.run([sys.executable, "-m", "vggfeat.demo", "--help"], capture_output=True,
                           text=True, check=True)
     assert "Example" in done.stdout and "--quick" in done.stdout
+
+
+def example_options(text: str, start: str) -> dict[str, tuple[str, ...]]:
+    """The options of the first example line that starts with `start` (`vggfeat CMD ...`),
+    continued over backslash line ends, in a help text or the README."""
+    joined = text.replace("\\\n", " ")
+    line = next(ln for ln in joined.splitlines() if start in ln)
+    words = line.split(start, 1)[1].split()
+    options: dict[str, tuple[str, ...]] = {}
+    for word in words:
+        if word.startswith("--"):
+            options[word] = ()
+            last = word
+        elif options:
+            options[last] += (word,)
+    return options
+
+
+def demo_training_options() -> dict[str, tuple[str, ...]]:
+    args = [str(a) for a in train_args(FULL, "DATA", "RUN", FULL.epochs)]
+    shown = example_options("vggfeat " + " ".join(args), "vggfeat train-backbone")
+    for where in ("--root", "--out", "--workers", "--device", "--seed"):  # not learning
+        shown.pop(where)
+    return shown
+
+
+@pytest.mark.parametrize("source", ["datasets --help", "README"])
+def test_small_data_training_examples_are_the_demos_settings(source):
+    """The examples a user copies for a small dataset are the settings the slow test above
+    shows to learn (the old example, plain A at crop 32, learned nothing)."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    if source == "README":
+        text = (Path(__file__).parent.parent / "README.md").read_text()
+    else:
+        text = CliRunner().invoke(cli, ["datasets", "--help"]).output
+    example = example_options(text, "vggfeat train-backbone --root digits/backbone")
+    assert {k: v for k, v in example.items() if k not in ("--root", "--out")} == \
+        demo_training_options()
+    make = example_options(text, "vggfeat datasets make-digits digits/")
+    assert "--clutter" in make and make["--size"] == (str(FULL.size),)
