@@ -58,3 +58,11 @@ def test_unknown_attribute_is_an_attribute_error():
         vggfeat.no_such_name  # noqa: B018
     assert "FeatureExtractor" in dir(vggfeat)
     assert set(vggfeat.__all__) <= set(dir(vggfeat))
+
+
+def test_the_extraction_path_imports_no_scikit_learn():
+    """`vggfeat extract` runs vggfeat.features.pipeline: torch and h5py, not sklearn/scipy."""
+    names = _imported_after("import vggfeat.features.pipeline, vggfeat.features.engine")
+    assert "torch" in names and not {"sklearn", "scipy", "pandas", "matplotlib"} & names
+    star = _imported_after("from vggfeat.features import *\nassert FeatureExtractor, Engine")
+    assert "sklearn" in star
