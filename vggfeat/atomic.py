@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vggfeat.errors import EXIT_FAILED, VggfeatError
+from vggfeat.errors import EXIT_FAILED, EXIT_USAGE, VggfeatError
 
 # "No space" in all its forms: a full disk, a quota, a file-size limit (ulimit -f).
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -47,6 +49,49 @@ def disk_full_error(path: str | os.PathLike, error: BaseException) -> DiskFullEr
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+class ForeignFileError(VggfeatError):
+    """An output would replace a file that vggfeat did not write; nothing was changed."""
+
+    exit_code = EXIT_USAGE
+
+
+# The temporary names of `_tmp` and `check_space`: .NAME.PID.tmp and .NAME.PID.space.tmp
+TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:\.space)?\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it runs, as another user
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files that a killed atomic write left in `folder`.
+
+    Only files named like ours (`.NAME.PID.tmp`, `.NAME.PID.space.tmp`) whose NAME matches
+    one of the glob patterns `names` (the files the caller writes) and whose process has
+    ended; a live writer's file and anything else are left alone. Returns what was removed.
+    """
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        match = TMP_NAME.match(path.name)
+        if (match is None or not path.is_file() or _pid_alive(int(match["pid"]))
+                or not any(fnmatch.fnmatchcase(match["name"], n) for n in names)):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def fsync_folder(folder: Path) -> None:

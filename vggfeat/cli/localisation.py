@@ -76,9 +76,11 @@ def _ints(ctx, param, text):
               help="Evaluate N images spread over the split.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for localisation.csv and localisation.json.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace localisation.csv/.json already in --out.")
 @quiet_option()
 def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshold,
-                      merge_threshold, device, workers, limit, out, quiet):
+                      merge_threshold, device, workers, limit, out, quiet, overwrite):
     """Top-1/top-5 localisation error (paper Tables 8-9): a box counts at IoU >= 0.5.
 
     \b
@@ -92,6 +94,7 @@ def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshol
 
     import torch
 
+    from vggfeat import atomic
     from vggfeat.localisation.data import LocalisationDataError
     from vggfeat.localisation.evaluate import (
         LocalisationEvalError,
@@ -100,6 +103,12 @@ def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshol
     )
     from vggfeat.models import WeightsError
 
+    outputs = [out / "localisation.csv", out / "localisation.json"] if out else []
+    existing = [p for p in outputs if p.exists() or p.is_symlink()]
+    if existing and not overwrite:  # before any work: never replace a file unasked
+        raise atomic.ForeignFileError(
+            f"{existing[0]} already exists; eval-localisation would replace it. Choose "
+            "another --out, or pass --overwrite to replace it.")
     weights = list(weights)
     net_scales = []
     for i, w in enumerate(weights):
@@ -124,8 +133,8 @@ def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshol
     click.echo(format_table(rows))
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "localisation.json").write_text(json.dumps(rows, indent=1) + "\n")
-        with open(out / "localisation.csv", "w", newline="") as handle:
+        atomic.write_text(out / "localisation.json", json.dumps(rows, indent=1) + "\n")
+        with atomic.open_text(out / "localisation.csv", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows({k: (",".join(map(str, v)) if isinstance(v, list) else v)

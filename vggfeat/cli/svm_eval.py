@@ -115,7 +115,7 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
         vggfeat svm-eval voc2007-vgg16-fc7.h5 --out results/voc07
         vggfeat svm-eval caltech101-vgg16-fc7.h5 caltech101-vgg19-fc7.h5 --C 0.1,1,10
     """
-    from vggfeat import diagnostics
+    from vggfeat import atomic, diagnostics
     from vggfeat.cli.checks import require_device
     from vggfeat.data.readers import DatasetLayoutError
     from vggfeat.evaluation import inputs, protocols, report
@@ -141,12 +141,20 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
                     "scales": list(i.scales)} for i in infos]
         if not overwrite:  # as extract does: another configuration never replaces results
             _check_out(out, recorded, sources)
+            _check_foreign(out, report)
+        atomic.remove_stale_tmp(out, report.OUTPUT_PATTERNS)  # of a killed earlier run
         _warn_low_variation(features)
         infos, feats = inputs.load(features, aggregate, block_l2=block_l2)
         reader, left_out = inputs.leave_out_missing(reader, feats, strict=strict)
         if left_out:
             click.echo(left_out.message(), err=True)
-        result = protocols.run_protocol(reader, feats, settings, out)
+        made_folder = not out.exists()
+        report.claim_outputs(out)  # files written from here on are known as ours
+        try:
+            result = protocols.run_protocol(reader, feats, settings, out)
+        except BaseException:
+            report.unclaim_if_unused(out, made_folder)  # a refused run leaves no trace
+            raise
     except (inputs.EvaluationInputError, DatasetLayoutError) as exc:
         raise click.ClickException(str(exc)) from None
     for warning in (diagnostics.grid_edge_warning(result.chosen_C, settings.C),
@@ -159,6 +167,7 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
     files = report.write_report(result, out, recorded, sources, paper)
     if left_out:
         _record_left_out(files["summary"], left_out.record())
+    report.release_outputs(out)
     written = sorted(str(p) for p in list(files.values()) + result.files)
     click.echo(f"wrote {len(written)} files to {out}")
 
@@ -167,13 +176,12 @@ def _record_left_out(summary_path: Path, record: dict) -> None:
     """Add the images left out to summary.json (kept out of "settings", which a rerun
     compares with its own)."""
     import json
-    import os
+
+    from vggfeat import atomic
 
     summary = json.loads(summary_path.read_text())
     summary["left_out"] = record
-    tmp = summary_path.with_name(summary_path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, summary_path)
+    atomic.write_text(summary_path, json.dumps(summary, indent=2) + "\n")
 
 
 def _open_reader(info, root, inputs):
@@ -216,6 +224,19 @@ def _check_out(out: Path, recorded: dict, sources: list[dict]) -> None:
         raise click.ClickException(
             f"{out} holds results made with other options ({'; '.join(diffs[:4])}); use "
             "another --out, or --overwrite to replace them")
+
+
+def _check_foreign(out: Path, report) -> None:
+    """Refuse to replace output files in --out that vggfeat did not write (exit 2)."""
+    from vggfeat.atomic import ForeignFileError
+
+    foreign = report.foreign_outputs(out)
+    if foreign:
+        names = ", ".join(p.name for p in foreign[:4]) + (" ..." if len(foreign) > 4 else "")
+        raise ForeignFileError(
+            f"--out {out} holds {names}, which svm-eval would replace and vggfeat did not "
+            "write (no vggfeat summary.json lists them). Choose another --out, or pass "
+            "--overwrite to replace them (e.g. the files of an interrupted svm-eval).")
 
 
 def _warn_low_variation(paths) -> None:

@@ -17,6 +17,7 @@ Files written to the output folder:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -294,6 +295,72 @@ def write_report(result: Result, out, settings: dict, inputs: list[dict],
     atomic.write_text(path, json.dumps(summary, indent=2, default=_jsonable) + "\n")
     files["summary"] = path
     return files
+
+
+# Every name svm-eval may write in its --out folder (this module's and the protocols').
+OUTPUT_PATTERNS = ("results.csv", "summary.json", "scores.csv", "pr_*.png", "recall.png",
+                   "confusion.png", "confusion.csv", "splits.csv", "comp1_cls_test_*.txt",
+                   "comp9_action_test_*.txt")
+
+
+# Present while svm-eval writes a folder (removed once summary.json is written): the
+# output-named files of a run that was killed or failed half-way are then known as ours.
+WRITING_MARKER = ".vggfeat-svm-eval-writing"
+WRITING_KIND = "vggfeat svm-eval outputs being written"
+
+
+def claim_outputs(out) -> None:
+    """Mark `out` as being written by svm-eval (call after `foreign_outputs` found none)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / WRITING_MARKER, json.dumps({"kind": WRITING_KIND}) + "\n")
+
+
+def release_outputs(out) -> None:
+    """The run finished: summary.json lists its files, the marker goes."""
+    (Path(out) / WRITING_MARKER).unlink(missing_ok=True)
+
+
+def unclaim_if_unused(out, made_folder: bool) -> None:
+    """A run that failed before writing any output: the marker goes (and the folder, if the
+    run made it); one that wrote some keeps it, so a rerun may replace them."""
+    out = Path(out)
+    if any(any(out.glob(pattern)) for pattern in OUTPUT_PATTERNS):
+        return
+    release_outputs(out)
+    if made_folder:
+        with contextlib.suppress(OSError):
+            out.rmdir()
+
+
+def _claimed(out: Path) -> bool:
+    try:
+        return json.loads((out / WRITING_MARKER).read_text()).get("kind") == WRITING_KIND
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def foreign_outputs(out) -> list[Path]:
+    """Files in `out` that svm-eval could replace but did not write itself.
+
+    Ours are the files that a vggfeat summary.json in `out` lists (its ``files``, which
+    include summary.json itself), and all output files of a run that stopped before its
+    summary.json (the folder still has `WRITING_MARKER`); any other existing file with an
+    output name is foreign.
+    """
+    out = Path(out)
+    if not out.is_dir() or _claimed(out):
+        return []
+    ours: set[str] = set()
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        summary = None
+    if isinstance(summary, dict) and isinstance(summary.get("files"), list) \
+            and "summary.json" in summary["files"]:
+        ours = {str(name) for name in summary["files"]}
+    return sorted(path for pattern in OUTPUT_PATTERNS for path in out.glob(pattern)
+                  if path.name not in ours)
 
 
 def _relative(path, out: Path) -> str:

@@ -113,6 +113,10 @@ DEFAULTS = {
 
 
 LOCK_NAME = "train.lock"  # held while a run writes its folder (vggfeat.locking)
+RUN_FILES = ("config.json", "log.jsonl", CHECKPOINT_NAME, "backbone.pth")
+# config.json of a run folder carries this key, so that a folder is known to be vggfeat's
+# before anything in it is replaced (a user's own config.json or log.jsonl never is).
+RUN_MARKER = "vggfeat"
 
 
 class TrainingError(ValueError):
@@ -470,8 +474,46 @@ def validate(model, loader, cfg, device, preprocessing):
 
 # -- the run --------------------------------------------------------------------------
 
+def is_run_config(path: Path) -> bool:
+    """Whether `path` is the config.json of a vggfeat run: it has the marker, or (written
+    before the marker) it lists every training option."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and (RUN_MARKER in config or set(DEFAULTS) <= set(config))
+
+
+def write_run_config(run_dir: Path, cfg: dict) -> None:
+    atomic.write_text(run_dir / "config.json",
+                      json.dumps({RUN_MARKER: "train-backbone run folder", **cfg}, indent=1) + "\n")
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse an existing, non-empty --out that is not a vggfeat run folder: the run would
+    replace its config.json, log.jsonl or backbone.pth. A run folder is one whose
+    config.json is vggfeat's or that holds a checkpoint (which `start_or_resume` checks);
+    our lock file and our temporary files do not count. Removes the stale temporary files
+    of a killed run in a run folder."""
+    try:
+        entries = [p for p in run_dir.iterdir()
+                   if p.name != LOCK_NAME and not atomic.TMP_NAME.match(p.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a file at --out: the lock or the first write names it
+    if entries and not (is_run_config(run_dir / "config.json")
+                        or (run_dir / CHECKPOINT_NAME).exists()):
+        names = ", ".join(sorted(p.name for p in entries)[:4])
+        raise atomic.ForeignFileError(
+            f"--out {run_dir} is a folder that vggfeat did not make (it holds {names}); "
+            "train-backbone would replace its config.json, log.jsonl and backbone.pth. Choose "
+            "another --out (a new or empty folder), or --resume with a vggfeat run folder.")
+    if D.is_main_process():
+        atomic.remove_stale_tmp(run_dir, RUN_FILES)
+
+
 def start_or_resume(cfg, run_dir, resume, force_resume):
     """The checkpoint to continue from (None for a fresh run), after the safety checks."""
+    check_run_folder(run_dir)
     path = run_dir / CHECKPOINT_NAME
     if not resume:
         if path.exists():
@@ -482,6 +524,10 @@ def start_or_resume(cfg, run_dir, resume, force_resume):
         raise TrainingError(f"--resume: no {CHECKPOINT_NAME} in {run_dir}; start without "
                             "--resume.")
     state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict):  # e.g. a user's own {"model", "epoch"}
+        raise atomic.ForeignFileError(f"--resume: {path} is not a vggfeat training "
+                                      "checkpoint (it has no run config); vggfeat will not "
+                                      "replace it. Choose another --out.")
     diffs = check_resumable(state["config"], cfg, path, force_resume)
     if diffs:
         warnings.warn(f"resuming {path} despite: {'; '.join(diffs)}", stacklevel=2)
@@ -532,6 +578,7 @@ def train(resume: bool = False, force_resume: bool = False, **options) -> dict:
 def _train(cfg, device, resume, force_resume):
     rank, world = D.rank(), D.world_size()
     run_dir = Path(cfg["out"])
+    check_run_folder(run_dir)  # before any work; start_or_resume checks again
     loader, val = build_data(cfg, rank, world, pin_memory=device.type == "cuda")
     state = start_or_resume(cfg, run_dir, resume, force_resume)
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
@@ -570,7 +617,7 @@ def _train(cfg, device, resume, force_resume):
     log_path = run_dir / "log.jsonl"
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(run_dir / "config.json", json.dumps(cfg, indent=1) + "\n")
+        write_run_config(run_dir, cfg)
         rewrite_log(log_path, start_epoch)
     writer = open_tensorboard(cfg, run_dir)
     bad = BadImageCounter(cfg["max_bad_fraction"], device)
