@@ -63,15 +63,17 @@ def test_train_refuses_a_folder_it_did_not_make(tmp_path, names):
     assert snapshot(out) == before  # nothing replaced, no lock file left
 
 
-def test_train_resume_refuses_a_users_checkpoint(tmp_path):
+@pytest.mark.parametrize("state", [{}, {"config": {"lr": 0.1}}])
+def test_train_resume_refuses_a_users_checkpoint(tmp_path, state):
     out = tmp_path / "mine"
     out.mkdir()
-    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 1}, out / "checkpoint.pth")
+    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 1, **state}, out / "checkpoint.pth")
     (out / "config.json").write_text('{"lr": 0.1}\n')
     before = snapshot(out)
-    result = train(out, "--epochs", "2", "--resume")
-    assert result.exit_code == 2, result.output
-    assert "not a vggfeat" in result.output and snapshot(out) == before
+    for force in ([], ["--force-resume"]):
+        result = train(out, "--epochs", "2", "--resume", *force)
+        assert result.exit_code == 2, result.output
+        assert "not a vggfeat" in result.output and snapshot(out) == before
 
 
 def test_train_own_folder_empty_folder_and_resume_still_work(tmp_path):

@@ -41,6 +41,7 @@ from vggfeat.training.augment import (
 )
 from vggfeat.training.checkpoint import (
     CHECKPOINT_NAME,
+    IDENTITY_KEYS,
     apply_optimizer_options,
     check_resumable,
     load_checkpoint,
@@ -474,14 +475,18 @@ def validate(model, loader, cfg, device, preprocessing):
 
 # -- the run --------------------------------------------------------------------------
 
-def is_run_config(path: Path) -> bool:
-    """Whether `path` is the config.json of a vggfeat run: it has the marker, or (written
-    before the marker) it lists every training option."""
+def is_run_config(config) -> bool:
+    """Whether `config` (a run's config.json or a checkpoint's config) is vggfeat's: it has
+    the marker or (written before the marker) all of a run's identity entries."""
+    return isinstance(config, dict) and (RUN_MARKER in config
+                                         or set(IDENTITY_KEYS) <= set(config))
+
+
+def _read_json(path: Path):
     try:
-        config = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(config, dict) and (RUN_MARKER in config or set(DEFAULTS) <= set(config))
+        return None
 
 
 def write_run_config(run_dir: Path, cfg: dict) -> None:
@@ -500,7 +505,7 @@ def check_run_folder(run_dir: Path) -> None:
                    if p.name != LOCK_NAME and not atomic.TMP_NAME.match(p.name)]
     except (FileNotFoundError, NotADirectoryError):
         return  # a file at --out: the lock or the first write names it
-    if entries and not (is_run_config(run_dir / "config.json")
+    if entries and not (is_run_config(_read_json(run_dir / "config.json"))
                         or (run_dir / CHECKPOINT_NAME).exists()):
         names = ", ".join(sorted(p.name for p in entries)[:4])
         raise atomic.ForeignFileError(
@@ -524,9 +529,9 @@ def start_or_resume(cfg, run_dir, resume, force_resume):
         raise TrainingError(f"--resume: no {CHECKPOINT_NAME} in {run_dir}; start without "
                             "--resume.")
     state = load_checkpoint(path)
-    if not isinstance(state.get("config"), dict):  # e.g. a user's own {"model", "epoch"}
+    if not is_run_config(state.get("config")):  # e.g. a user's own {"model", "epoch"}
         raise atomic.ForeignFileError(f"--resume: {path} is not a vggfeat training "
-                                      "checkpoint (it has no run config); vggfeat will not "
+                                      "checkpoint (no vggfeat run config); vggfeat will not "
                                       "replace it. Choose another --out.")
     diffs = check_resumable(state["config"], cfg, path, force_resume)
     if diffs:
