@@ -105,4 +105,4 @@ def test_convert_caffe_command(tmp_path):
     assert "vgg19" in result.output and "BGR" in result.output and "ceil" in result.output
     assert load_backbone(tmp_path / "e.pth").meta["arch"] == "vgg19"
     bad = CliRunner().invoke(cli, ["convert-caffe", str(tmp_path / "e.pth"), str(tmp_path / "x")])
-    assert bad.exit_code == 1 and "Error:" in bad.output and "e.pth" in bad.output
+    assert bad.exit_code == 2 and "Error:" in bad.output and "e.pth" in bad.output

@@ -105,7 +105,7 @@ def test_resume_refuses_another_configuration(data, tmp_path):
     assert train(data, tmp_path / "run", "--epochs", "1").exit_code == 0
     # Another architecture.
     result = train(data, tmp_path / "run", "--epochs", "2", "--resume", "--arch", "B")
-    assert result.exit_code == 1 and "--force-resume" in result.output
+    assert result.exit_code == 2 and "--force-resume" in result.output
     assert "arch: 'vgg11' saved vs 'vgg13' now" in result.output
     # Another dataset (one image more).
     changed = tmp_path / "changed"
@@ -113,7 +113,7 @@ def test_resume_refuses_another_configuration(data, tmp_path):
     first = sorted((changed / "train" / "red_disc").iterdir())[0]
     shutil.copy(first, first.with_name("extra.jpg"))
     result = train(changed, tmp_path / "run", "--epochs", "2", "--resume")
-    assert result.exit_code == 1 and "train_digest" in result.output
+    assert result.exit_code == 2 and "train_digest" in result.output
     # Nothing was overwritten by the refused attempts.
     assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["epoch"] == 1
     # Asked for explicitly, it continues.
@@ -126,9 +126,9 @@ def test_resume_refuses_another_configuration(data, tmp_path):
 def test_existing_run_is_not_overwritten_without_resume(data, tmp_path):
     assert train(data, tmp_path / "run", "--epochs", "1").exit_code == 0
     result = train(data, tmp_path / "run", "--epochs", "1")
-    assert result.exit_code == 1 and "pass --resume" in result.output
+    assert result.exit_code == 2 and "pass --resume" in result.output
     result = train(data, tmp_path / "new", "--epochs", "1", "--resume")
-    assert result.exit_code == 1 and "start without --resume" in result.output
+    assert result.exit_code == 2 and "start without --resume" in result.output
 
 
 def run(data, out, *extra):
@@ -143,7 +143,7 @@ def test_resume_with_other_optimizer_options_refuses_or_applies_them(data, tmp_p
     assert run(data, out, "--epochs", "1", "--lr", "0.005").exit_code == 0
     changed = ["--lr", "0.001", "--momentum", "0.5", "--weight-decay", "0"]
     refused = run(data, out, "--epochs", "2", "--resume", *changed)
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2
     for text in ("lr: 0.005 saved vs 0.001 now", "momentum: 0.9 saved vs 0.5 now",
                  "weight_decay: 0.0005 saved vs 0.0 now", "--force-resume"):
         assert text in refused.output, refused.output

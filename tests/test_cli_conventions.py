@@ -239,7 +239,7 @@ def test_training_commands_print_the_result_on_stdout(workspace, tiny_weights, t
                         "--device", "cpu")
     assert_separated(evaluated, "top-1")
     refused = run("export-torchvision", tiny_weights, tmp_path / "tv.pth")  # a narrow net
-    assert refused.exit_code == 1 and refused.stdout == "" and "torchvision" in refused.stderr
+    assert refused.exit_code == 2 and refused.stdout == "" and "torchvision" in refused.stderr
 
 
 def test_make_digits_prints_what_it_wrote_on_stdout(tmp_path):

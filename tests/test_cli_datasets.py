@@ -34,7 +34,7 @@ def test_existing_output_is_a_clear_error_then_overwrite_works(tmp_path):
     out = tmp_path / "digits"
     assert run("datasets", "make-digits", str(out), "--per-class", "2", "-q").exit_code == 0
     again = run("datasets", "make-digits", str(out), "--per-class", "2")
-    assert again.exit_code == 1
+    assert again.exit_code == 2
     assert "--overwrite" in again.output and str(out) in again.output
     done = run("datasets", "make-digits", str(out), "--per-class", "3", "--overwrite", "-q")
     assert done.exit_code == 0 and done.output == ""
@@ -43,7 +43,7 @@ def test_existing_output_is_a_clear_error_then_overwrite_works(tmp_path):
 
 def test_bad_digits_are_a_usage_error_naming_the_fix(tmp_path):
     result = run("datasets", "make-digits", str(tmp_path / "d"), "--backbone-digits", "0-5")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "overlap" in result.output
     result = run("datasets", "make-digits", str(tmp_path / "d"), "--split", "thirds")
     assert result.exit_code == 2

@@ -94,7 +94,7 @@ def test_config_mismatch_refused_unless_overwrite(folder, tiny_weights, tmp_path
               *TINY, "--quiet"]
     assert extract(*common).exit_code == 0
     refused = extract(*common, "--layer", "fc6")
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2
     assert "layer: file has 'fc7', this run 'fc6'" in refused.stderr and "--overwrite" in \
         refused.stderr
     assert extract(*common, "--layer", "fc6", "--overwrite").exit_code == 0
@@ -105,7 +105,7 @@ def test_config_mismatch_refused_unless_overwrite(folder, tiny_weights, tmp_path
 def test_user_errors_are_messages(tmp_path, tiny_weights):
     missing = extract("--dataset", "folder", "--root", tmp_path / "nowhere", "--weights",
                       tiny_weights)
-    assert missing.exit_code == 1 and "nowhere" in missing.stderr
+    assert missing.exit_code == 2 and "nowhere" in missing.stderr
     (tmp_path / "d" / "a").mkdir(parents=True)
     scales = extract("--dataset", "folder", "--root", tmp_path / "d", "--weights", tiny_weights,
                      "--scales", "64,x")

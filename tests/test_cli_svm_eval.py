@@ -79,7 +79,7 @@ def test_nan_descriptors_fail_before_fitting(voc, tmp_path):
     path = write_feature_cache(tmp_path / "nan.h5", dataset="voc2007", root=data.root, ids=ids,
                                descriptors=bad)
     result = _invoke(path, "--out", tmp_path / "out", *FAST)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "nan.h5" in result.output and "NaN or Inf" in result.output and ids[4] in result.output
     assert not (tmp_path / "out").exists()
 
@@ -89,11 +89,11 @@ def test_caches_of_different_datasets_or_images_are_refused(voc, tmp_path):
     other = write_feature_cache(tmp_path / "other.h5", dataset="voc2007", root=tmp_path,
                                 ids=ids, descriptors=x)
     result = _invoke(d, other, "--out", tmp_path / "o", *FAST)
-    assert result.exit_code == 1 and "other.h5" in result.output and "same images" in result.output
+    assert result.exit_code == 2 and "other.h5" in result.output and "same images" in result.output
     fewer = write_feature_cache(tmp_path / "fewer.h5", dataset="voc2007", root=data.root,
                                 ids=ids[1:], descriptors=x[1:])
     result = _invoke(d, fewer, "--out", tmp_path / "o", *FAST)
-    assert result.exit_code == 1 and "different images" in result.output
+    assert result.exit_code == 2 and "different images" in result.output
 
 
 def test_images_without_descriptor_are_left_out_and_named(voc, tmp_path):
@@ -121,7 +121,7 @@ def test_images_without_descriptor_are_left_out_and_named(voc, tmp_path):
         assert _invoke(path, "--out", tmp_path / "o", *FAST).exit_code == 0
     with pytest.warns(UserWarning):
         strict = _invoke(path, "--out", tmp_path / "s", "--strict", *FAST)
-    assert strict.exit_code == 1
+    assert strict.exit_code == 2
     assert ids[3] in strict.output and "vggfeat extract" in strict.output
     assert "without --strict" in strict.output
 
@@ -135,13 +135,13 @@ def test_class_without_positive_and_moved_dataset(tmp_path):
     main = data.root / "VOCdevkit/VOC2007/ImageSets/Main"
     (main / "bus_trainval.txt").write_text("".join(f"{i} -1\n" for i in data.ids["trainval"]))
     result = _invoke(path, "--out", tmp_path / "o", *FAST)
-    assert result.exit_code == 1 and "bus have no positive training example" in result.output
+    assert result.exit_code == 2 and "bus have no positive training example" in result.output
     moved = tmp_path / "moved"
     data.root.rename(moved)
     result = _invoke(path, "--out", tmp_path / "o", *FAST)
-    assert result.exit_code == 1 and "--root" in result.output
+    assert result.exit_code == 2 and "--root" in result.output
     result = _invoke(path, "--root", moved, "--out", tmp_path / "o", *FAST)
-    assert result.exit_code == 1 and "bus have no positive" in result.output  # found again
+    assert result.exit_code == 2 and "bus have no positive" in result.output  # found again
 
 
 def test_caltech_splits_file_repeats_a_run(tmp_path):
@@ -172,12 +172,12 @@ def test_bad_options_are_refused(voc, tmp_path):
     result = _invoke(d, "--splits-file", tmp_path / "results.csv")
     assert result.exit_code == 2 and "not a splits file" in result.output
     result = _invoke(d, "--cv", "50", "--out", tmp_path / "cv", *FAST)
-    assert result.exit_code == 1 and "--cv 50" in result.output and "too few" in result.output
+    assert result.exit_code == 2 and "--cv 50" in result.output and "too few" in result.output
     assert not (tmp_path / "cv").exists()
     result = _invoke(tmp_path / "nope.h5")
-    assert result.exit_code == 1 and "nope.h5" in result.output
+    assert result.exit_code == 2 and "nope.h5" in result.output
     assert "vggfeat extract" in result.output
     with h5py.File(tmp_path / "plain.h5", "w") as f:
         f["x"] = [1]
     result = _invoke(tmp_path / "plain.h5")
-    assert result.exit_code == 1 and "not a vggfeat feature cache" in result.output
+    assert result.exit_code == 2 and "not a vggfeat feature cache" in result.output

@@ -41,7 +41,7 @@ def test_empty_class_folder_is_an_error_at_start(data, tmp_path):
     (data / "val" / "purple_star" / "a.jpg").write_bytes(
         (next((data / "val" / "red_disc").iterdir())).read_bytes())
     result = train(data, tmp_path / "run", "--epochs", "1")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "without images" in result.output and "purple_star" in result.output
     assert not (tmp_path / "run").exists()  # nothing was started
 
@@ -49,7 +49,7 @@ def test_empty_class_folder_is_an_error_at_start(data, tmp_path):
 def test_mismatched_train_val_classes_is_an_error_at_start(data, tmp_path):
     shutil.rmtree(data / "val" / "red_disc")
     result = train(data, tmp_path / "run", "--epochs", "1")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "only in train: ['red_disc']" in result.output
 
 
@@ -68,7 +68,7 @@ def test_too_many_unreadable_images_abort(data, tmp_path):
     for i in range(6):
         (data / "train" / "red_disc" / f"broken{i}.jpg").write_bytes(b"garbage")
     result = train(data, tmp_path / "run", "--epochs", "1", "--max-bad-fraction", "0.01")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "could not be decoded" in result.output and "broken" in result.output
     assert "--max-bad-fraction" in result.output
 
@@ -95,7 +95,7 @@ def test_eval_backbone_rejects_unsafe_weights(data, tmp_path):
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pth")
     result = run_cli(["eval-backbone", "--data", data, "--weights", tmp_path / "pickled.pth",
                       "--device", "cpu", "--quiet"])
-    assert result.exit_code == 1 and "pickled.pth" in result.output
+    assert result.exit_code == 2 and "pickled.pth" in result.output
 
 
 def test_uneven_width_round_trips_through_every_command(data, tmp_path):

@@ -81,7 +81,7 @@ def test_table_shows_each_run_as_its_folder_says(runs, tmp_path):
 def test_refuses_to_replace_its_files_without_overwrite(runs, tmp_path):
     assert run(*runs, "--out", tmp_path).exit_code == 0
     again = run(*runs, "--out", tmp_path)
-    assert again.exit_code == 1 and "--overwrite" in again.stderr
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
     assert run(*runs, "--out", tmp_path, "--overwrite").exit_code == 0
 
 
@@ -100,5 +100,5 @@ def test_warns_when_runs_are_not_comparable(runs, tmp_path):
 
 def test_a_folder_without_results_is_one_clear_line(tmp_path):
     result = run(tmp_path)
-    assert result.exit_code == 1 and "no summary.json" in result.stderr
+    assert result.exit_code == 2 and "no summary.json" in result.stderr
     assert "Traceback" not in result.output

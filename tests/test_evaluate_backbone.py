@@ -194,4 +194,4 @@ def test_cli_scale_below_crop_is_a_clear_error(setup):
     root, paths, *_ = setup
     result = run_cli(["eval-backbone", "--data", root / "val", "--weights", paths[0],
                       "--scales", "32", "--workers", "0", "--quiet", "--device", "cpu"])
-    assert result.exit_code == 1 and "at least 64" in result.output
+    assert result.exit_code == 2 and "at least 64" in result.output

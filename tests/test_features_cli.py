@@ -95,12 +95,12 @@ def test_info_names_failed_images(cache_file, tmp_path):
 
 def test_info_of_a_missing_or_foreign_file_is_one_line(tmp_path):
     missing = run("features", "info", tmp_path / "nowhere.h5")
-    assert missing.exit_code == 1 and "vggfeat extract" in missing.stderr
+    assert missing.exit_code == 2 and "vggfeat extract" in missing.stderr
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
         f["x"] = np.zeros(3)
     foreign = run("features", "info", other)
-    assert foreign.exit_code == 1 and "not a vggfeat feature cache" in foreign.stderr
+    assert foreign.exit_code == 2 and "not a vggfeat feature cache" in foreign.stderr
     assert "Traceback" not in foreign.output
 
 
@@ -131,7 +131,7 @@ def test_export_raw_and_default_name_and_no_silent_overwrite(cache_file, tmp_pat
     _, raw = load_features(cache, "avg", l2=False)
     np.testing.assert_array_equal(np.load(default), raw)
     again = run("features", "export", cache, "--to", "npy")
-    assert again.exit_code == 1 and "--overwrite" in again.stderr
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
     assert run("features", "export", cache, "--to", "npy", "--overwrite").exit_code == 0
 
 
@@ -145,11 +145,11 @@ def test_export_parquet(cache_file, tmp_path):
         assert table["id"].tolist() == ids
         np.testing.assert_array_equal(table.drop(columns="id").to_numpy(), x)
     else:  # the message says how to get it, and nothing is written
-        assert result.exit_code == 1 and "pip install pyarrow" in result.stderr
+        assert result.exit_code == 2 and "pip install pyarrow" in result.stderr
         assert not out.exists()
 
 
 def test_export_boxes_of_a_cache_without_boxes(cache_file, tmp_path):
     result = run("features", "export", cache_file, "--to", "npy", "--boxes",
                  "--out", tmp_path / "b.npy")
-    assert result.exit_code == 1 and "no person boxes" in result.stderr
+    assert result.exit_code == 2 and "no person boxes" in result.stderr

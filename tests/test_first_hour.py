@@ -187,7 +187,7 @@ def test_api_cache_without_labels_is_refused_clearly_by_svm_eval_and_doctor(data
     extract_to_cache(paths, out, weights=tiny_weights, scales=(64,), device="cpu",
                      progress=False)
     result = invoke("svm-eval", out, "--out", tmp_path / "res")
-    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
     assert "without labels" in result.stderr and "labels=" in result.stderr
     check = check_cache(out)
     assert check.status == FAIL and "without labels" in check.detail
@@ -244,7 +244,7 @@ def test_svm_eval_refuses_other_options_in_an_existing_folder(data, tiny_weights
     assert invoke("svm-eval", features, "--out", res, "--C", "1", "-q").exit_code == 0
     before = (res / "summary.json").read_text()
     refused = invoke("svm-eval", features, "--out", res, "--C", "10", "-q")
-    assert refused.exit_code == 1 and "other options" in refused.stderr
+    assert refused.exit_code == 2 and "other options" in refused.stderr
     assert "C: folder has [1.0], this run [10.0]" in refused.stderr
     assert (res / "summary.json").read_text() == before  # nothing replaced
     assert invoke("svm-eval", features, "--out", res, "--C", "1").exit_code == 0  # same: fine
@@ -277,7 +277,7 @@ def test_interrupted_extraction_is_described_the_same_way_everywhere(data, tiny_
     messages = [check_cache(out).detail, check_cache(partial).detail]
     for target in (out, partial):
         result = invoke("svm-eval", target, "--out", tmp_path / "res")
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         messages.append(result.stderr)
     for message in messages:
         assert "unfinished" in message and expected in message

@@ -293,16 +293,16 @@ def test_command_line_errors(small, tmp_path):
     csv, cls = small
     result = run_cli(["train-backbone", "--task", "localisation", "--root", csv,
                       "--out", tmp_path / "x", "--workers", "0"])
-    assert result.exit_code == 1 and "--finetune-from" in result.output
+    assert result.exit_code == 2 and "--finetune-from" in result.output
     result = run_cli(["eval-localisation", "--root", csv, "--weights", cls, "--workers", "0"])
-    assert result.exit_code == 1 and "not a localisation net" in result.output
+    assert result.exit_code == 2 and "not a localisation net" in result.output
     loc = constant_box_net(tmp_path / "loc.pth", [0.5, 0.5, 0.5, 0.5])
     result = run_cli(["eval-localisation", "--root", csv, "--weights", loc, "--protocol",
                       "dense", "--workers", "0"])
-    assert result.exit_code == 1 and "--classifier" in result.output
+    assert result.exit_code == 2 and "--classifier" in result.output
     result = run_cli(["eval-localisation", "--root", tmp_path, "--weights", loc, "--protocol",
                       "center"])
-    assert result.exit_code == 1 and "ILSVRC" in result.output
+    assert result.exit_code == 2 and "ILSVRC" in result.output
 
 
 def test_help():

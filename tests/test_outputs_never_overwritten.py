@@ -83,7 +83,7 @@ def test_train_own_folder_empty_folder_and_resume_still_work(tmp_path):
     config = json.loads((empty / "config.json").read_text())
     assert config["vggfeat"] and config["epochs"] == 1
     again = train(empty, "--epochs", "1")  # a finished run: the old refusal, unchanged
-    assert again.exit_code == 1 and "already holds a run" in again.output
+    assert again.exit_code == 2 and "already holds a run" in again.output
     result = train(empty, "--epochs", "2", "--resume")
     assert result.exit_code == 0, result.output
     assert [json.loads(x)["epoch"] for x in (empty / "log.jsonl").read_text().splitlines()] \

@@ -125,7 +125,7 @@ def test_init_from_with_another_width_is_a_clear_error(tmp_path):
     result = run_cli(["train-backbone", "--data", root, "--out", tmp_path / "D", *TINY_OPTIONS,
                       "--arch", "D", "--width", "0.25", "--epochs", "0", "--batch-size", "4",
                       "--init-from", tmp_path / "A"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "does not fit" in result.output and "width" in result.output
 
 
@@ -140,7 +140,7 @@ def test_finetune_from_starts_from_the_trained_net(learned_run, tmp_path):
     result = run_cli(["train-backbone", "--data", root, "--out", tmp_path / "ft2", *TINY_OPTIONS,
                       "--arch", "B", "--epochs", "0", "--batch-size", "8",
                       "--finetune-from", out])
-    assert result.exit_code == 1 and "another configuration" in result.output
+    assert result.exit_code == 2 and "another configuration" in result.output
 
 
 def test_preprocessing_options_are_recorded(tmp_path):
@@ -177,7 +177,7 @@ def test_preprocessing_options_are_recorded(tmp_path):
     # torchvision's [0, 1] numbers with the paper's 0..255 pixels: refused, with the fix.
     bad = run_cli(["train-backbone", "--data", root, "--out", tmp_path / "bad", *TINY_OPTIONS,
                    "--epochs", "0", "--batch-size", "4", "--mean", "0.485,0.456,0.406"])
-    assert bad.exit_code == 1 and "--preprocessing torchvision" in bad.output
+    assert bad.exit_code == 2 and "--preprocessing torchvision" in bad.output
     assert not (tmp_path / "bad").exists()
 
 

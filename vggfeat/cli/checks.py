@@ -90,3 +90,24 @@ def require_device(device: str, option: str = "--device") -> None:
     check = check_device(device)
     if check.failed:
         raise click.BadParameter(f"{check.detail}. Fix: {check.fix}.", param_hint=option)
+
+
+class InputError(click.ClickException):
+    """A bad file, folder or option found by the library: one line, exit status 2.
+
+    click's own ClickException exits 1 ("failed"); vggfeat documents 2 for bad input, so
+    every command turns the library's input errors into this one.
+    """
+
+    exit_code = 2
+
+
+def input_error(error: BaseException) -> click.ClickException:
+    """The CLI exception for a caught library error: exit 2, or the error's own exit_code.
+
+    A run that failed rather than being refused (e.g. a diverged training run) carries
+    `exit_code = 1` on its exception class.
+    """
+    failure = InputError(str(error))
+    failure.exit_code = getattr(error, "exit_code", InputError.exit_code)
+    return failure

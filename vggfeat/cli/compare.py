@@ -3,6 +3,7 @@ from pathlib import Path
 
 import click
 
+from vggfeat.cli.checks import InputError, input_error
 from vggfeat.cli.options import StrictCommand
 
 
@@ -39,7 +40,7 @@ def compare(results, out, per_class, overwrite):
     try:
         runs = load_runs(results)
     except CompareError as error:
-        raise click.ClickException(str(error)) from None
+        raise input_error(error) from None
     for warning in comparability_warnings(runs):
         click.echo(warning, err=True)
     click.echo(format_comparison(runs, per_class=per_class))
@@ -48,7 +49,7 @@ def compare(results, out, per_class, overwrite):
     targets = [out / "compare.csv", out / "compare.png"]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
-        raise click.ClickException(f"{', '.join(existing)} exists; choose another --out, or "
+        raise InputError(f"{', '.join(existing)} exists; choose another --out, or "
                                    "--overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
     click.echo(write_comparison_csv(runs, targets[0]))

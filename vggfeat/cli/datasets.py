@@ -3,6 +3,7 @@ from pathlib import Path
 
 import click
 
+from vggfeat.cli.checks import input_error
 from vggfeat.cli.options import StrictGroup
 
 
@@ -68,7 +69,7 @@ def make_digits(out_dir, split, size, fmt, backbone_digits, transfer_digits, dig
                               digits=digits, val_fraction=val_fraction, per_class=per_class,
                               seed=seed, clutter=clutter, overwrite=overwrite)
     except ValueError as error:
-        raise click.ClickException(str(error)) from None
+        raise input_error(error) from None
     if quiet:
         return
     for folder, counts in layout.counts.items():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from vggfeat.cli.checks import input_error
 from vggfeat.cli.options import (
     StrictCommand,
     cpu_count,
@@ -130,7 +131,7 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
         reader = open_dataset(dataset, root, **reader_options)
         images, boxes = reader.images(), reader.boxes()
     except (DatasetLayoutError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+        raise input_error(error) from None
     out = out or default_out(dataset, weights, layer)
     from vggfeat.cli.checks import require_device
 
@@ -152,9 +153,7 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
             root=reader.root, reader_options=reader.options, progress=not quiet,
             log=lambda message: click.echo(message, err=True))
     except (WeightsError, CacheError, ValueError) as error:
-        failure = click.ClickException(str(error))
-        failure.exit_code = getattr(error, "exit_code", 1)  # 2: an --out it will not replace
-        raise failure from None
+        raise input_error(error) from None
     from vggfeat import distributed
 
     if distributed.rank() == 0:  # bad images are warnings (stderr); the file is the result

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from vggfeat.cli.checks import input_error
 from vggfeat.cli.options import StrictGroup
 
 
@@ -36,7 +37,7 @@ def info(cache_file, as_json):
     try:
         summary = cache_summary(cache_file)
     except ExportError as error:
-        raise click.ClickException(str(error)) from None
+        raise input_error(error) from None
     click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
 
 
@@ -79,7 +80,7 @@ def export(cache_file, fmt, aggregate, l2, boxes, out, overwrite):
         written = export_features(cache_file, out, fmt, aggregate=aggregate, l2=l2,
                                   boxes=boxes, overwrite=overwrite)
     except ExportError as error:
-        raise click.ClickException(str(error)) from None
+        raise input_error(error) from None
     if not summary["complete"]:
         images = summary["groups"]["images"]
         click.echo(f"warning: {summary['path']} is unfinished: exported the {images['done']} "

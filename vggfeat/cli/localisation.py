@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from vggfeat.cli.checks import input_error
 from vggfeat.cli.options import (
     StrictCommand,
     default_workers,
@@ -127,7 +128,7 @@ def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshol
                                           scales, device, workers, quiet, limit,
                                           iou_threshold, merge_threshold, net_scales)
     except (WeightsError, LocalisationEvalError, LocalisationDataError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+        raise input_error(error) from None
     if bad:
         click.echo(f"skipped {len(bad)} unreadable images, e.g. {bad[:3]}", err=True)
     click.echo(format_table(rows))

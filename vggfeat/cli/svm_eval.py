@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from vggfeat.cli.checks import InputError, input_error, require_device
 from vggfeat.cli.options import StrictCommand, device_option, quiet_option
 
 
@@ -116,7 +117,6 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
         vggfeat svm-eval caltech101-vgg16-fc7.h5 caltech101-vgg19-fc7.h5 --C 0.1,1,10
     """
     from vggfeat import atomic, diagnostics
-    from vggfeat.cli.checks import require_device
     from vggfeat.data.readers import DatasetLayoutError
     from vggfeat.evaluation import inputs, protocols, report
 
@@ -129,7 +129,7 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
     out = out or Path(f"{features[0].stem}-svm")
     problems = [diagnostics.evaluation_problem(p) for p in features]
     if any(problems):  # unfinished, or written by the API without labels
-        raise click.ClickException(next(p for p in problems if p))
+        raise InputError(next(p for p in problems if p))
     try:
         infos = [inputs.read_cache_info(p) for p in features]
         inputs.check_same_dataset(infos)
@@ -156,7 +156,7 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
             report.unclaim_if_unused(out, made_folder)  # a refused run leaves no trace
             raise
     except (inputs.EvaluationInputError, DatasetLayoutError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise input_error(exc) from None
     for warning in (diagnostics.grid_edge_warning(result.chosen_C, settings.C),
                     diagnostics.chance_warning(result.headline, result.rows,
                                                len(result.classes))):
@@ -221,7 +221,7 @@ def _check_out(out: Path, recorded: dict, sources: list[dict]) -> None:
     if old.get("inputs") != new["inputs"]:
         diffs.append("the input caches differ")
     if diffs:
-        raise click.ClickException(
+        raise InputError(
             f"{out} holds results made with other options ({'; '.join(diffs[:4])}); use "
             "another --out, or --overwrite to replace them")
 

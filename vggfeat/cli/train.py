@@ -4,7 +4,14 @@ from pathlib import Path
 
 import click
 
-from vggfeat.cli.checks import CropSize, FiniteFloat, Width, require_device, three_numbers
+from vggfeat.cli.checks import (
+    CropSize,
+    FiniteFloat,
+    Width,
+    input_error,
+    require_device,
+    three_numbers,
+)
 from vggfeat.cli.options import (
     StrictCommand,
     default_workers,
@@ -160,7 +167,7 @@ def train_backbone(**opts):
     try:
         result = train(resume=resume, force_resume=force, **opts)
     except (TrainingError, TrainingDataError, CheckpointError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+        raise input_error(error) from None
     if result.get("epoch"):  # the result: on stdout, even with --quiet
         click.echo(f"backbone: {result['backbone']}")
 
@@ -209,7 +216,7 @@ def eval_backbone(data, weights, scales, method, device, workers, limit, json_ou
     try:
         rows, pred = evaluate_backbones(paths, data, scales, method, device, workers, quiet, limit)
     except (WeightsError, EvaluationError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+        raise input_error(error) from None
     if pred.bad:
         click.echo(f"skipped {len(pred.bad)} unreadable images, e.g. {pred.bad[:3]}", err=True)
     click.echo(format_table(rows))

@@ -1,6 +1,8 @@
 """Weight-file commands: `convert-caffe` and `export-torchvision`."""
 import click
 
+from vggfeat.cli.checks import input_error
+
 
 class _ArchChoice(click.Choice):
     """The architecture names, read from vggfeat.models (torch) only when first needed, so
@@ -45,7 +47,7 @@ def convert_caffe(caffemodel, out, arch):
     try:
         model = convert(caffemodel, out, arch)
     except WeightsError as error:
-        raise click.ClickException(str(error)) from None
+        raise input_error(error) from None
     click.echo(f"wrote {out}: {model.meta['arch']}, preprocessing "
                f"{model.meta['preprocessing']['channel_order']} mean "
                f"{model.meta['preprocessing']['mean']}, pooling rounded "
@@ -68,5 +70,5 @@ def export_torchvision(weights, out):
     try:
         export(load_backbone(weights), out)
     except (WeightsError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+        raise input_error(error) from None
     click.echo(f"wrote {out}")

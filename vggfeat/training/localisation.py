@@ -38,6 +38,7 @@ from vggfeat.training.checkpoint import CHECKPOINT_NAME, save_checkpoint, set_rn
 from vggfeat.training.data import DECODE_ERRORS, open_rgb, train_loader, val_loader
 from vggfeat.training.trainer import (
     BadImageCounter,
+    TrainingDiverged,
     TrainingError,
     autocast_for,
     checkpoint_state,
@@ -400,7 +401,7 @@ def _train(cfg, device, resume, force_resume):
                   "bad_images": bad.total_bad - bad_before,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if not math.isfinite(stats["train_loss"]):
-            raise TrainingError(f"the loss diverged in epoch {epoch + 1} (NaN/Inf); lower --lr; "
+            raise TrainingDiverged(f"the loss diverged in epoch {epoch + 1} (NaN/Inf); lower --lr; "
                                 "the last good checkpoint (if any) is kept.")
         if main:
             with open(log_path, "a") as log:

@@ -124,6 +124,12 @@ class TrainingError(ValueError):
     """A run cannot start or continue as asked; the message says how to fix it."""
 
 
+class TrainingDiverged(TrainingError):
+    """The run itself failed (NaN/Inf loss): exit status 1, not a bad-input 2."""
+
+    exit_code = 1
+
+
 def make_config(**options) -> dict:
     """DEFAULTS updated by options; unknown names are an error."""
     unknown = set(options) - set(DEFAULTS)
@@ -641,7 +647,7 @@ def _train(cfg, device, resume, force_resume):
                   "bad_images": bad.total_bad - bad_before,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if not math.isfinite(stats["train_loss"]):  # before saving: keep the last good one
-            raise TrainingError(f"the loss diverged in epoch {epoch + 1} (NaN/Inf); lower --lr "
+            raise TrainingDiverged(f"the loss diverged in epoch {epoch + 1} (NaN/Inf); lower --lr "
                                 "or use --init xavier / --init-from for deep nets; the last "
                                 "good checkpoint (if any) is kept.")
         if main:
