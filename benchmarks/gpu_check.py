@@ -54,7 +54,7 @@ FULL = {"arch": "vgg16", "width": 1.0, "crop": 224, "scales": (256, 384, 512),
         "train_steps": 30, "svm": (64, 4096), "svm_liblinear": (32, 2048)}
 TINY = {"arch": "vgg11", "width": 0.125, "crop": 64, "scales": (64, 96),
         "images": 8, "size": (80, 60), "batch": 4, "train_batch": 8,
-        "train_steps": 3, "svm": (6, 96), "svm_liblinear": (4, 64)}
+        "train_steps": 3, "svm": (6, 96), "svm_liblinear": (4, 256)}
 
 
 def parse_args(argv=None):
