@@ -16,7 +16,6 @@ exact --resume, log.jsonl and backbone.pth.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 import time
@@ -34,7 +33,7 @@ from vggfeat.localisation.data import LocImages, read_localisation
 from vggfeat.models import save_backbone
 from vggfeat.progress import progress_bar
 from vggfeat.training.augment import pca_shift, rescale, sample_generator, to_uint8_tensor
-from vggfeat.training.checkpoint import CHECKPOINT_NAME, save_checkpoint, set_rng_state
+from vggfeat.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from vggfeat.training.data import DECODE_ERRORS, open_rgb, train_loader, val_loader
 from vggfeat.training.trainer import (
     BadImageCounter,
@@ -44,9 +43,11 @@ from vggfeat.training.trainer import (
     checkpoint_state,
     load_run_model,
     make_config,
+    open_run_dir,
     open_tensorboard,
     prepare_batch,
-    rewrite_log,
+    restore_state,
+    save_epoch,
     seed_everything,
     start_or_resume,
     train_step,
@@ -370,21 +371,13 @@ def _train(cfg, device, resume, force_resume):
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"] == "fp16")
     start_epoch, step = 0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, step = state["epoch"], state["step"]
-        set_rng_state(state["rng"])
+        start_epoch, step = restore_state(state, model, optimizer, scheduler, scaler, cfg)
     train_model = D.wrap_ddp(model, device)
     if cfg["compile"]:
         train_model = torch.compile(train_model)
     main = D.is_main_process()
-    log_path = run_dir / "log.jsonl"
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
-        rewrite_log(log_path, start_epoch)
+        open_run_dir(run_dir, cfg, start_epoch)
     writer = open_tensorboard(cfg, run_dir)
     bad = BadImageCounter(cfg["max_bad_fraction"], device)
     record = {}
@@ -404,14 +397,7 @@ def _train(cfg, device, resume, force_resume):
             raise TrainingDiverged(f"the loss diverged in epoch {epoch + 1} (NaN/Inf); lower --lr; "
                                 "the last good checkpoint (if any) is kept.")
         if main:
-            with open(log_path, "a") as log:
-                log.write(json.dumps(record) + "\n")
-            if writer is not None:
-                for key, value in record.items():
-                    if isinstance(value, float):
-                        writer.add_scalar(key, value, epoch + 1)
-            save_checkpoint(checkpoint_state(model, optimizer, scheduler, scaler, epoch + 1,
-                                             step, cfg), run_dir / CHECKPOINT_NAME)
+            save_epoch(record, run_dir, writer, (model, optimizer, scheduler, scaler), cfg)
             if not cfg["quiet"]:
                 print(format_record(record), file=sys.stderr)
     if main:

@@ -608,28 +608,13 @@ def _train(cfg, device, resume, force_resume):
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"] == "fp16")
     start_epoch, step = 0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        # New --lr/--momentum/--weight-decay/--lr-* values win over the restored state (only
-        # reached with --force-resume: check_resumable refuses a change otherwise).
-        changes = apply_optimizer_options(state["config"], cfg, optimizer, scheduler)
-        if changes and D.is_main_process():
-            print(f"note: --resume applies the new {'; '.join(changes)}", file=sys.stderr)
-        start_epoch, step = state["epoch"], state["step"]
-        # Each epoch reseeds from (seed, epoch, rank) anyway; restoring the saved states
-        # also covers any RNG use between epochs.
-        set_rng_state(state["rng"])
+        start_epoch, step = restore_state(state, model, optimizer, scheduler, scaler, cfg)
     train_model = D.wrap_ddp(model, device)
     if cfg["compile"]:
         train_model = torch.compile(train_model)
     main = D.is_main_process()
-    log_path = run_dir / "log.jsonl"
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_config(run_dir, cfg)
-        rewrite_log(log_path, start_epoch)
+        open_run_dir(run_dir, cfg, start_epoch)
     writer = open_tensorboard(cfg, run_dir)
     bad = BadImageCounter(cfg["max_bad_fraction"], device)
     record = {}
@@ -651,13 +636,7 @@ def _train(cfg, device, resume, force_resume):
                                 "or use --init xavier / --init-from for deep nets; the last "
                                 "good checkpoint (if any) is kept.")
         if main:
-            atomic.append_line(log_path, json.dumps(record))  # never a half line, if killed
-            if writer is not None:
-                for key, value in record.items():
-                    if isinstance(value, float):
-                        writer.add_scalar(key, value, epoch + 1)
-            save_checkpoint(checkpoint_state(model, optimizer, scheduler, scaler, epoch + 1,
-                                             step, cfg), run_dir / CHECKPOINT_NAME)
+            save_epoch(record, run_dir, writer, (model, optimizer, scheduler, scaler), cfg)
             if not cfg["quiet"]:
                 print(format_record(record), file=sys.stderr)
             records.append(record)
@@ -673,6 +652,46 @@ def _train(cfg, device, resume, force_resume):
         if writer is not None:
             writer.close()
     return {**record, "run_dir": str(run_dir), "backbone": str(run_dir / "backbone.pth")}
+
+
+def restore_state(state, model, optimizer, scheduler, scaler, cfg) -> tuple[int, int]:
+    """Load a training checkpoint into the run's objects; returns (start epoch, step)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    # New --lr/--momentum/--weight-decay/--lr-* values win over the restored state (only
+    # reached with --force-resume: check_resumable refuses a change otherwise).
+    changes = apply_optimizer_options(state["config"], cfg, optimizer, scheduler)
+    if changes and D.is_main_process():
+        print(f"note: --resume applies the new {'; '.join(changes)}", file=sys.stderr)
+    # Each epoch reseeds from (seed, epoch, rank) anyway; restoring the saved states also
+    # covers any RNG use between epochs.
+    set_rng_state(state["rng"])
+    return state["epoch"], state["step"]
+
+
+def open_run_dir(run_dir: Path, cfg: dict, start_epoch: int) -> None:
+    """The run folder with its config.json, and log.jsonl cut back to `start_epoch`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run_dir, cfg)
+    rewrite_log(run_dir / "log.jsonl", start_epoch)
+
+
+def save_epoch(record: dict, run_dir: Path, writer, objects: tuple, cfg: dict) -> None:
+    """Log one finished epoch and checkpoint it (main process only).
+
+    `objects` is (model, optimizer, scheduler, scaler). The log line is appended atomically
+    (never a half line if killed) before the checkpoint, and rewrite_log drops lines past a
+    resumed checkpoint's epoch, so log and checkpoint always agree after a rerun.
+    """
+    atomic.append_line(run_dir / "log.jsonl", json.dumps(record))
+    if writer is not None:
+        for key, value in record.items():
+            if isinstance(value, float):
+                writer.add_scalar(key, value, record["epoch"])
+    save_checkpoint(checkpoint_state(*objects, record["epoch"], record["step"], cfg),
+                    run_dir / CHECKPOINT_NAME)
 
 
 def checkpoint_state(model, optimizer, scheduler, scaler, epoch, step, cfg) -> dict:
