@@ -330,7 +330,9 @@ def train_localisation(resume: bool = False, force_resume: bool = False, **optio
     cfg = make_loc_config(**options)
     device = D.init(cfg["device"])
     try:
-        return _train(cfg, device, resume, force_resume)
+        result = _train(cfg, device, resume, force_resume)
+        D.barrier()  # every rank leaves together (see vggfeat.training.trainer.train)
+        return result
     finally:
         D.shutdown()
 

@@ -581,7 +581,11 @@ def train(resume: bool = False, force_resume: bool = False, **options) -> dict:
     try:  # one run per folder: a second train-backbone on the same --out is refused
         with locking.job_lock(Path(cfg["out"]) / LOCK_NAME, f"run folder {cfg['out']}",
                               log=lambda message: print(message, file=sys.stderr)):
-            return _train(cfg, device, resume, force_resume)
+            result = _train(cfg, device, resume, force_resume)
+        # Every rank leaves together: rank 0 may still be writing the backbone, and a rank
+        # that tears its process group down meanwhile can abort in gloo's threads.
+        D.barrier()
+        return result
     finally:
         D.shutdown()
 
