@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vggfeat.data.readers import VOC_ACTIONS, VOC_CLASSES
+from vggfeat.data.readers import VOC_ACTIONS, VOC_CLASSES, open_dataset
 
 CALTECH101_CLASSES = ("BACKGROUND_Google", "Faces", "Faces_easy", "accordion", "airplanes")
 CALTECH256_CLASSES = ("001.ak47", "002.american-flag", "003.backpack", "257.clutter")
@@ -402,3 +402,19 @@ def write_feature_cache(path, *, dataset: str, root, ids, descriptors, reader_op
             "config_key": f"{dataset}-{arch}-{layer}-{weights_sha256[:8]}",
         })
     return path
+
+
+def voc_descriptors(base: Path, sizes: dict, dim: int, scales: int):
+    """A VOC 2007 layout under `base` and descriptors that carry its labels.
+
+    Returns (layout, image ids in the reader's order, descriptors n x scales x dim); each
+    image's descriptor is drawn around its first positive class (difficult counts as 1).
+    """
+    data = make_voc(base / "data", "2007", sizes)
+    ids = [s.id for s in open_dataset("voc2007", data.root).images()]
+    labels = dict(zip(data.ids["trainval"] + data.ids["test"],
+                      np.concatenate([data.labels["trainval"], data.labels["test"]]),
+                      strict=True))
+    y = np.array([labels[i] for i in ids])
+    x = class_descriptors(np.where(y == 0, 1, y), dim=dim, scales=scales, noise=0.3, seed=0)
+    return data, ids, x

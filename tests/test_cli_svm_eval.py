@@ -6,7 +6,13 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers_datasets import class_descriptors, make_caltech, make_voc, write_feature_cache
+from helpers_datasets import (
+    class_descriptors,
+    make_caltech,
+    make_voc,
+    voc_descriptors,
+    write_feature_cache,
+)
 
 from vggfeat.cli import cli
 from vggfeat.data.readers import open_dataset
@@ -25,13 +31,7 @@ def _invoke(*args):
 def voc(tmp_path_factory):
     """A VOC 2007 layout and two caches of its images (as Net-D and Net-E)."""
     base = tmp_path_factory.mktemp("voc")
-    data = make_voc(base / "data", "2007", {"train": 30, "val": 30, "test": 40})
-    ids = [s.id for s in open_dataset("voc2007", data.root).images()]
-    labels = dict(zip(data.ids["trainval"] + data.ids["test"],
-                      np.concatenate([data.labels["trainval"], data.labels["test"]]),
-                      strict=True))
-    y = np.array([labels[i] for i in ids])
-    x = class_descriptors(np.where(y == 0, 1, y), dim=40, scales=2, noise=0.3, seed=0)
+    data, ids, x = voc_descriptors(base, {"train": 30, "val": 30, "test": 40}, dim=40, scales=2)
     d = write_feature_cache(base / "d.h5", dataset="voc2007", root=data.root, ids=ids,
                             descriptors=x, arch="vgg16")
     e = write_feature_cache(base / "e.h5", dataset="voc2007", root=data.root, ids=ids,

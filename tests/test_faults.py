@@ -22,12 +22,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import torch_threads
-from helpers_datasets import class_descriptors, make_folder_dataset, make_voc, write_feature_cache
+from helpers_datasets import make_folder_dataset, voc_descriptors, write_feature_cache
 from helpers_features import assert_same_cache, write_bad_images
 from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
 
 from vggfeat.cli import cli
-from vggfeat.data.readers import open_dataset
 from vggfeat.features import cache
 from vggfeat.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -145,13 +144,7 @@ def test_kill_during_checkpoint_save_always_leaves_the_previous_or_the_new(tmp_p
 @pytest.fixture(scope="module")
 def voc_cache(tmp_path_factory):
     base = tmp_path_factory.mktemp("voc")
-    data = make_voc(base / "data", "2007", {"train": 12, "val": 12, "test": 16})
-    ids = [s.id for s in open_dataset("voc2007", data.root).images()]
-    labels = dict(zip(data.ids["trainval"] + data.ids["test"],
-                      np.concatenate([data.labels["trainval"], data.labels["test"]]),
-                      strict=True))
-    y = np.array([labels[i] for i in ids])
-    x = class_descriptors(np.where(y == 0, 1, y), dim=16, scales=1, noise=0.3, seed=0)
+    data, ids, x = voc_descriptors(base, {"train": 12, "val": 12, "test": 16}, dim=16, scales=1)
     return write_feature_cache(base / "d.h5", dataset="voc2007", root=data.root, ids=ids,
                                descriptors=x, arch="vgg16")
 

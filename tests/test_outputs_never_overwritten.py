@@ -6,16 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import torch_threads
-from helpers_datasets import class_descriptors, make_voc, write_feature_cache
+from helpers_datasets import voc_descriptors, write_feature_cache
 from helpers_localisation import make_loc_csv
 from helpers_training import TINY_OPTIONS, run_cli
 from test_localisation import CROP, classifier_file, constant_box_net
 
-from vggfeat.data.readers import open_dataset
 from vggfeat.evaluation import report
 
 
@@ -124,13 +122,7 @@ def test_train_localisation_refuses_a_folder_it_did_not_make(tmp_path):
 @pytest.fixture(scope="module")
 def voc_cache(tmp_path_factory):
     base = tmp_path_factory.mktemp("voc")
-    data = make_voc(base / "data", "2007", {"train": 12, "val": 12, "test": 16})
-    ids = [s.id for s in open_dataset("voc2007", data.root).images()]
-    labels = dict(zip(data.ids["trainval"] + data.ids["test"],
-                      np.concatenate([data.labels["trainval"], data.labels["test"]]),
-                      strict=True))
-    y = np.array([labels[i] for i in ids])
-    x = class_descriptors(np.where(y == 0, 1, y), dim=16, scales=1, noise=0.3, seed=0)
+    data, ids, x = voc_descriptors(base, {"train": 12, "val": 12, "test": 16}, dim=16, scales=1)
     return write_feature_cache(base / "d.h5", dataset="voc2007", root=data.root, ids=ids,
                                descriptors=x, arch="vgg16")
 
