@@ -66,3 +66,34 @@ def test_the_extraction_path_imports_no_scikit_learn():
     assert "torch" in names and not {"sklearn", "scipy", "pandas", "matplotlib"} & names
     star = _imported_after("from vggfeat.features import *\nassert FeatureExtractor, Engine")
     assert "sklearn" in star
+
+
+def test_extract_with_own_weights_imports_no_torchvision_or_dynamo(tmp_path):
+    """`vggfeat extract` with vggfeat's own weights file: torchvision (its release table is
+    for files named like releases) and torch._dynamo (~1.5 s; pulled in by initialising
+    meta tensors) stay out of the process, and scikit-learn too."""
+    import numpy as np
+    from PIL import Image
+
+    from vggfeat.models import build_backbone, save_backbone
+
+    weights = tmp_path / "tiny.pth"
+    save_backbone(build_backbone("vgg11", width=0.125, crop_size=32, num_classes=4), weights)
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            pixels = np.random.default_rng(len(label) + len(split)).integers(0, 256, (40, 48, 3))
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / "x.jpg")
+    code = ("import sys\nfrom vggfeat.cli import main\n"
+            f"sys.argv = ['vggfeat', 'extract', '--dataset', 'folder', '--root', "
+            f"{str(tmp_path / 'images')!r}, '--weights', {str(weights)!r}, '--scales', '32', "
+            f"'--device', 'cpu', '--quiet', '--out', {str(tmp_path / 'out.h5')!r}]\n"
+            "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
+            "print('MODULES:' + ' '.join(m for m in sys.modules if m.startswith(('torchvision', "
+            "'torch._dynamo', 'sklearn'))), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.h5").is_file()
+    loaded = done.stderr.rsplit("MODULES:", 1)[1].split()
+    assert loaded == [], loaded

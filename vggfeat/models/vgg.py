@@ -226,7 +226,7 @@ def init_weights(model: VGG, init: str = "normal", std: float = 0.01) -> None:
 
 
 def build_backbone(arch: str, *, num_classes: int = 1000, width: float = 1.0,
-                   crop_size: int = 224, init: str = "normal", dropout: float = 0.5,
+                   crop_size: int = 224, init: str | None = "normal", dropout: float = 0.5,
                    pool_rounding: str = "floor") -> VGG:
     """Build a VGG configuration in train mode.
 
@@ -236,7 +236,8 @@ def build_backbone(arch: str, *, num_classes: int = 1000, width: float = 1.0,
         num_classes: outputs of fc8.
         width: channel multiplier; 1.0 is the paper's net.
         crop_size: training crop side (a multiple of 32).
-        init: "normal" (std 0.01, biases 0) or "xavier".
+        init: "normal" (std 0.01, biases 0), "xavier", or None: torch's module defaults
+            (for a net whose weights are loaded next).
         dropout: dropout after fc6 and fc7.
         pool_rounding: "floor" (torch's max pooling, torchvision's weights) or "ceil"
             (Caffe's, for the paper's released nets); recorded in ``meta``.
@@ -251,7 +252,8 @@ def build_backbone(arch: str, *, num_classes: int = 1000, width: float = 1.0,
     config = CONFIGS[BN_ARCHS.get(name, name)]
     features = make_features(config, width, batch_norm, pool_rounding)
     model = VGG(features, num_classes, width, crop_size, dropout)
-    init_weights(model, init)
+    if init is not None:
+        init_weights(model, init)
     model.meta = default_meta(name, width=width, crop_size=crop_size, num_classes=num_classes)
     model.meta["pool_rounding"] = pool_rounding
     return model.train()

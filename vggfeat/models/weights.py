@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -66,6 +67,12 @@ def torchvision_release_files() -> dict:
     return files
 
 
+# torchvision's VGG release files are named "<arch>-<hash prefix>.pth" (vgg16-397923af.pth,
+# vgg16_bn-6c64b313.pth). Only such a name needs torchvision's table of releases, whose
+# import (torchvision.models pulls in torch._dynamo) costs ~2 s of every command's start.
+RELEASE_NAME = re.compile(r"^vgg\d+(_bn)?-[0-9a-f]{8,}\.pth$")
+
+
 def resolve_weights(weights: str | os.PathLike) -> tuple[Path, object]:
     """Turn a path or a torchvision weight name into (file path, torchvision entry or None).
 
@@ -81,6 +88,8 @@ def resolve_weights(weights: str | os.PathLike) -> tuple[Path, object]:
                                "or a train-backbone run folder whose run has finished.")
         path = path / "backbone.pth"
     if path.exists():
+        if not RELEASE_NAME.match(path.name):
+            return path, None  # not named like a release: no need to import torchvision
         release = torchvision_release_files().get(path.name)
         return path, (release[1] if release else None)
     entry = torchvision_weights(str(weights))
@@ -130,7 +139,10 @@ def read_checkpoint(path: Path) -> object:
     try:
         with warnings.catch_warnings():  # torch warns about old pickle protocols: noise here
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # Zip-format files (torch.save's default) are memory-mapped: their tensors are
+            # read when first used instead of copied now (0.3 s less for VGG16's 528 MB).
+            return torch.load(path, map_location="cpu", weights_only=True,
+                              mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
         # "unsupported GLOBAL": the pickle names a callable to import, i.e. it wants to run
         # code; a bare pickle may fail on an opcode first, so it is scanned for the same.
@@ -215,8 +227,9 @@ def _is_tensor_dict(obj: object) -> bool:
 
 def expected_shapes(arch: str, width: float, crop_size: int, num_classes: int) -> dict:
     """Parameter and buffer shapes of a configuration, without allocating its weights."""
-    with torch.device("meta"):
-        model = build_backbone(arch, width=width, crop_size=crop_size, num_classes=num_classes)
+    with torch.device("meta"):  # init=None: initialising meta tensors imports torch._dynamo
+        model = build_backbone(arch, width=width, crop_size=crop_size, num_classes=num_classes,
+                               init=None)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
@@ -285,10 +298,17 @@ def _key_order(key: str):
 
 def check_finite(state_dict: dict, path: Path) -> None:
     bad = [key for key, value in state_dict.items()
-           if value.is_floating_point() and not torch.isfinite(value).all()]
+           if value.is_floating_point() and not _all_finite(value)]
     if bad:
         raise WeightsError(f"{path} has NaN or Inf values in {bad[:10]}: the training run that "
                            "wrote it diverged or the file is damaged; use another checkpoint.")
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    # A NaN or an Inf makes the sum non-finite, so a finite sum proves every value finite
+    # (one vectorised read of the tensor, ~10x faster than isfinite().all()); a non-finite
+    # sum can also be an overflow of large finite values, so that case is checked exactly.
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 # -- the public entry points ----------------------------------------------------------
@@ -307,9 +327,9 @@ def load_backbone(weights: str | os.PathLike, arch: str | None = None) -> VGG:
             holds non-finite values.
     """
     path, entry = resolve_weights(weights)
-    digest = sha256_of(path) if entry is not None else None
-    if digest is not None:
-        check_release_hash(path, digest)
+    hashing = _BackgroundHash(path)  # overlaps reading the file; recorded in meta at the end
+    if entry is not None:
+        check_release_hash(path, hashing.result())
     state_dict, meta = split_checkpoint(read_checkpoint(path), path)
     if meta.get("arch") is not None and arch and canonical_arch(arch) != meta["arch"]:
         raise WeightsError(f"{path} holds {meta['arch']} weights, not {canonical_arch(arch)}; "
@@ -321,9 +341,7 @@ def load_backbone(weights: str | os.PathLike, arch: str | None = None) -> VGG:
     config = infer_config(state_dict, path, arch or meta.get("arch") or release_arch,
                           _meta_width(meta, path))
     check_finite(state_dict, path)
-    model = build_backbone(config["arch"], width=config["width"], crop_size=config["crop_size"],
-                           num_classes=config["num_classes"])
-    model.load_state_dict(state_dict)
+    model = _model_with(state_dict, config)
     model.meta.update(meta)
     model.set_pool_rounding(recorded_pool_rounding(meta))  # the file's record; Caffe: ceil
     if not meta:
@@ -336,8 +354,40 @@ def load_backbone(weights: str | os.PathLike, arch: str | None = None) -> VGG:
         raise WeightsError(f"{path}: its preprocessing record is unusable ({error}); the file "
                            "is damaged or was written by hand: save the backbone again with "
                            "valid --mean/--std.") from None
-    model.meta.update(source=str(path), sha256=digest or sha256_of(path))
+    model.meta.update(source=str(path), sha256=hashing.result())
     return model.eval()
+
+
+def _model_with(state_dict: dict, config: dict) -> VGG:
+    """The backbone of `config` holding the tensors of `state_dict` (not copies).
+
+    Built on the meta device without initialisation, so no random weights are computed only
+    to be overwritten (1.2 s for VGG16; initialising meta tensors would import torch._dynamo,
+    another 1.5 s); ``assign=True`` then adopts the loaded tensors as the parameters.
+    """
+    with torch.device("meta"):
+        model = build_backbone(config["arch"], width=config["width"], init=None,
+                               crop_size=config["crop_size"], num_classes=config["num_classes"])
+    model.load_state_dict(state_dict, assign=True)
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # load_state_dict is strict, so this is a bug, not a user's file
+        raise RuntimeError(f"backbone tensors not loaded: {left}")
+    return model
+
+
+class _BackgroundHash:
+    """The sha256 of a file, computed in a thread (hashlib releases the GIL while hashing),
+    so that on a multi-core machine it costs no wall time beside reading the weights."""
+
+    def __init__(self, path: Path):
+        import concurrent.futures
+
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sha256")
+        self._future = self._pool.submit(sha256_of, path)
+        self._pool.shutdown(wait=False)
+
+    def result(self) -> str:
+        return self._future.result()
 
 
 def _release_arch(path: Path, entry) -> str | None:
