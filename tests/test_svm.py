@@ -202,3 +202,23 @@ def test_c_selection_follows_the_labels():
         LinearSVMProbe(C=(0.1, 1.0), cv=2, C_selection="shared").fit(X, Y)
     with pytest.raises(ValueError, match="C_selection"):
         LinearSVMProbe(C=(0.1, 1.0), C_selection="each").fit(X, y)
+
+
+def test_liblinear_reference_one_call_for_a_shared_C_equals_a_call_per_class():
+    """The reference solves a one-vs-rest coding with a shared C in one multi-class
+    LinearSVC; each row must equal the binary LinearSVC of that class alone, and a mix of
+    Cs (one binary fit per class, sparse input) must agree with the shared-C call."""
+    X, y = _descriptors(n_classes=5, per_class=20)
+    X[X < np.quantile(X, 0.7)] = 0  # mostly zeros, like ReLU features: the sparse path
+    Y = np.tile(np.where(y[:, None] == np.arange(5), 1, -1), (1, 2))[:, :9]  # 9 columns
+    W, b, _ = solve_squared_hinge_liblinear(X, Y[:, :5], np.full(5, 1.0), tol=1e-8,
+                                            max_iter=100_000)
+    for k in range(5):
+        Wk, bk, _ = solve_squared_hinge_liblinear(X, Y[:, [k]], [1.0], tol=1e-8,
+                                                  max_iter=100_000)
+        np.testing.assert_allclose(W[k], Wk[0], atol=1e-5)
+        assert b[k] == pytest.approx(bk[0], abs=1e-5)
+    mixed = np.array([1.0] * 5 + [1.0 + 1e-12] * 4)  # not all equal: one fit per column
+    Wm, bm, _ = solve_squared_hinge_liblinear(X, Y, mixed, tol=1e-8, max_iter=100_000)
+    np.testing.assert_allclose(Wm[:5], W, atol=1e-5)
+    np.testing.assert_allclose(Wm[5:], W[:4], atol=1e-5)
