@@ -274,8 +274,8 @@ def solve_squared_hinge_liblinear(X, Y, C, *, tol=1e-4, max_iter=1000, W0=None):
     size, instead of once per class); otherwise one binary ``LinearSVC`` per column, given
     a sparse matrix when X is mostly zeros (ReLU features are): liblinear copies only the
     non-zeros into its format on every call, and from a sparse matrix that copy takes half
-    the time of scanning a dense one. ``W0`` is accepted for symmetry with the torch solver and ignored (liblinear's dual
-    solver starts from zero).
+    the time of scanning a dense one. ``W0`` is accepted for symmetry with the torch solver
+    and ignored (liblinear's dual solver starts from zero).
     """
     X = np.ascontiguousarray(X, dtype=np.float64)
     Y, C = np.asarray(Y), np.asarray(C, dtype=np.float64)
