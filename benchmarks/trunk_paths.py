@@ -1,7 +1,9 @@
 """CPU trunk paths side by side: eager, eager channels_last, TorchScript, packed, compile.
 
 VGG16's trunk (conv1_1 .. pool5) on the small job's two batch shapes (a 400x300 image at
-Q = 224 and 288, with its flip: batch 2), fp32. For each path: set-up time (tracing,
+Q = 224 and 288, with its flip: batch 2), fp32. The packed path runs twice: with oneDNN
+splitting every layer over the threads, and with the batch split into one part per
+thread, each on one intra-op thread (what `CpuDense` does). For each path: set-up time (tracing,
 packing or compiling), the first call, and the best steady call in wall time and in this
 process's CPU time (CPU time is the figure to compare on a machine shared with others:
 with one thread it barely moves with the load, where wall time doubles).
@@ -24,7 +26,7 @@ import warnings
 
 import torch
 
-from vggfeat.features.cpu import PackedTrunk, torchscript_trunk
+from vggfeat.features.cpu import CpuDense, PackedTrunk, torchscript_trunk
 from vggfeat.models import build_backbone
 
 
@@ -49,14 +51,17 @@ def compiled_trunk(features):
                          dynamic=False)
 
 
-def builders(features, with_compile: bool):
+def builders(model, with_compile: bool):
+    features = model.features
     channels_last = copy.deepcopy(features).to(memory_format=torch.channels_last)
     paths = {
         "eager NCHW": lambda: features,
         "eager channels_last": lambda: (
             lambda x: channels_last(x.contiguous(memory_format=torch.channels_last))),
         "TorchScript (deprecated)": lambda: torchscript_trunk(features),
-        "packed oneDNN (default)": lambda: PackedTrunk(features),
+        "packed oneDNN, each layer split over the threads": lambda: PackedTrunk(features),
+        "packed oneDNN, the batch split over the threads (default)": lambda: (
+            lambda x, dense=CpuDense(model): dense(x, "pool5")),
     }
     if with_compile:
         paths["torch.compile (Inductor, freezing)"] = lambda: compiled_trunk(features)
@@ -85,7 +90,7 @@ def main():
     reference, eager_cpu = None, None
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, build in builders(model.features, args.compile).items():
+        for name, build in builders(model, args.compile).items():
             start = clock()
             trunk = build()
             setup = clock()[0] - start[0]

@@ -1,26 +1,9 @@
 """Shared fixtures: small real files that the tests generate (no downloads)."""
-import contextlib
-
 import pytest
 import torch
 
 from vggfeat.models import build_backbone, save_backbone
-
-
-@contextlib.contextmanager
-def torch_threads(n: int = 1):
-    """Run torch with n intra-op threads, then restore the count.
-
-    The test nets are so small that OpenMP synchronisation costs more than the arithmetic
-    (5-15x slower with two threads on a busy 2-core machine), and a fixed count keeps CPU
-    results reproducible.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from vggfeat.threads import torch_threads  # noqa: F401  (tests import it from here)
 
 
 @pytest.fixture

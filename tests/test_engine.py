@@ -294,3 +294,20 @@ def test_first_result_time_is_written_once(tiny, images, tmp_path, monkeypatch):
     assert before <= first <= time.time()
     run(tiny, list(enumerate(images[:3])))  # an existing file is never overwritten
     assert float(stamp.read_text()) == first
+
+
+def test_cpu_dense_split_over_threads_equals_one_call(tiny):
+    """A batch split over worker threads (one intra-op thread each) gives the same maps as
+    one call, restores torch's thread count, and keeps the caller's inference mode."""
+    from vggfeat.features.cpu import CpuDense
+
+    x = torch.rand(5, 3, 70, 99)
+    threads = torch.get_num_threads()
+    with torch.inference_mode():
+        whole = CpuDense(tiny, workers=1)(x, "fc7")
+        split = CpuDense(tiny, workers=3)(x, "fc7")
+    assert torch.get_num_threads() == threads
+    assert split.is_inference()
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert not CpuDense(tiny, workers=2)(x[:2], "pool5").requires_grad

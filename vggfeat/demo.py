@@ -34,7 +34,6 @@ folder reuses the finished steps (a different configuration is refused, never mi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
@@ -46,6 +45,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from vggfeat.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -335,19 +336,6 @@ def check_state(cfg: DemoConfig, out: Path) -> None:
                         "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps(wanted, indent=1) + "\n")
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """This process's torch threads set to n for the block (the in-process pixel step)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_demo(out, cfg: DemoConfig = FULL, *, quiet: bool = False, echo=print) -> list[dict]:

@@ -20,14 +20,22 @@ call, and its NCHW input and output too. Three ways to avoid that, measured side
 
 The head (fc6, fc7) is always `model.forward_head`: matrix products over pool5's windows.
 ``VGGFEAT_CPU_TRUNK`` (packed / torchscript / eager) overrides the choice for a run.
+
+Cores: a batch is split into one part per core, each part run on its own thread with one
+intra-op thread, instead of every layer split across the cores by oneDNN. A convolution on
+one core runs at a 4096^2 matrix product's rate or better, while splitting each layer over
+two cores lost about a quarter of the second one (``benchmarks/trunk_paths.py``).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import warnings
 
 import torch
 from torch import nn
+
+from vggfeat.threads import torch_threads
 
 BACKENDS = ("packed", "torchscript", "eager")
 
@@ -119,15 +127,37 @@ class CpuDense:
             except for the trunk's packed copy).
         backend: "packed", "torchscript" or "eager"; None reads ``VGGFEAT_CPU_TRUNK``
             (default "packed").
+        workers: threads a batch is split over, each with one intra-op thread; None: torch's
+            intra-op thread count (``torch.get_num_threads()``), 1: no split (oneDNN
+            splits each layer itself).
     """
 
-    def __init__(self, model, backend: str | None = None):
+    def __init__(self, model, backend: str | None = None, workers: int | None = None):
         self.backend = backend or os.environ.get("VGGFEAT_CPU_TRUNK", "packed")
         with torch.no_grad():
             self.trunk = build_trunk(model.features.eval(), self.backend)
         self.model = model
+        self.workers = max(1, workers or torch.get_num_threads())
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __call__(self, x: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
+        parts = min(self.workers, x.shape[0])
+        if parts < 2:
+            return self._dense(x, layer)
+        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+        def run(part):  # grad and inference modes are per thread: the caller's apply
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return self._dense(part, layer)
+
+        with torch_threads(1):
+            if self._pool is None:  # its threads start while one intra-op thread is set
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self.workers, thread_name_prefix="vggfeat-dense")
+            maps = list(self._pool.map(run, x.tensor_split(parts)))
+        return torch.cat(maps)
+
+    def _dense(self, x: torch.Tensor, layer: str) -> torch.Tensor:
         pool5 = self.trunk(x)
         return pool5 if layer == "pool5" else self.model.forward_head(pool5, layer)
 
