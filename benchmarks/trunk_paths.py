@@ -1,10 +1,12 @@
-"""CPU trunk paths side by side: eager, eager channels_last, TorchScript, packed, compile.
+"""CPU trunk paths side by side: eager, channels_last, TorchScript, packed, blocked, compile.
 
 VGG16's trunk (conv1_1 .. pool5) on the small job's two batch shapes (a 400x300 image at
-Q = 224 and 288, with its flip: batch 2), fp32. The packed path runs twice: with oneDNN
-splitting every layer over the threads, and with the batch split into one part per
-thread, each on one intra-op thread (what `CpuDense` does). For each path: set-up time (tracing,
-packing or compiling), the first call, and the best steady call in wall time and in this
+Q = 224 and 288, with its flip: batch 2), fp32. The packed and blocked paths run twice:
+with oneDNN splitting every layer over the threads, and with the batch split into one part
+per thread, each on one intra-op thread (what `CpuDense` does; its default is packed on
+AVX-512, blocked below). ``ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+ATEN_CPU_CAPABILITY=avx2`` runs the AVX2 code paths on an AVX-512 CPU. For each path:
+set-up time (tracing, packing or compiling), the first call, and the best steady call in wall time and in this
 process's CPU time (CPU time is the figure to compare on a machine shared with others:
 with one thread it barely moves with the load, where wall time doubles).
 
@@ -26,7 +28,7 @@ import warnings
 
 import torch
 
-from vggfeat.features.cpu import CpuDense, PackedTrunk, torchscript_trunk
+from vggfeat.features.cpu import BlockedTrunk, CpuDense, PackedTrunk, torchscript_trunk
 from vggfeat.models import build_backbone
 
 
@@ -60,8 +62,12 @@ def builders(model, with_compile: bool):
             lambda x: channels_last(x.contiguous(memory_format=torch.channels_last))),
         "TorchScript (deprecated)": lambda: torchscript_trunk(features),
         "packed oneDNN, each layer split over the threads": lambda: PackedTrunk(features),
-        "packed oneDNN, the batch split over the threads (default)": lambda: (
-            lambda x, dense=CpuDense(model): dense(x, "pool5")),
+        "blocked oneDNN tensors, each layer split over the threads": lambda: BlockedTrunk(
+            features),
+        "packed oneDNN, the batch split over the threads": lambda: (
+            lambda x, dense=CpuDense(model, "packed"): dense(x, "pool5")),
+        "blocked oneDNN tensors, the batch split over the threads": lambda: (
+            lambda x, dense=CpuDense(model, "blocked"): dense(x, "pool5")),
     }
     if with_compile:
         paths["torch.compile (Inductor, freezing)"] = lambda: compiled_trunk(features)

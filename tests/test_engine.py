@@ -145,7 +145,7 @@ def test_device_auto_on_this_machine():
     assert resolve_device("cpu").type == "cpu"
 
 
-@pytest.mark.parametrize("backend", ["packed", "torchscript", "eager"])
+@pytest.mark.parametrize("backend", ["packed", "blocked", "torchscript", "eager"])
 @pytest.mark.parametrize("arch, rounding", [("vgg11", "ceil"), ("vgg11-lrn", "floor"),
                                             ("vgg11-bn", "ceil"), ("vgg16-1x1", "floor")])
 def test_cpu_trunk_backends_equal_float64(backend, arch, rounding):
@@ -173,15 +173,27 @@ def test_cpu_trunk_backends_equal_float64(backend, arch, rounding):
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
 
 
-def test_the_engine_uses_the_packed_trunk_on_this_pytorch(tiny):
-    """Fails if a PyTorch upgrade removes the oneDNN operators the default CPU path calls
-    (the engine would silently fall back to the slower eager trunk)."""
-    from vggfeat.features.cpu import PackedTrunk, packed_ops_available
+def test_the_engine_uses_a_prepacked_trunk_on_this_pytorch(tiny, monkeypatch):
+    """Fails if a PyTorch upgrade removes the oneDNN operators of either fast CPU path (the
+    engine would silently fall back to the slower eager trunk); the path follows the CPU's
+    vector code (AVX-512: packed channels_last, below: blocked tensors)."""
+    from vggfeat.features.cpu import (
+        BlockedTrunk,
+        PackedTrunk,
+        blocked_ops_available,
+        default_backend,
+        packed_ops_available,
+    )
 
-    assert packed_ops_available()
+    assert packed_ops_available() and blocked_ops_available()
+    monkeypatch.delenv("VGGFEAT_CPU_TRUNK", raising=False)
     config = DescriptorConfig.from_model(tiny, SCALES)
     engine = Engine(tiny, config, device="cpu")
-    assert isinstance(engine.dense.trunk, PackedTrunk)
+    expected = PackedTrunk if default_backend() == "packed" else BlockedTrunk
+    assert isinstance(engine.dense.trunk, expected)
+    for capability, backend in (("AVX512", "packed"), ("AVX2", "blocked"), ("DEFAULT", "blocked")):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert default_backend() == backend
 
 
 def test_unknown_cpu_backend_is_named(tiny, monkeypatch):
