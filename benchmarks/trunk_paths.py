@@ -6,9 +6,10 @@ with oneDNN splitting every layer over the threads, and with the batch split int
 per thread, each on one intra-op thread (what `CpuDense` does; its default is packed on
 AVX-512, blocked below). ``ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 ATEN_CPU_CAPABILITY=avx2`` runs the AVX2 code paths on an AVX-512 CPU. For each path:
-set-up time (tracing, packing or compiling), the first call, and the best steady call in wall time and in this
-process's CPU time (CPU time is the figure to compare on a machine shared with others:
-with one thread it barely moves with the load, where wall time doubles).
+set-up time (tracing, packing or compiling), the first call, and the best steady call in
+wall time and in this process's CPU time (CPU time is the figure to compare on a machine
+shared with others: with one thread it barely moves with the load, where wall time
+doubles).
 
     python benchmarks/trunk_paths.py --threads 1
     python benchmarks/trunk_paths.py --threads 2 --compile   # adds torch.compile (slow set-up)
