@@ -418,3 +418,19 @@ def voc_descriptors(base: Path, sizes: dict, dim: int, scales: int):
     y = np.array([labels[i] for i in ids])
     x = class_descriptors(np.where(y == 0, 1, y), dim=dim, scales=scales, noise=0.3, seed=0)
     return data, ids, x
+
+
+def small_voc_cache(base: Path) -> Path:
+    """A feature cache of a small VOC 2007 layout (12/12/16 images, 16-D, one scale) under
+    `base`, its descriptors carrying the labels: what svm-eval's fault and output tests run on."""
+    data, ids, x = voc_descriptors(base, {"train": 12, "val": 12, "test": 16}, dim=16, scales=1)
+    return write_feature_cache(base / "d.h5", dataset="voc2007", root=data.root, ids=ids,
+                               descriptors=x, arch="vgg16")
+
+
+def slow_extract_args(root: Path, weights, per_class: int) -> list:
+    """A two-class folder dataset at `root` and `vggfeat extract` options that take a while
+    on it (three scales, batches of one): for tests that interrupt or race a run."""
+    make_folder_dataset(root, classes=("a", "b"), per_class=per_class)
+    return ["--dataset", "folder", "--root", root, "--weights", weights,
+            "--scales", "64,96,128", "--device", "cpu", "--batch-size", "1", "--quiet"]

@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import torch_threads
-from helpers_datasets import make_csv_dataset, make_folder_dataset, make_voc_action
+from helpers_datasets import (
+    make_csv_dataset,
+    make_folder_dataset,
+    make_voc_action,
+    slow_extract_args,
+)
 from helpers_features import assert_same_cache, write_bad_images
 
 from vggfeat.cli import cli
@@ -222,10 +227,7 @@ def test_out_that_is_not_a_cache_is_refused_and_kept(folder, tiny_weights, tmp_p
 
 @pytest.mark.slow
 def test_two_runs_on_one_out_do_not_destroy_each_other(tiny_weights, tmp_path):
-    root = tmp_path / "data"
-    make_folder_dataset(root, classes=("a", "b"), per_class=24)
-    args = ["--dataset", "folder", "--root", root, "--weights", tiny_weights,
-            "--scales", "64,96,128", "--device", "cpu", "--batch-size", "1", "--quiet"]
+    args = slow_extract_args(tmp_path / "data", tiny_weights, per_class=24)
     out = tmp_path / "f.h5"
     first = subprocess.Popen(command(*args, "--out", out), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True,

@@ -22,7 +22,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import torch_threads
-from helpers_datasets import make_folder_dataset, voc_descriptors, write_feature_cache
+from helpers_datasets import make_folder_dataset, slow_extract_args, small_voc_cache
 from helpers_features import assert_same_cache, write_bad_images
 from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
 
@@ -143,10 +143,7 @@ def test_kill_during_checkpoint_save_always_leaves_the_previous_or_the_new(tmp_p
 
 @pytest.fixture(scope="module")
 def voc_cache(tmp_path_factory):
-    base = tmp_path_factory.mktemp("voc")
-    data, ids, x = voc_descriptors(base, {"train": 12, "val": 12, "test": 16}, dim=16, scales=1)
-    return write_feature_cache(base / "d.h5", dataset="voc2007", root=data.root, ids=ids,
-                               descriptors=x, arch="vgg16")
+    return small_voc_cache(tmp_path_factory.mktemp("voc"))
 
 
 SVM = ["--C", "1", "--cv", "2", "--quiet"]
@@ -315,10 +312,7 @@ def children_with_rank(parent: int) -> dict[int, int]:
 
 @pytest.mark.slow
 def test_torchrun_with_a_killed_rank_stops_with_a_message_and_resumes(tiny_weights, tmp_path):
-    root = tmp_path / "data"
-    make_folder_dataset(root, classes=("a", "b"), per_class=12)
-    args = ["--dataset", "folder", "--root", root, "--weights", tiny_weights,
-            "--scales", "64,96,128", "--device", "cpu", "--batch-size", "1", "--quiet"]
+    args = slow_extract_args(tmp_path / "data", tiny_weights, per_class=12)
     out = tmp_path / "two.h5"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node", "2", "-m", "vggfeat", "extract", *map(str, args),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import torch_threads
-from helpers_datasets import voc_descriptors, write_feature_cache
+from helpers_datasets import small_voc_cache
 from helpers_localisation import make_loc_csv
 from helpers_training import TINY_OPTIONS, run_cli
 from test_localisation import CROP, classifier_file, constant_box_net
@@ -121,10 +121,7 @@ def test_train_localisation_refuses_a_folder_it_did_not_make(tmp_path):
 
 @pytest.fixture(scope="module")
 def voc_cache(tmp_path_factory):
-    base = tmp_path_factory.mktemp("voc")
-    data, ids, x = voc_descriptors(base, {"train": 12, "val": 12, "test": 16}, dim=16, scales=1)
-    return write_feature_cache(base / "d.h5", dataset="voc2007", root=data.root, ids=ids,
-                               descriptors=x, arch="vgg16")
+    return small_voc_cache(tmp_path_factory.mktemp("voc"))
 
 
 def svm_eval(cache, out, *extra):

@@ -2,7 +2,7 @@
 
 Besides the convolutions' arithmetic, eager dense evaluation on the CPU pays for layouts:
 every eager oneDNN convolution reorders its weights into oneDNN's blocked layout on every
-call, and its NCHW input and output too. Three ways to avoid that, measured side by side by
+call, and its NCHW input and output too. The ways to run it, measured side by side by
 ``benchmarks/trunk_paths.py`` (results in ``benchmarks/RESULTS.md``):
 
 - ``"packed"`` (the default on AVX-512): the trunk in channels_last (NHWC, oneDNN's native
@@ -30,8 +30,8 @@ The head (fc6, fc7) is always `model.forward_head`: matrix products over pool5's
 
 Cores: a batch is split into one part per core, each part run on its own thread with one
 intra-op thread, instead of every layer split across the cores by oneDNN. A convolution on
-one core runs at a 4096^2 matrix product's rate or better, while splitting each layer over
-two cores lost about a quarter of the second one (``benchmarks/trunk_paths.py``).
+one core runs at a 4096^2 matrix product's rate or better; splitting each layer over two
+cores took 4-6% longer on an idle machine (``benchmarks/trunk_paths.py``).
 """
 from __future__ import annotations
 
