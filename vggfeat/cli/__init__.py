@@ -87,4 +87,12 @@ def cli(debug):
 
 
 def main():
-    cli(prog_name="vggfeat")
+    """The console entry point: the command, then an exit without the interpreter's slow
+    teardown (`vggfeat.cli.fast_exit`). Tests call `cli` (click's runner), not this."""
+    from vggfeat.cli.fast_exit import fast_exit
+
+    try:
+        cli(prog_name="vggfeat")
+    except SystemExit as done:  # click ends every standalone run with sys.exit
+        fast_exit(done.code)
+    fast_exit(0)
