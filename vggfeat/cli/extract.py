@@ -121,6 +121,12 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
     separated by ';' (or one row per label) for multi-label data. split (optional):
     train, val or test (val joins training); without it svm-eval draws seeded splits.
     """
+    from vggfeat.hashing import start_sha256
+
+    # The cache records the weights' sha256: hash now, on the core that idles while torch
+    # is imported below, instead of beside the first batch (a run folder or a torchvision
+    # name is hashed when loaded).
+    start_sha256(weights)
     from vggfeat.data.readers import DatasetLayoutError, open_dataset
     from vggfeat.features.cache import CacheError
     from vggfeat.features.engine import DEFAULT_MAX_PIXELS

@@ -8,7 +8,6 @@ arbitrary unpickling is refused, and nothing in it runs.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pickle
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from vggfeat.hashing import sha256_future
 from vggfeat.models.preprocessing import TORCHVISION_IMAGENET, validate
 from vggfeat.models.vgg import (
     BN_ARCHS,
@@ -123,14 +123,6 @@ def check_release_hash(path: Path, digest: str) -> None:
 
 
 # -- reading ------------------------------------------------------------------------
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def read_checkpoint(path: Path) -> object:
     """`torch.load(path, weights_only=True)` with errors that name the file and the fix."""
@@ -327,7 +319,7 @@ def load_backbone(weights: str | os.PathLike, arch: str | None = None) -> VGG:
             holds non-finite values.
     """
     path, entry = resolve_weights(weights)
-    hashing = _BackgroundHash(path)  # overlaps reading the file; recorded in meta at the end
+    hashing = sha256_future(path)  # beside reading the file (or started earlier); in meta
     if entry is not None:
         check_release_hash(path, hashing.result())
     state_dict, meta = split_checkpoint(read_checkpoint(path), path)
@@ -373,21 +365,6 @@ def _model_with(state_dict: dict, config: dict) -> VGG:
     if left:  # load_state_dict is strict, so this is a bug, not a user's file
         raise RuntimeError(f"backbone tensors not loaded: {left}")
     return model
-
-
-class _BackgroundHash:
-    """The sha256 of a file, computed in a thread (hashlib releases the GIL while hashing),
-    so that on a multi-core machine it costs no wall time beside reading the weights."""
-
-    def __init__(self, path: Path):
-        import concurrent.futures
-
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sha256")
-        self._future = self._pool.submit(sha256_of, path)
-        self._pool.shutdown(wait=False)
-
-    def result(self) -> str:
-        return self._future.result()
 
 
 def _release_arch(path: Path, entry) -> str | None:
