@@ -68,6 +68,17 @@ def test_folder_dataset_end_to_end(folder, tiny_weights, tmp_path):
     assert "0 computed this run" in again.stdout  # resumed: nothing left to do
 
 
+def test_a_misspelt_trunk_setting_is_refused_before_any_file(folder, tiny_weights, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.setenv("VGGFEAT_CPU_TRUNK", "fastest")
+    out = tmp_path / "runs" / "f.h5"
+    out.parent.mkdir()
+    result = extract("--dataset", "folder", "--root", folder, "--weights", tiny_weights,
+                     "--out", out, *TINY, "--quiet")
+    assert result.exit_code == 2 and "VGGFEAT_CPU_TRUNK" in result.output, result.output
+    assert list(out.parent.iterdir()) == []  # no OUT.partial, no lock left behind
+
+
 def test_bad_images_are_listed_recorded_and_good_ones_kept(folder, tiny_weights, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(folder, root)

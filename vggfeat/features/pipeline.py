@@ -118,14 +118,15 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
     attrs = cache.cache_attributes(config, dataset=dataset, root=root,
                                    reader_options=reader_options, dtype=dtype)
     out = Path(path)
+    # Built before any file is made: a bad setting (e.g. VGGFEAT_CPU_TRUNK) leaves nothing.
+    engine = Engine(model, config, batch_size=batch_size, max_pixels=max_pixels,
+                    workers=workers, device=device)
     # One writer per file: a second run on the same --out is refused, never merged into.
     with locking.job_lock(cache.lock_path(out), f"feature cache {out}", log):
         plan = distributed.broadcast(_plan(out, attrs, groups, model.feature_dim(layer),
                                            overwrite, log) if rank == 0 else None)
         if isinstance(plan, Exception):
             raise plan
-        engine = Engine(model, config, batch_size=batch_size, max_pixels=max_pixels,
-                        workers=workers, device=device)
         computed = 0
         for g, todo in plan.items():
             mine = todo[rank::world]
