@@ -56,6 +56,7 @@ def start_sha256(path: str | os.PathLike) -> None:
     except OSError:
         return
     if os.path.isfile(path) and key not in _started:
+        _started.clear()  # one command hashes one file: an untaken earlier one is stale
         _started[key] = _submit(path)
 
 
