@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vggfeat.models import build_backbone, save_backbone
-from vggfeat.threads import torch_threads  # noqa: F401  (tests import it from here)
+from vggfeat.threads import torch_threads
 
 
 @pytest.fixture

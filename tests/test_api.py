@@ -1,7 +1,7 @@
 """vggfeat.features.api: FeatureExtractor as a scikit-learn transformer; extract_to_cache."""
 import numpy as np
 import pytest
-from conftest import make_tiny_backbone, torch_threads
+from conftest import make_tiny_backbone
 from helpers_datasets import make_folder_dataset
 from helpers_features import random_rgb, reference_descriptor, write_png
 from PIL import Image
@@ -13,6 +13,7 @@ from vggfeat.data.images import BadImageError
 from vggfeat.data.readers import open_dataset
 from vggfeat.features import FeatureExtractor, extract_to_cache, load_features
 from vggfeat.models import load_backbone, save_backbone
+from vggfeat.threads import torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import torch_threads
 from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
 
+from vggfeat.threads import torch_threads
 from vggfeat.training.checkpoint import (
     CheckpointError,
     check_resumable,

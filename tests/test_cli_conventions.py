@@ -16,7 +16,6 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import torch_threads
 from helpers_datasets import make_folder_dataset
 from helpers_training import make_image_folder
 
@@ -24,6 +23,7 @@ import vggfeat
 from vggfeat.cli import cli
 from vggfeat.cli import options as cli_options
 from vggfeat.progress import LOG_INTERVAL, progress_bar
+from vggfeat.threads import torch_threads
 
 # Commands that run long enough to want a progress bar (and so -q/--quiet).
 LONG = {"extract", "svm-eval", "train-backbone", "eval-backbone", "eval-localisation",

@@ -12,7 +12,6 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import torch_threads
 from helpers_datasets import (
     make_csv_dataset,
     make_folder_dataset,
@@ -24,6 +23,7 @@ from helpers_features import assert_same_cache, write_bad_images
 from vggfeat.cli import cli
 from vggfeat.features import load_features
 from vggfeat.features.cache import read_failed
+from vggfeat.threads import torch_threads
 
 TINY = ["--scales", "64,96", "--device", "cpu"]
 

@@ -4,8 +4,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import torch_threads
 from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
+
+from vggfeat.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)

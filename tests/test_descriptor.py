@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import torch_threads
 from helpers_features import random_rgb, reference_descriptor, write_png
 
 from vggfeat.features.descriptor import DescriptorConfig, check_scales, config_key, describe
 from vggfeat.features.engine import Engine
 from vggfeat.models import load_backbone
+from vggfeat.threads import torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")

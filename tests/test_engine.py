@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import torch_threads
 from helpers_features import random_rgb, write_bad_images, write_png
 
 from vggfeat.features.descriptor import DescriptorConfig
 from vggfeat.features.engine import Engine, ShapeBatcher, resolve_device
 from vggfeat.models import load_backbone
+from vggfeat.threads import torch_threads
 
 SCALES = (64, 96)
 

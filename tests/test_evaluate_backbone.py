@@ -4,11 +4,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import torch_threads
 from helpers_training import CLASSES, make_image_folder, run_cli
 from PIL import Image
 
 from vggfeat.models import build_backbone, save_backbone
+from vggfeat.threads import torch_threads
 from vggfeat.training.evaluate import COMBINED, evaluate_backbones, format_table
 
 SCALES = [64, 96]

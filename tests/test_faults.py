@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import torch_threads
 from helpers_datasets import make_folder_dataset, slow_extract_args, small_voc_cache
 from helpers_features import assert_same_cache, write_bad_images
 from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
 
 from vggfeat.cli import cli
 from vggfeat.features import cache
+from vggfeat.threads import torch_threads
 from vggfeat.training.checkpoint import load_checkpoint, save_checkpoint
 
 FORK = multiprocessing.get_context("fork")

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import torch_threads
 from helpers_datasets import make_folder_dataset
 
 from vggfeat.cli import cli
 from vggfeat.features import load_features
 from vggfeat.features.cache import partial_path
+from vggfeat.threads import torch_threads
 
 
 def run(*args):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_tiny_backbone, torch_threads
+from conftest import make_tiny_backbone
 from helpers_datasets import make_folder_dataset
 from helpers_training import make_image_folder
 
@@ -25,6 +25,7 @@ from vggfeat.doctor import FAIL, check_cache
 from vggfeat.features import cache as cache_mod
 from vggfeat.features.pipeline import extract_to_cache
 from vggfeat.models import WeightsError, load_backbone, save_backbone
+from vggfeat.threads import torch_threads
 from vggfeat.training import train
 from vggfeat.training.trainer import make_config
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_backbone, torch_threads
+from conftest import make_tiny_backbone
 from helpers_localisation import make_ilsvrc, make_loc_csv
 from helpers_training import run_cli
 from PIL import Image
@@ -16,6 +16,7 @@ from test_localisation_boxes import naive_merge
 from vggfeat.localisation import box_iou, evaluate_localisation, read_localisation
 from vggfeat.localisation.data import LocalisationDataError
 from vggfeat.models import load_backbone, save_backbone
+from vggfeat.threads import torch_threads
 
 CROP = 64
 LEARN_CROP = 32  # the learning test's net: 4x less arithmetic than at 64, boxes as good

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import torch_threads
 from helpers_datasets import small_voc_cache
 from helpers_localisation import make_loc_csv
 from helpers_training import TINY_OPTIONS, run_cli
 from test_localisation import CROP, classifier_file, constant_box_net
 
 from vggfeat.evaluation import report
+from vggfeat.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,8 @@
 """The torch SVM solver past the size where the shared Gram matrix fits (ImageNet-size n)."""
 import numpy as np
-from conftest import torch_threads
 
 from vggfeat.evaluation import svm
+from vggfeat.threads import torch_threads
 
 
 def test_without_the_shared_gram_matrix_the_same_svms(monkeypatch):

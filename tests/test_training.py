@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import torch_threads
 from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
 from PIL import Image
 
 from vggfeat.models import build_backbone, load_backbone
+from vggfeat.threads import torch_threads
 from vggfeat.training.trainer import init_from_net_a
 
 
