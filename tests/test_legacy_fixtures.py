@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from helpers_training import run_cli
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"
@@ -65,8 +64,8 @@ def test_legacy_cache_evaluates_to_the_legacy_results(digits, tmp_path):
     shutil.copy(LEGACY / "cache.h5", cache)
     out = tmp_path / "svm_eval"
     ok(run_cli(["svm-eval", cache, "--aggregate", "stack", "--train-per-class", 6,
-             "--test-per-class", 6, "--splits", 2, "--seed", 0, "--root", digits / "transfer", "--out", out,
-             "--quiet"]))
+             "--test-per-class", 6, "--splits", 2, "--seed", 0, "--root", digits / "transfer",
+             "--out", out, "--quiet"]))
     for name in ("results.csv", "splits.csv", "confusion.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(out / name),
                                       pd.read_csv(LEGACY / "svm_eval" / name), obj=name)
