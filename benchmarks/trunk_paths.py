@@ -29,8 +29,8 @@ import warnings
 
 import torch
 
-from vggfeat.features.cpu import BlockedTrunk, CpuDense, PackedTrunk, torchscript_trunk
 from vggfeat.models import build_backbone
+from vggfeat.models.cpu import BlockedTrunk, CpuDense, PackedTrunk, torchscript_trunk
 
 
 def parse_args():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vggfeat.models import build_backbone, save_backbone
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 
 @pytest.fixture

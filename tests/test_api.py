@@ -13,7 +13,7 @@ from vggfeat.data.images import BadImageError
 from vggfeat.data.readers import open_dataset
 from vggfeat.features import FeatureExtractor, extract_to_cache, load_features
 from vggfeat.models import load_backbone, save_backbone
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -457,7 +457,7 @@ def test_internal_error_is_one_line_unless_debug_asks_for_the_traceback(tmp_path
     (KeyError("x"), 1, ["internal error (KeyError", "--debug"]),
 ])
 def test_escaped_errors_are_described(error, status, words):
-    from vggfeat.errors import describe
+    from vggfeat.utils.errors import describe
 
     message, code = describe(error)
     assert code == status and "\n" not in message

@@ -12,7 +12,6 @@ import pytest
 import torch
 from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
 
-from vggfeat.threads import torch_threads
 from vggfeat.training.checkpoint import (
     CheckpointError,
     check_resumable,
@@ -21,6 +20,7 @@ from vggfeat.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from vggfeat.utils.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)

@@ -22,8 +22,8 @@ from helpers_training import make_image_folder
 import vggfeat
 from vggfeat.cli import cli
 from vggfeat.cli import options as cli_options
-from vggfeat.progress import LOG_INTERVAL, progress_bar
-from vggfeat.threads import torch_threads
+from vggfeat.utils.progress import LOG_INTERVAL, progress_bar
+from vggfeat.utils.threads import torch_threads
 
 # Commands that run long enough to want a progress bar (and so -q/--quiet).
 LONG = {"extract", "svm-eval", "train-backbone", "eval-backbone", "eval-localisation",
@@ -164,7 +164,7 @@ def test_every_progress_bar_goes_through_the_one_helper():
     direct = [str(p.relative_to(package)) for p in package.rglob("*.py")
               if p.name != "progress.py" and re.search(r"^\s*(from|import) tqdm", p.read_text(),
                                                        flags=re.M)]
-    assert not direct, f"use vggfeat.progress.progress_bar instead of tqdm in {direct}"
+    assert not direct, f"use vggfeat.utils.progress.progress_bar instead of tqdm in {direct}"
 
 
 # -- stdout / stderr ---------------------------------------------------------------------

@@ -23,7 +23,7 @@ from helpers_features import assert_same_cache, write_bad_images
 from vggfeat.cli import cli
 from vggfeat.features import load_features
 from vggfeat.features.cache import read_failed
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 TINY = ["--scales", "64,96", "--device", "cpu"]
 

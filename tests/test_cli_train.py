@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
 
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)

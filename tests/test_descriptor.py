@@ -7,7 +7,7 @@ from helpers_features import random_rgb, reference_descriptor, write_png
 from vggfeat.features.descriptor import DescriptorConfig, check_scales, config_key, describe
 from vggfeat.features.engine import Engine
 from vggfeat.models import load_backbone
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")

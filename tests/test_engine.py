@@ -7,7 +7,7 @@ from helpers_features import random_rgb, write_bad_images, write_png
 from vggfeat.features.descriptor import DescriptorConfig
 from vggfeat.features.engine import Engine, ShapeBatcher, resolve_device
 from vggfeat.models import load_backbone
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 SCALES = (64, 96)
 
@@ -153,7 +153,7 @@ def test_cpu_trunk_backends_equal_float64(backend, arch, rounding):
     size, where ceil and floor pooling give different map sizes)."""
     from conftest import make_tiny_backbone
 
-    from vggfeat.features.cpu import CpuDense
+    from vggfeat.models.cpu import CpuDense
 
     model = make_tiny_backbone(arch=arch, pool_rounding=rounding)
     if arch.endswith("-bn"):  # non-trivial running statistics
@@ -177,7 +177,7 @@ def test_the_engine_uses_a_prepacked_trunk_on_this_pytorch(tiny, monkeypatch):
     """Fails if a PyTorch upgrade removes the oneDNN operators of either fast CPU path (the
     engine would silently fall back to the slower eager trunk); the path follows the CPU's
     vector code (AVX-512: packed channels_last, below: blocked tensors)."""
-    from vggfeat.features.cpu import (
+    from vggfeat.models.cpu import (
         BlockedTrunk,
         PackedTrunk,
         blocked_ops_available,
@@ -197,7 +197,7 @@ def test_the_engine_uses_a_prepacked_trunk_on_this_pytorch(tiny, monkeypatch):
 
 
 def test_unknown_cpu_backend_is_named(tiny, monkeypatch):
-    from vggfeat.features.cpu import CpuDense
+    from vggfeat.models.cpu import CpuDense
 
     monkeypatch.setenv("VGGFEAT_CPU_TRUNK", "fast")
     with pytest.raises(ValueError, match="VGGFEAT_CPU_TRUNK"):
@@ -311,7 +311,7 @@ def test_first_result_time_is_written_once(tiny, images, tmp_path, monkeypatch):
 def test_cpu_dense_split_over_threads_equals_one_call(tiny):
     """A batch split over worker threads (one intra-op thread each) gives the same maps as
     one call, restores torch's thread count, and keeps the caller's inference mode."""
-    from vggfeat.features.cpu import CpuDense
+    from vggfeat.models.cpu import CpuDense
 
     x = torch.rand(5, 3, 70, 99)
     threads = torch.get_num_threads()

@@ -8,8 +8,8 @@ from helpers_training import CLASSES, make_image_folder, run_cli
 from PIL import Image
 
 from vggfeat.models import build_backbone, save_backbone
-from vggfeat.threads import torch_threads
 from vggfeat.training.evaluate import COMBINED, evaluate_backbones, format_table
+from vggfeat.utils.threads import torch_threads
 
 SCALES = [64, 96]
 # Net 2 pools as Caffe (map sizes rounded up): eval-backbone must honour its record.

@@ -27,8 +27,8 @@ from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
 
 from vggfeat.cli import cli
 from vggfeat.features import cache
-from vggfeat.threads import torch_threads
 from vggfeat.training.checkpoint import load_checkpoint, save_checkpoint
+from vggfeat.utils.threads import torch_threads
 
 FORK = multiprocessing.get_context("fork")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}

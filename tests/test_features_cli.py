@@ -13,7 +13,7 @@ from helpers_datasets import make_folder_dataset
 from vggfeat.cli import cli
 from vggfeat.features import load_features
 from vggfeat.features.cache import partial_path
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 
 def run(*args):

@@ -25,9 +25,9 @@ from vggfeat.doctor import FAIL, check_cache
 from vggfeat.features import cache as cache_mod
 from vggfeat.features.pipeline import extract_to_cache
 from vggfeat.models import WeightsError, load_backbone, save_backbone
-from vggfeat.threads import torch_threads
 from vggfeat.training import train
 from vggfeat.training.trainer import make_config
+from vggfeat.utils.threads import torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")

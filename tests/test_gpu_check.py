@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 

@@ -1,8 +1,8 @@
-"""`vggfeat.hashing`: the background sha256, started early or late, is the file's sha256."""
+"""`vggfeat.utils.hashing`: the background sha256, started early or late, is the file's sha256."""
 import hashlib
 import os
 
-from vggfeat.hashing import _started, sha256_future, sha256_of, start_sha256
+from vggfeat.utils.hashing import _started, sha256_future, sha256_of, start_sha256
 
 
 def _write(path, data: bytes, mtime_ns: int):

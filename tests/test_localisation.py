@@ -16,7 +16,7 @@ from test_localisation_boxes import naive_merge
 from vggfeat.localisation import box_iou, evaluate_localisation, read_localisation
 from vggfeat.localisation.data import LocalisationDataError
 from vggfeat.models import load_backbone, save_backbone
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 CROP = 64
 LEARN_CROP = 32  # the learning test's net: 4x less arithmetic than at 64, boxes as good

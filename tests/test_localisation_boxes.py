@@ -8,8 +8,8 @@ from PIL import Image, ImageDraw
 
 from vggfeat.localisation import box_iou, decode_boxes, encode_boxes, merge_boxes
 from vggfeat.localisation.boxes import crop_target, crop_to_image, image_to_crop, match_score
+from vggfeat.localisation.train import LocTransform
 from vggfeat.training.augment import sample_generator
-from vggfeat.training.localisation import LocTransform
 
 
 def test_iou_hand_worked():

@@ -1,4 +1,4 @@
-"""vggfeat.locking: one writer at a time, with real processes holding and dying with locks."""
+"""vggfeat.utils.locking: one writer at a time, with real processes holding and dying with locks."""
 import json
 import os
 import signal
@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from vggfeat import locking
+from vggfeat.utils import locking
 
 HOLD = """
 import sys, time
-from vggfeat import locking
+from vggfeat.utils import locking
 lock = locking.acquire(sys.argv[1], "the test's file", log=lambda m: None)
 print("held", flush=True)
 sys.stdin.readline()

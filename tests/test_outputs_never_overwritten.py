@@ -14,7 +14,7 @@ from helpers_training import TINY_OPTIONS, run_cli
 from test_localisation import CROP, classifier_file, constant_box_net
 
 from vggfeat.evaluation import report
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)

@@ -12,12 +12,12 @@ import torchvision
 from conftest import make_tiny_backbone
 from torch import nn
 
-from vggfeat.features.cpu import fast_dense
 from vggfeat.features.descriptor import DescriptorConfig, config_key, describe
 from vggfeat.models import build_backbone, load_backbone, normalize, save_backbone
+from vggfeat.models.cpu import fast_dense
 from vggfeat.models.vgg import CONFIGS, dense_output_size, make_features, pool5_size
-from vggfeat.threads import torch_threads
 from vggfeat.training.evaluate import dense_posterior
+from vggfeat.utils.threads import torch_threads
 
 ODD_SIZES = [(64, 64), (65, 97), (95, 130), (100, 161), (127, 64)]
 

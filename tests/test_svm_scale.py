@@ -2,7 +2,7 @@
 import numpy as np
 
 from vggfeat.evaluation import svm
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 
 def test_without_the_shared_gram_matrix_the_same_svms(monkeypatch):

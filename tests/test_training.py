@@ -12,8 +12,8 @@ from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
 from PIL import Image
 
 from vggfeat.models import build_backbone, load_backbone
-from vggfeat.threads import torch_threads
 from vggfeat.training.trainer import init_from_net_a
+from vggfeat.utils.threads import torch_threads
 
 
 def folder_mean_rgb(folder):

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 
 @dataclass(frozen=True)

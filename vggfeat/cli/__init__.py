@@ -4,7 +4,7 @@ Commands are imported lazily (name -> "module:function") so that `vggfeat --help
 `vggfeat info` start fast and one command's heavy imports never slow down another.
 
 Whatever escapes a command is turned into one line and an exit status here
-(`vggfeat.errors.describe`): a user never sees a traceback unless they ask for it with
+(`vggfeat.utils.errors.describe`): a user never sees a traceback unless they ask for it with
 `--debug` or VGGFEAT_DEBUG=1.
 """
 import importlib
@@ -48,7 +48,7 @@ class LazyGroup(StrictGroup):
         return make_strict(getattr(importlib.import_module(module_name), attribute))
 
     def invoke(self, ctx):
-        from vggfeat import errors
+        from vggfeat.utils import errors
 
         try:
             return super().invoke(ctx)

@@ -121,7 +121,7 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
     separated by ';' (or one row per label) for multi-label data. split (optional):
     train, val or test (val joins training); without it svm-eval draws seeded splits.
     """
-    from vggfeat.hashing import start_sha256
+    from vggfeat.utils.hashing import start_sha256
 
     # The cache records the weights' sha256: hash now, on the core that idles while torch
     # is imported below, instead of beside the first batch (a run folder or a torchvision
@@ -160,7 +160,7 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
             log=lambda message: click.echo(message, err=True))
     except (WeightsError, CacheError, ValueError) as error:
         raise input_error(error) from None
-    from vggfeat import distributed
+    from vggfeat.utils import distributed
 
     if distributed.rank() == 0:  # bad images are warnings (stderr); the file is the result
         *bad, totals = summary.lines()

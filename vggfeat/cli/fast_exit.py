@@ -14,7 +14,7 @@ destructors), paid after a command's work is done and while the user waits for t
 3. flush stdout and stderr,
 
 then ``os._exit(status)``. Nothing vggfeat writes depends on a finaliser: files are closed
-by context managers and renamed into place (`vggfeat.atomic`) before a command returns.
+by context managers and renamed into place (`vggfeat.utils.atomic`) before a command returns.
 VGGFEAT_SLOW_EXIT=1, or a process without torch, exits the ordinary way.
 """
 from __future__ import annotations

@@ -95,7 +95,6 @@ def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshol
 
     import torch
 
-    from vggfeat import atomic
     from vggfeat.localisation.data import LocalisationDataError
     from vggfeat.localisation.evaluate import (
         LocalisationEvalError,
@@ -103,6 +102,7 @@ def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshol
         format_table,
     )
     from vggfeat.models import WeightsError
+    from vggfeat.utils import atomic
 
     outputs = [out / "localisation.csv", out / "localisation.json"] if out else []
     existing = [p for p in outputs if p.exists() or p.is_symlink()]

@@ -116,9 +116,10 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
         vggfeat svm-eval voc2007-vgg16-fc7.h5 --out results/voc07
         vggfeat svm-eval caltech101-vgg16-fc7.h5 caltech101-vgg19-fc7.h5 --C 0.1,1,10
     """
-    from vggfeat import atomic, diagnostics
+    from vggfeat import diagnostics
     from vggfeat.data.readers import DatasetLayoutError
     from vggfeat.evaluation import inputs, protocols, report
+    from vggfeat.utils import atomic
 
     require_device(device)
     settings = protocols.Settings(
@@ -177,7 +178,7 @@ def _record_left_out(summary_path: Path, record: dict) -> None:
     compares with its own)."""
     import json
 
-    from vggfeat import atomic
+    from vggfeat.utils import atomic
 
     summary = json.loads(summary_path.read_text())
     summary["left_out"] = record
@@ -228,7 +229,7 @@ def _check_out(out: Path, recorded: dict, sources: list[dict]) -> None:
 
 def _check_foreign(out: Path, report) -> None:
     """Refuse to replace output files in --out that vggfeat did not write (exit 2)."""
-    from vggfeat.atomic import ForeignFileError
+    from vggfeat.utils.atomic import ForeignFileError
 
     foreign = report.foreign_outputs(out)
     if foreign:

@@ -55,7 +55,7 @@ def _ints(ctx, param, text):
 @click.option("--task", type=click.Choice(["classification", "localisation"]),
               default="classification", show_default=True,
               help="localisation: fine-tune the --finetune-from classification net into a box "
-                   "regressor (paper Appendix A; vggfeat.training.localisation).")
+                   "regressor (paper Appendix A; vggfeat.localisation.train).")
 @click.option("--box-head", type=click.Choice(["scr", "pcr"]), default="pcr", show_default=True,
               help="Localisation: one box (single-class) or one per class (per-class).")
 @click.option("--finetune", type=click.Choice(["fc", "all"]), default="all", show_default=True,
@@ -161,7 +161,7 @@ def train_backbone(**opts):
     if opts["lr"] is None:
         opts.pop("lr")  # the task's default
     if task == "localisation":
-        from vggfeat.training.localisation import train_localisation as train
+        from vggfeat.localisation.train import train_localisation as train
 
         opts.update(box_head=box_head, finetune=finetune)
     try:

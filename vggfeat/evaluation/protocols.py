@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from vggfeat import atomic
 from vggfeat.data.readers import DatasetReader, Labels
 from vggfeat.evaluation.inputs import EvaluationInputError, Features
 from vggfeat.evaluation.metrics import (
@@ -30,6 +29,7 @@ from vggfeat.evaluation.metrics import (
     voc_ap,
 )
 from vggfeat.evaluation.svm import C_GRID, LinearSVMProbe
+from vggfeat.utils import atomic
 
 # Caltech protocols (SPEC section 6): training / test images per class.
 CALTECH_SPLITS = {"caltech101": (30, 50), "caltech256": (60, None)}

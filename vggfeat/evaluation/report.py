@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vggfeat import atomic
 from vggfeat.evaluation.inputs import PAPER_NETS
 from vggfeat.evaluation.protocols import Result
+from vggfeat.utils import atomic
 
 # SPEC section 5, paper Table 11: dataset -> net -> (value, std or None). The VOC 2012
 # and action figures are on the test set (evaluation server); ours are on val.

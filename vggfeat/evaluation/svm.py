@@ -36,7 +36,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from vggfeat.evaluation.metrics import mean_class_recall, voc_ap
-from vggfeat.progress import progress_bar
+from vggfeat.utils.progress import progress_bar
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data

@@ -19,7 +19,7 @@ from vggfeat.features.descriptor import DescriptorConfig, config_key
 from vggfeat.features.engine import DEFAULT_BATCH_SIZE, Engine
 from vggfeat.features.pipeline import extract_to_cache
 from vggfeat.models.weights import WeightsError
-from vggfeat.progress import progress_bar
+from vggfeat.utils.progress import progress_bar
 
 __all__ = ["FeatureExtractor", "extract_to_cache"]
 

@@ -33,8 +33,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from vggfeat import atomic
 from vggfeat.features.descriptor import DescriptorConfig, config_key
+from vggfeat.utils import atomic
 from vggfeat.version import __version__
 
 ROOT_GROUP = "/"
@@ -77,7 +77,7 @@ def shard_path(out: Path, rank: int, group: str) -> Path:
 
 
 def lock_path(out: Path) -> Path:
-    """The lock file held while a run writes `out` (see `vggfeat.locking`)."""
+    """The lock file held while a run writes `out` (see `vggfeat.utils.locking`)."""
     return out.with_name(out.name + ".lock")
 
 

@@ -92,7 +92,7 @@ def describe(model, images: torch.Tensor, config: DescriptorConfig, dense=None) 
         images: RGB in [0, 1], all of one size.
         config: layer, flip, precision, preprocessing.
         dense: optional replacement for ``model.dense`` computing the same map
-            (`vggfeat.features.cpu.CpuDense`).
+            (`vggfeat.models.cpu.CpuDense`).
 
     Returns:
         (N, D) float32: pooled `config.layer`, averaged with the flipped image's if

@@ -15,7 +15,7 @@ Why it is built this way:
   (torchvision's batched ``decode_jpeg``), other files on the CPU (`decode_route`), and a
   `Prefetcher` thread reads, decodes and rescales the next chunk on its own CUDA stream
   while the current batches run: loading overlaps compute.
-- On the CPU in fp32 the net runs through `vggfeat.features.cpu.CpuDense` (same numbers).
+- On the CPU in fp32 the net runs through `vggfeat.models.cpu.CpuDense` (same numbers).
 - ``VGGFEAT_FIRST_RESULT_FILE``: when set, the wall-clock time (``time.time()``) of the
   first finished image is written there once (benchmarks measure start-up with it).
 """
@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from vggfeat.data.images import BadImageError, device_decodable, open_rgb, to_rgb
 from vggfeat.data.transforms import rescale, to_tensor
-from vggfeat.features.cpu import fast_dense
 from vggfeat.features.descriptor import DescriptorConfig, describe
+from vggfeat.models.cpu import fast_dense
 
 DEFAULT_BATCH_SIZE = 32
 # Pixels per batch, flipped copies included: 4.2 M, about 3 GB of fp32 activations for a
@@ -323,7 +323,7 @@ class Engine:
         workers: DataLoader worker processes for decoding and rescaling (0: in-process).
         device: "auto" (cuda, mps, cpu), or a torch device.
         channels_last: None picks it where faster (CUDA).
-        fast_cpu: use `vggfeat.features.cpu.CpuDense` (same numbers, faster) for fp32 on the
+        fast_cpu: use `vggfeat.models.cpu.CpuDense` (same numbers, faster) for fp32 on the
             CPU; None means yes.
         resize_on_device: rescale on `device` instead of in the loader; None: on CUDA.
         decode_on_device: decode JPEGs with torchvision on `device` (batched, GPU on CUDA)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vggfeat import distributed, locking
 from vggfeat.diagnostics import low_variation_warning
 from vggfeat.features import cache
 from vggfeat.features.descriptor import DescriptorConfig
 from vggfeat.features.engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, Engine, resolve_device
-from vggfeat.progress import progress_bar
+from vggfeat.utils import distributed, locking
+from vggfeat.utils.progress import progress_bar
 
 
 @dataclass
@@ -94,7 +94,7 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
         vggfeat.features.cache.ConfigMismatchError: the file exists with another configuration.
         vggfeat.features.cache.NotACacheError: `path` exists and is not a vggfeat cache
             (without `overwrite`), or is the weights file or an input image (always).
-        vggfeat.locking.LockedError: another process is writing `path`.
+        vggfeat.utils.locking.LockedError: another process is writing `path`.
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     start = time.perf_counter()

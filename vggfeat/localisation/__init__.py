@@ -3,7 +3,7 @@
 A localisation net is a VGG whose last layer predicts a box (centre x, centre y, width,
 height, relative to its input crop): 4 outputs (single-class regression) or 4 per class
 (per-class regression). It is trained by `vggfeat train-backbone --task localisation`
-(`vggfeat.training.localisation`) and evaluated by `vggfeat eval-localisation`.
+(`vggfeat.localisation.train`) and evaluated by `vggfeat eval-localisation`.
 """
 from vggfeat.localisation.boxes import (
     box_iou,

@@ -30,9 +30,9 @@ from vggfeat.localisation.predict import (
     window_boxes,
     window_posteriors,
 )
-from vggfeat.progress import progress_bar
 from vggfeat.training.data import DECODE_ERRORS, open_rgb
 from vggfeat.training.evaluate import dense_posterior, net_label
+from vggfeat.utils.progress import progress_bar
 
 PROTOCOLS = ("center", "dense")
 

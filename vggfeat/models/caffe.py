@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vggfeat.hashing import sha256_of
 from vggfeat.models.preprocessing import CAFFE_VGG
 from vggfeat.models.vgg import VGG, build_backbone
 from vggfeat.models.weights import WeightsError, save_backbone
+from vggfeat.utils.hashing import sha256_of
 
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 # Conv layer count -> configuration, for nets whose layer names do not say.

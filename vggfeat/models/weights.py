@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from vggfeat.hashing import sha256_future
 from vggfeat.models.preprocessing import TORCHVISION_IMAGENET, validate
 from vggfeat.models.vgg import (
     BN_ARCHS,
@@ -28,6 +27,7 @@ from vggfeat.models.vgg import (
     canonical_arch,
     recorded_pool_rounding,
 )
+from vggfeat.utils.hashing import sha256_future
 
 CHECKPOINT_FORMAT = "vggfeat-backbone"
 CHECKPOINT_VERSION = 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vggfeat import atomic
+from vggfeat.utils import atomic
 
 CHECKPOINT_NAME = "checkpoint.pth"
 
@@ -37,7 +37,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write `state` atomically: temporary file, flush, fsync, rename, fsync the folder.
 
     A crash at any moment leaves either the previous checkpoint or the new one; so does a
-    full disk, reported as `vggfeat.atomic.DiskFullError`.
+    full disk, reported as `vggfeat.utils.atomic.DiskFullError`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

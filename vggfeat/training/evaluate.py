@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vggfeat.models import PAPER_NAMES, load_backbone, normalize
-from vggfeat.progress import progress_bar
 from vggfeat.training.augment import rescale, to_uint8_tensor
 from vggfeat.training.data import DECODE_ERRORS, ImageList, open_rgb, scan_split
+from vggfeat.utils.progress import progress_bar
 
 METHODS = ("dense", "multi-crop")
 COMBINED = "multi-crop & dense"

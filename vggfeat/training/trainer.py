@@ -25,12 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vggfeat import atomic, locking
-from vggfeat import distributed as D
 from vggfeat.diagnostics import training_stalled
 from vggfeat.models import build_backbone, canonical_arch, load_backbone, normalize, save_backbone
 from vggfeat.models.vgg import check_pool_rounding
-from vggfeat.progress import progress_bar
 from vggfeat.training.augment import (
     PREPROCESSINGS,
     TrainTransform,
@@ -57,6 +54,9 @@ from vggfeat.training.data import (
     train_loader,
     val_loader,
 )
+from vggfeat.utils import atomic, locking
+from vggfeat.utils import distributed as D
+from vggfeat.utils.progress import progress_bar
 
 DEFAULTS = {
     # -- data ---------------------------------------------------------------------------
@@ -113,7 +113,7 @@ DEFAULTS = {
 }
 
 
-LOCK_NAME = "train.lock"  # held while a run writes its folder (vggfeat.locking)
+LOCK_NAME = "train.lock"  # held while a run writes its folder (vggfeat.utils.locking)
 RUN_FILES = ("config.json", "log.jsonl", CHECKPOINT_NAME, "backbone.pth")
 # config.json of a run folder carries this key, so that a folder is known to be vggfeat's
 # before anything in it is replaced (a user's own config.json or log.jsonl never is).

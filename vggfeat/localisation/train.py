@@ -27,11 +27,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vggfeat import distributed as D
 from vggfeat.localisation.boxes import box_iou, crop_target, decode_boxes
 from vggfeat.localisation.data import LocImages, read_localisation
 from vggfeat.models import save_backbone
-from vggfeat.progress import progress_bar
 from vggfeat.training.augment import pca_shift, rescale, sample_generator, to_uint8_tensor
 from vggfeat.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from vggfeat.training.data import DECODE_ERRORS, open_rgb, train_loader, val_loader
@@ -52,6 +50,8 @@ from vggfeat.training.trainer import (
     start_or_resume,
     train_step,
 )
+from vggfeat.utils import distributed as D
+from vggfeat.utils.progress import progress_bar
 
 BOX_HEADS = ("scr", "pcr")
 FINETUNE = ("fc", "all")

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from vggfeat.errors import EXIT_USAGE, VggfeatError
+from vggfeat.utils.errors import EXIT_USAGE, VggfeatError
 
 KIND = "vggfeat-lock"
 
@@ -144,7 +144,7 @@ def job_lock(path: str | os.PathLike, what: str,
     Under torchrun the other ranks only write through rank 0's plan (shards it merges, or
     nothing at all), so one lock per job is enough.
     """
-    from vggfeat import distributed
+    from vggfeat.utils import distributed
 
     lock, refusal = None, None
     if distributed.is_main_process():

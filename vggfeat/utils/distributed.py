@@ -13,7 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from vggfeat.errors import EXIT_FAILED, VggfeatError
+from vggfeat.utils.errors import EXIT_FAILED, VggfeatError
 
 # Ranks wait for each other at the start and end of a long extraction or epoch: one rank
 # may wait for another's last batches for a while. This is also the longest a rank waits

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vggfeat.threads import torch_threads
+from vggfeat.utils.threads import torch_threads
 
 BACKENDS = ("packed", "blocked", "torchscript", "eager")
 

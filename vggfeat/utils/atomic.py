@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vggfeat.errors import EXIT_FAILED, EXIT_USAGE, VggfeatError
+from vggfeat.utils.errors import EXIT_FAILED, EXIT_USAGE, VggfeatError
 
 # "No space" in all its forms: a full disk, a quota, a file-size limit (ulimit -f).
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
