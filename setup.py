@@ -33,7 +33,9 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5",
+                # The layered-architecture contract in pyproject.toml (tests/test_architecture.py).
+                "import-linter>=2.1"],
     },
     entry_points={"console_scripts": ["vggfeat=vggfeat.cli:main"]},
 )

@@ -107,7 +107,12 @@ class VGG(nn.Module):
         width: channel multiplier (1.0 for the paper's nets; 0.125 for test-sized nets).
         crop_size: training crop side; fc6's kernel is crop_size / 32.
         dropout: dropout probability after fc6 and fc7.
+
+    It implements `vggfeat.models.backbone.Backbone`: trunk ``features`` (conv1_1..pool5),
+    head ``classifier`` (fc6..fc8).
     """
+
+    layers = DENSE_LAYERS
 
     def __init__(self, features: nn.Sequential, num_classes: int = 1000, width: float = 1.0,
                  crop_size: int = 224, dropout: float = 0.5):

@@ -421,11 +421,11 @@ def export_torchvision(model: VGG, path: str | os.PathLike) -> Path:
 
 
 def _atomic_save(obj: object, path: Path) -> Path:
+    """torch.save through the one atomic writer: a kill or a full disk never leaves a
+    half-written weight file under `path`."""
+    from vggfeat.utils import atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+        torch.save(obj, tmp)
     return path
