@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vggfeat.data.transforms import rescale_pil
 from vggfeat.training.augment import (
     EIGVAL,
     EIGVEC,
@@ -11,7 +12,6 @@ from vggfeat.training.augment import (
     ValTransform,
     apply_on_device,
     pca_shift,
-    rescale,
     sample_generator,
     sample_seed,
 )
@@ -39,7 +39,7 @@ def test_eigenvectors_are_orthonormal():
 
 @pytest.mark.parametrize("size", [(120, 80), (80, 120), (64, 64)])
 def test_rescale_sets_the_smallest_side(size):
-    out = rescale(Image.new("RGB", size), 64)
+    out = rescale_pil(Image.new("RGB", size), 64)
     assert min(out.size) == 64
     assert out.size[0] / out.size[1] == pytest.approx(size[0] / size[1], rel=0.02)
 

@@ -259,7 +259,8 @@ def test_device_decoding_gives_the_cpu_descriptors(tiny, jpegs):
 def test_device_decoding_crops_boxes_like_the_cpu(jpegs):
     from types import SimpleNamespace
 
-    from vggfeat.features.engine import decode_on, load_image
+    from vggfeat.data.scaled import load_image
+    from vggfeat.features.engine import decode_on
 
     samples = [SimpleNamespace(path=jpegs[0], box=(5, 3, 40, 30)),
                SimpleNamespace(path=jpegs[0], box=(70, 0, 80, 10))]

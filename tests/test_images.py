@@ -88,3 +88,23 @@ def test_pixel_limit_is_configurable(tmp_path):
     with pytest.raises(BadImageError, match="decompression bomb"):
         open_rgb(path, max_pixels=599)
     assert open_rgb(path, max_pixels=600).size == (30, 20)
+
+
+def test_draft_decodes_a_jpeg_smaller_but_not_below_the_asked_side(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.fromarray(random_rgb(400, 600)).save(path, quality=90)
+    assert open_rgb(path).size == (600, 400)  # extraction: always the full-size decode
+    small = open_rgb(path, draft_size=96)  # training: libjpeg's DCT scaling (1/2, 1/4)
+    assert small.mode == "RGB" and min(small.size) >= 96 and small.size[0] < 600
+    png = write_png(tmp_path / "a.png", random_rgb(400, 600))
+    assert open_rgb(png, draft_size=96).size == (600, 400)  # only JPEGs have a draft mode
+
+
+def test_one_suffix_list_for_every_folder_scan(tmp_path):
+    from vggfeat.data.images import IMAGE_SUFFIXES, is_image_file
+
+    assert {".jpg", ".jpeg", ".png", ".gif"} <= IMAGE_SUFFIXES
+    for name in ("a.JPG", "b.gif", ".hidden.jpg", "notes.txt", "RENAME2"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "dir.jpg").mkdir()
+    assert sorted(p.name for p in tmp_path.iterdir() if is_image_file(p)) == ["a.JPG", "b.gif"]

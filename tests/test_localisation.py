@@ -13,8 +13,8 @@ from helpers_training import run_cli
 from PIL import Image
 from test_localisation_boxes import naive_merge
 
+from vggfeat.data.readers import LocalisationDataError
 from vggfeat.localisation import box_iou, evaluate_localisation, read_localisation
-from vggfeat.localisation.data import LocalisationDataError
 from vggfeat.models import load_backbone, save_backbone
 from vggfeat.utils.threads import torch_threads
 

@@ -262,3 +262,17 @@ def test_sample_is_frozen(tmp_path):
     sample = Sample("a", tmp_path / "a.jpg")
     with pytest.raises(AttributeError):
         sample.id = "b"
+
+
+def test_the_trainer_scans_class_folders_as_the_folder_reader_does(tmp_path):
+    from vggfeat.training.data import scan_split
+
+    data = make_folder_dataset(tmp_path / "d", per_class=2)
+    first = next((data.root / "cat").iterdir())
+    shutil.copy(first, data.root / "cat" / ".hidden.jpg")  # skipped by both
+    Image.new("RGB", (8, 8)).save(data.root / "dog" / "x.gif")  # read by both
+    reader = open_dataset("folder", data.root)
+    images = scan_split(data.root)
+    assert images.classes == reader.classes
+    assert [rel for rel, _ in images.samples] == [s.id for s in reader.images()]
+    assert "dog/x.gif" in dict(images.samples)

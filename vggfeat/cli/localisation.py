@@ -95,7 +95,7 @@ def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshol
 
     import torch
 
-    from vggfeat.localisation.data import LocalisationDataError
+    from vggfeat.data.readers import LocalisationDataError
     from vggfeat.localisation.evaluate import (
         LocalisationEvalError,
         evaluate_localisation,

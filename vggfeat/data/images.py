@@ -12,6 +12,12 @@ Choices (documented, see SPEC section 5 for the descriptor):
 - The EXIF orientation tag is applied before anything else, boxes included.
 - An image with more than `MAX_PIXELS` pixels is refused before its pixels are decoded
   (a "decompression bomb": a small file that would expand to gigabytes).
+- ``draft_size`` (training): a JPEG may be decoded at a reduced size (libjpeg's DCT
+  scaling) as long as its smallest side stays at least that large; extraction never asks
+  for it, so its pixels are the full-size decode.
+
+`IMAGE_SUFFIXES` is the one list of file suffixes that every folder scan (dataset readers,
+the trainer's ImageFolder trees, ILSVRC) counts as images.
 """
 from __future__ import annotations
 
@@ -26,6 +32,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 89_478_485
 JPEG_MAGIC = b"\xff\xd8\xff"
 EXIF_ORIENTATION = 0x0112
+# Suffixes counted as images when scanning folders (lower-cased); anything else is a stray
+# entry (Caltech-256 ships a few, e.g. "RENAME2" and "greg" in 198.spider / 056.dog).
+# GIF is in: `open_rgb` decodes it (first frame, palette transparency dropped), so a GIF
+# in a class folder is used by extraction and training alike rather than silently skipped.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
 
 
 class BadImageError(ValueError):
@@ -38,8 +51,14 @@ class BadImageError(ValueError):
                          "(vggfeat extract records it in `failed` and goes on)")
 
 
+def is_image_file(path: Path) -> bool:
+    """A visible file whose suffix is one of `IMAGE_SUFFIXES`."""
+    visible = not path.name.startswith(".")
+    return visible and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
 def open_rgb(path: str | os.PathLike, box: tuple[int, int, int, int] | None = None,
-             max_pixels: int = MAX_PIXELS) -> Image.Image:
+             max_pixels: int = MAX_PIXELS, *, draft_size: int | None = None) -> Image.Image:
     """Decode an image file to an 8-bit RGB PIL image.
 
     Args:
@@ -47,6 +66,8 @@ def open_rgb(path: str | os.PathLike, box: tuple[int, int, int, int] | None = No
         box: optional 0-based (x0, y0, x1, y1) region, exclusive end, in the upright
             (EXIF-rotated) image; clipped to the image.
         max_pixels: refuse images with more pixels than this (decompression bombs).
+        draft_size: decode a JPEG at a reduced size whose smallest side is still at least
+            this (the main decoding speed-up of training at S=256); None: full size.
 
     Raises:
         BadImageError: missing, empty, not an image, corrupt, truncated, too large, or an
@@ -63,6 +84,8 @@ def open_rgb(path: str | os.PathLike, box: tuple[int, int, int, int] | None = No
                 if width * height > max_pixels:
                     raise BadImageError(path, f"decompression bomb: {width} x {height} = "
                                         f"{width * height} pixels exceeds {max_pixels}")
+                if draft_size and image.format == "JPEG":
+                    _draft(image, draft_size)
                 image.load()  # decode now, so truncation and corruption surface here
                 image = ImageOps.exif_transpose(image)
                 rgb = to_rgb(image)
@@ -78,6 +101,13 @@ def open_rgb(path: str | os.PathLike, box: tuple[int, int, int, int] | None = No
         raise BadImageError(path, f"{kind} image data ({type(error).__name__}: {error})") \
             from None
     return crop(rgb, box, path) if box is not None else rgb
+
+
+def _draft(image: Image.Image, draft_size: int) -> None:
+    """Ask libjpeg for the smallest DCT scaling that keeps the short side >= draft_size."""
+    width, height = image.size
+    ratio = draft_size / min(width, height)
+    image.draft("RGB", (int(width * ratio) + 1, int(height * ratio) + 1))
 
 
 def _check_file(path: Path) -> None:

@@ -1,9 +1,15 @@
-"""Image transforms for dense evaluation: isotropic rescale to smallest side Q.
+"""Isotropic rescale to smallest side Q, one version per image representation.
 
-The rescale is antialiased bilinear (a triangle filter whose support widens with the
-downscaling factor, the same filter as Pillow's ``BILINEAR`` resize and torch's
-``interpolate(..., antialias=True)``), computed in float32 on values in [0, 1], so no
-8-bit rounding happens after decoding. Upscaling is plain bilinear (the filter is the same).
+- `rescale` (float tensors; extraction): antialiased bilinear (a triangle filter whose
+  support widens with the downscaling factor, the same filter as Pillow's ``BILINEAR``
+  resize and torch's ``interpolate(..., antialias=True)``), computed in float32 on values
+  in [0, 1], so no 8-bit rounding happens after decoding. Upscaling is plain bilinear (the
+  filter is the same). The other side is rounded half up (`scaled_size`).
+- `rescale_pil` (8-bit PIL images; training, eval-backbone, localisation): Pillow's
+  ``BILINEAR`` resize, 8-bit output, the other side rounded by Python's `round`. It is the
+  resize the bundled trainer has always trained and validated with, so it is kept as it
+  is rather than made to round like `scaled_size` (the two differ by one pixel on the
+  long side only at exact .5 ties).
 """
 from __future__ import annotations
 
@@ -34,6 +40,22 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     """8-bit RGB PIL image -> float32 tensor (3, H, W) in [0, 1]."""
     array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
+    """8-bit RGB PIL image -> uint8 tensor (3, H, W)."""
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def rescale_pil(image: Image.Image, size: int) -> Image.Image:
+    """Rescale an RGB PIL image isotropically so that its smallest side equals `size`."""
+    w, h = image.size
+    if min(w, h) == size:
+        return image
+    ratio = size / min(w, h)
+    new = (max(size, round(w * ratio)), max(size, round(h * ratio)))
+    return image.resize(new, Image.Resampling.BILINEAR)
 
 
 def rescale(x: torch.Tensor, q: int) -> torch.Tensor:

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from vggfeat.data.images import BadImageError, device_decodable, open_rgb, to_rgb
-from vggfeat.data.transforms import rescale, to_tensor
+from vggfeat.data.images import BadImageError, device_decodable
+from vggfeat.data.scaled import ScaledImages, load_image
+from vggfeat.data.transforms import rescale
 from vggfeat.features.descriptor import DescriptorConfig, describe
 from vggfeat.models.cpu import fast_dense
 
@@ -77,16 +78,6 @@ def prepare_model(model, device: torch.device, channels_last: bool | None = None
         channels_last = device.type == "cuda"
     layout = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(device).eval().to(memory_format=layout)
-
-
-def load_image(source) -> torch.Tensor:
-    """A sample (``.path``/``.box``), path, PIL image or (3, H, W) tensor -> float (3, H, W)."""
-    if isinstance(source, torch.Tensor):
-        return source.float()
-    if hasattr(source, "convert"):  # a PIL image
-        return to_tensor(to_rgb(source))
-    path = getattr(source, "path", source)
-    return to_tensor(open_rgb(path, getattr(source, "box", None)))
 
 
 def decode_route(source, device: torch.device | str) -> str:
@@ -237,31 +228,6 @@ def _record_stream(item, stream) -> None:
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-class ScaledImages(Dataset):
-    """Item k: (index, [one (3, h, w) tensor per scale]) or (index, reason) for a bad image.
-
-    With ``scales=None`` the list holds the decoded image itself (the engine rescales it on
-    the device: a third of the bytes to move at VOC's three scales, and GPU arithmetic).
-    """
-
-    def __init__(self, items: Sequence[tuple[int, object]], scales: Sequence[int] | None):
-        self.items = items
-        self.scales = None if scales is None else tuple(scales)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, k: int):
-        index, source = self.items[k]
-        try:
-            image = load_image(source)
-        except BadImageError as error:
-            return index, error.reason
-        if self.scales is None:
-            return index, [image]
-        return index, [rescale(image, q).contiguous() for q in self.scales]
 
 
 class ShapeBatcher:

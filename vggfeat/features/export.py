@@ -42,9 +42,9 @@ def resolve(path: str | os.PathLike) -> Path:
 def default_aggregate(dataset: str) -> str:
     """The dataset's way of combining scales (avg for VOC and custom data, stack for
     Caltech), as `vggfeat svm-eval` uses it."""
-    from vggfeat.data.readers import _READERS
+    from vggfeat.data.readers import READERS
 
-    reader = _READERS.get(dataset)
+    reader = READERS.get(dataset)
     return reader.default_aggregate if reader is not None else "avg"
 
 

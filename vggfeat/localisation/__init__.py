@@ -5,6 +5,7 @@ height, relative to its input crop): 4 outputs (single-class regression) or 4 pe
 (per-class regression). It is trained by `vggfeat train-backbone --task localisation`
 (`vggfeat.localisation.train`) and evaluated by `vggfeat eval-localisation`.
 """
+from vggfeat.data.readers import LocalisationDataError, LocImages, read_localisation
 from vggfeat.localisation.boxes import (
     box_iou,
     crop_target,
@@ -12,7 +13,6 @@ from vggfeat.localisation.boxes import (
     encode_boxes,
     merge_boxes,
 )
-from vggfeat.localisation.data import LocalisationDataError, LocImages, read_localisation
 from vggfeat.localisation.evaluate import evaluate_localisation, format_table
 from vggfeat.localisation.predict import predict_boxes
 

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vggfeat.data.images import BadImageError, open_rgb
+from vggfeat.data.readers import LocImages, read_localisation
 from vggfeat.localisation.boxes import box_iou, merge_boxes
-from vggfeat.localisation.data import LocImages, read_localisation
 from vggfeat.localisation.predict import (
     box_heads,
     centre_boxes,
@@ -30,7 +31,6 @@ from vggfeat.localisation.predict import (
     window_boxes,
     window_posteriors,
 )
-from vggfeat.training.data import DECODE_ERRORS, open_rgb
 from vggfeat.training.evaluate import dense_posterior, net_label
 from vggfeat.utils.progress import progress_bar
 
@@ -52,8 +52,8 @@ class _Images(Dataset):
         path = self.images.root / self.images.paths[index]
         try:
             return open_rgb(path), None
-        except DECODE_ERRORS as error:
-            return None, f"{path}: {error}"
+        except BadImageError as error:
+            return None, f"{path}: {error.reason}"
 
 
 def class_index(model, classes, name: str) -> dict[str, int]:

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vggfeat.data.transforms import rescale_pil, to_uint8_tensor
 from vggfeat.localisation.boxes import crop_to_image, decode_boxes
 from vggfeat.models import normalize
 from vggfeat.models.vgg import TOTAL_STRIDE
-from vggfeat.training.augment import rescale, to_uint8_tensor
 
 
 def box_heads(model) -> int:
@@ -46,7 +46,7 @@ class WindowBoxes:
 
 def to_input(img: Image.Image, q: int, model, device) -> tuple[torch.Tensor, tuple]:
     """Rescale to smallest side q; normalised (1, 3, H', W') tensor and (sx, sy)."""
-    scaled = rescale(img, q)
+    scaled = rescale_pil(img, q)
     x = to_uint8_tensor(scaled).to(device)[None].float().div_(255)
     sx, sy = scaled.size[0] / img.size[0], scaled.size[1] / img.size[1]
     return normalize(x, model.meta["preprocessing"]), (sx, sy)

@@ -27,12 +27,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from vggfeat.data.images import BadImageError, open_rgb
+from vggfeat.data.readers import LocImages, read_localisation
+from vggfeat.data.transforms import rescale_pil, to_uint8_tensor
 from vggfeat.localisation.boxes import box_iou, crop_target, decode_boxes
-from vggfeat.localisation.data import LocImages, read_localisation
 from vggfeat.models import save_backbone
-from vggfeat.training.augment import pca_shift, rescale, sample_generator, to_uint8_tensor
+from vggfeat.training.augment import pca_shift, sample_generator
 from vggfeat.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from vggfeat.training.data import DECODE_ERRORS, open_rgb, train_loader, val_loader
+from vggfeat.training.data import train_loader, val_loader
 from vggfeat.training.trainer import (
     BadImageCounter,
     TrainingDiverged,
@@ -91,7 +93,7 @@ class LocTransform:
         lo, hi = self.scale_range
         c = self.crop_size
         s = int(torch.randint(lo, hi + 1, (1,), generator=gen)) if self.train else lo
-        scaled = rescale(img, s)
+        scaled = rescale_pil(img, s)
         w, h = scaled.size
         if self.train:
             top = int(torch.randint(0, h - c + 1, (1,), generator=gen))
@@ -124,8 +126,8 @@ class LocDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         path = self.images.root / self.images.paths[index]
         try:
-            img = open_rgb(path, self.transform.draft_size)
-        except DECODE_ERRORS:
+            img = open_rgb(path, draft_size=self.transform.draft_size)
+        except BadImageError:
             return None, None, None, str(path)
         x, shift, box = self.transform(img, self.images.boxes[index],
                                        sample_generator(self.seed, epoch, index))

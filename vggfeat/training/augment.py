@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vggfeat.data.transforms import rescale_pil, to_uint8_tensor
+
 # AlexNet's PCA colour augmentation: eigen decomposition of the ImageNet RGB pixel
 # covariance (RGB in [0, 1]), as in fb.resnet.torch and the SPEC. Eigenvectors are the
 # columns of EIGVEC (the rows listed in the SPEC are the matrix rows).
@@ -35,21 +37,6 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """The generator that decides every random augmentation of one image in one epoch."""
     return torch.Generator().manual_seed(sample_seed(seed, epoch, index))
-
-
-def rescale(img: Image.Image, size: int) -> Image.Image:
-    """Isotropically rescales a PIL image so that its smallest side equals `size`."""
-    w, h = img.size
-    if min(w, h) == size:
-        return img
-    ratio = size / min(w, h)
-    new = (max(size, round(w * ratio)), max(size, round(h * ratio)))
-    return img.resize(new, Image.Resampling.BILINEAR)
-
-
-def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> uint8 tensor (3, H, W)."""
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 def pca_shift(alpha: torch.Tensor) -> torch.Tensor:
@@ -88,7 +75,7 @@ class TrainTransform:
         # The draws always happen in the same order so that each image's augmentation is
         # a pure function of its generator.
         s = int(torch.randint(lo, hi + 1, (1,), generator=gen))
-        img = rescale(img, s)
+        img = rescale_pil(img, s)
         w, h = img.size
         c = self.crop_size
         top = int(torch.randint(0, h - c + 1, (1,), generator=gen))
@@ -112,7 +99,7 @@ class ValTransform:
         self.draft_size = scale
 
     def __call__(self, img: Image.Image, gen=None):
-        img = rescale(img, self.scale)
+        img = rescale_pil(img, self.scale)
         w, h = img.size
         c = self.crop_size
         top, left = (h - c) // 2, (w - c) // 2

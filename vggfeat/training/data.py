@@ -3,7 +3,9 @@
 Layout: `DIR/train/<class>/*.JPEG` and `DIR/val/<class>/*.JPEG` (ImageNet's, or any
 ImageFolder-style tree). Classes are the sorted folder names of `train`; `val` must have
 the same folders. Problems a user can fix (missing folders, empty classes, mismatched
-class lists) raise `TrainingDataError` at start, before any work is done.
+class lists) raise `TrainingDataError` at start, before any work is done. The folders are
+scanned as the dataset readers scan class folders (`vggfeat.data.readers.folders`), and
+images are decoded by `vggfeat.data.images.open_rgb`, JPEGs at a reduced size (draft).
 
 Samples are looked up by `(epoch, index)` keys (see `EpochKeySampler`) so that the
 per-image augmentation seed travels with the request and persistent worker processes
@@ -17,14 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from vggfeat.data.images import BadImageError, open_rgb
+from vggfeat.data.readers.folders import class_folders, class_images
 from vggfeat.training.augment import sample_generator
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
-# Decoding failures that mean "this file is bad", not "the code is wrong".
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 class TrainingDataError(ValueError):
@@ -55,14 +54,13 @@ def scan_split(root: Path) -> ImageList:
     if not root.is_dir():
         raise TrainingDataError(f"{root} is not a folder; expected {root}/<class>/<image> "
                                 "(ImageNet layout DIR/train/<class>/*.JPEG and DIR/val/...).")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = [p.name for p in class_folders(root)]
     if not classes:
         raise TrainingDataError(f"{root} has no class folders; put each class's images in "
                                 f"{root}/<class>/.")
     samples, empty = [], []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = class_images(root / name)
         if not files:
             empty.append(name)
         samples.extend((str(p.relative_to(root)), label) for p in files)
@@ -83,17 +81,6 @@ def scan_image_folder(data_dir: Path) -> tuple[ImageList, ImageList]:
             f"train and val classes differ in {data_dir}: only in train: {only_train[:10]}, "
             f"only in val: {only_val[:10]}; both splits need the same class folders.")
     return train, val
-
-
-def open_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
-    """Decode an image to RGB. JPEGs are decoded at reduced size (DCT scaling) when the
-    smallest side stays >= draft_size, which is the main decoding speed-up for S=256."""
-    with Image.open(path) as img:
-        if draft_size and img.format == "JPEG":
-            w, h = img.size
-            ratio = draft_size / min(w, h)
-            img.draft("RGB", (int(w * ratio) + 1, int(h * ratio) + 1))
-        return img.convert("RGB")
 
 
 class FolderDataset(Dataset):
@@ -119,8 +106,8 @@ class FolderDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         label, path = int(self.labels[index]), self.root / str(self.paths[index])
         try:
-            img = open_rgb(path, self.transform.draft_size)
-        except DECODE_ERRORS:
+            img = open_rgb(path, draft_size=self.transform.draft_size)
+        except BadImageError:
             return None, label, None, str(path)
         x, shift = self.transform(img, sample_generator(self.seed, epoch, index))
         return x, label, shift, None

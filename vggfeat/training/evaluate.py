@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from vggfeat.data.scaled import ScaledImages
 from vggfeat.models import PAPER_NAMES, load_backbone, normalize
-from vggfeat.training.augment import rescale, to_uint8_tensor
-from vggfeat.training.data import DECODE_ERRORS, ImageList, open_rgb, scan_split
+from vggfeat.training.data import ImageList, scan_split
 from vggfeat.utils.progress import progress_bar
 
 METHODS = ("dense", "multi-crop")
@@ -61,25 +61,6 @@ def multicrop_posterior(model, x: torch.Tensor, crop: int) -> torch.Tensor:
                        for top in grid_offsets(h, crop) for left in grid_offsets(w, crop)])
     crops = torch.cat([crops, crops.flip(-1)])
     return softmax(model(crops)).mean(0)
-
-
-class ScaledImages(Dataset):
-    """Each image decoded once, rescaled to every Q: ([uint8 (3, H, W) per Q], label, path)."""
-
-    def __init__(self, images: ImageList, scales: list[int]):
-        self.images, self.scales = images, scales
-
-    def __len__(self):
-        return len(self.images.samples)
-
-    def __getitem__(self, index):
-        rel, label = self.images.samples[index]
-        path = self.images.root / rel
-        try:
-            img = open_rgb(path)
-        except DECODE_ERRORS as error:
-            return None, label, f"{path}: {error}"
-        return [to_uint8_tensor(rescale(img, q)) for q in self.scales], label, None
 
 
 def label_map(model, classes: tuple[str, ...], name: str) -> np.ndarray:
@@ -118,12 +99,15 @@ def predict(models: list, images: ImageList, scales: list[int], methods=METHODS,
     post = {(i, meth, q): np.zeros((n, m.meta["num_classes"]), np.float32)
             for i, m in enumerate(models) for meth in methods for q in scales}
     keep = np.ones(n, bool)
-    loader = DataLoader(ScaledImages(images, scales), batch_size=None, num_workers=workers)
+    # Decoded and rescaled as the trainer validates: 8-bit PIL images, Pillow's resize.
+    paths = [(k, images.root / rel) for k, (rel, _) in enumerate(images.samples)]
+    loader = DataLoader(ScaledImages(paths, scales, pil=True), batch_size=None,
+                        num_workers=workers)
     bad = []
-    for index, (scaled, _, problem) in enumerate(progress_bar(loader, total=n, file=sys.stderr,
-                                                              disable=quiet, desc="evaluate")):
-        if problem:
-            bad.append(problem)
+    for index, scaled in progress_bar(loader, total=n, file=sys.stderr, disable=quiet,
+                                      desc="evaluate"):
+        if isinstance(scaled, str):  # an image that cannot be decoded: its reason
+            bad.append(f"{paths[index][1]}: {scaled}")
             keep[index] = False
             continue
         for q, img in zip(scales, scaled, strict=True):

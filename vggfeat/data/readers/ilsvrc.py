@@ -1,4 +1,5 @@
-"""Where localisation images and their boxes are: ILSVRC CLS-LOC folders or a CSV file.
+"""Localisation data (paper Appendix A): images with one class and its boxes, read from
+ILSVRC CLS-LOC folders or from a CSV file.
 
 - ILSVRC CLS-LOC: ``ROOT/Data/CLS-LOC/train/<wnid>/<id>.JPEG`` with boxes in
   ``ROOT/Annotations/CLS-LOC/train/<wnid>/<id>.xml`` (only the images that have an XML
@@ -23,14 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from vggfeat.data.readers import DatasetLayoutError, parse_voc_objects
-from vggfeat.training.data import IMAGE_EXTENSIONS, TrainingDataError
+from vggfeat.data.images import is_image_file
+from vggfeat.data.readers.base import DatasetLayoutError
+from vggfeat.data.readers.folders import class_folders
+from vggfeat.data.readers.voc import parse_voc_objects
 
 SPLITS = ("train", "val")
 CSV_COLUMNS = ("path", "label", "xmin", "ymin", "xmax", "ymax")
 
 
-class LocalisationDataError(TrainingDataError):
+class LocalisationDataError(DatasetLayoutError):
     """The localisation data is laid out wrongly; the message names the file and the fix."""
 
 
@@ -96,7 +99,7 @@ def ilsvrc_classes(root: Path) -> tuple[str, ...]:
     if not train.is_dir():
         raise LocalisationDataError(f"{train} is missing; the classes are its folder names "
                                     "(ILSVRC layout: Data/CLS-LOC/train/<wnid>/<id>.JPEG).")
-    classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir()))
+    classes = tuple(p.name for p in class_folders(train))
     if not classes:
         raise LocalisationDataError(f"{train} has no class folders.")
     return classes
@@ -113,7 +116,7 @@ def read_ilsvrc(root: Path, split: str) -> LocImages:
             raise LocalisationDataError(f"{folder} is missing; extract the ILSVRC CLS-LOC {split} "
                                         "images and bounding boxes there.")
     paths, labels, boxes = [], [], []
-    for image in sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
+    for image in sorted(p for p in images_dir.rglob("*") if is_image_file(p)):
         rel = image.relative_to(images_dir)
         xml = xml_dir / rel.with_suffix(".xml")
         if not xml.is_file():
