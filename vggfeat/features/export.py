@@ -23,10 +23,6 @@ class ExportError(ValueError):
     """A cache that cannot be described or exported as asked; the message says the fix."""
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def resolve(path: str | os.PathLike) -> Path:
     """`path`, or its ``.partial`` when only an unfinished extraction exists."""
     path = Path(path)
@@ -67,17 +63,17 @@ def cache_summary(path: str | os.PathLike, *, compute_variation: bool = True) ->
     summary = {
         "path": str(path),
         "complete": not cache.is_partial(path),
-        "dataset": _text(attrs.get("dataset", "")),
-        "root": _text(attrs.get("root", "")),
-        "arch": _text(attrs.get("arch", "")),
-        "weights_sha256": _text(attrs.get("weights_sha256", "")),
-        "layer": _text(attrs.get("layer", "")),
+        "dataset": str(attrs.get("dataset", "")),
+        "root": str(attrs.get("root", "")),
+        "arch": str(attrs.get("arch", "")),
+        "weights_sha256": str(attrs.get("weights_sha256", "")),
+        "layer": str(attrs.get("layer", "")),
         "scales": [int(s) for s in np.atleast_1d(attrs.get("scales", []))],
         "flip": bool(attrs.get("flip", False)),
-        "precision": _text(attrs.get("precision", "")),
-        "dtype": _text(attrs.get("dtype", "")),
-        "reader_options": json.loads(_text(attrs.get("reader_options", "{}")) or "{}"),
-        "vggfeat_version": _text(attrs.get("vggfeat_version", "")),
+        "precision": str(attrs.get("precision", "")),
+        "dtype": str(attrs.get("dtype", "")),
+        "reader_options": json.loads(str(attrs.get("reader_options", "{}")) or "{}"),
+        "vggfeat_version": str(attrs.get("vggfeat_version", "")),
         "groups": groups,
         "dimension": groups["images"]["dimension"],
         "classes": overview.classes,
