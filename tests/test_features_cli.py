@@ -53,7 +53,7 @@ def test_info_describes_the_cache(cache_file):
 
 
 def test_info_computes_the_variation_of_a_cache_that_does_not_store_it(cache_file, tmp_path):
-    from vggfeat.diagnostics import VARIATION_ATTR
+    from vggfeat.features.cache import VARIATION_ATTR
 
     copy = tmp_path / "old.h5"
     shutil.copy(cache_file, copy)

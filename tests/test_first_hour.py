@@ -108,7 +108,7 @@ def test_constant_descriptors_are_flagged_by_extract_svm_eval_and_doctor(data, t
                     "--scales", "64", "--out", out, "-q")
     assert result.exit_code == 0, result.output
     assert "barely vary" in result.stderr
-    assert cache_mod.read_variation(out) < diagnostics.LOW_VARIATION
+    assert cache_mod.read_variation(out) < cache_mod.LOW_VARIATION
     evaluation = invoke("svm-eval", out, "--out", tmp_path / "res", "--C", "1", "-q")
     assert evaluation.exit_code == 0
     assert "barely vary" in evaluation.stderr and "chance level" in evaluation.stderr
@@ -121,7 +121,7 @@ def test_an_informative_cache_draws_no_warning(data, tiny_weights, tmp_path):
                     tiny_weights, "--scales", "64", "--out", out, "-q")
     assert result.exit_code == 0 and "warning" not in result.stderr
     with h5py.File(out) as f:
-        stored = float(f.attrs[diagnostics.VARIATION_ATTR])
+        stored = float(f.attrs[cache_mod.VARIATION_ATTR])
         x = f["descriptors"][()].mean(axis=1)
     u = x / np.linalg.norm(x, axis=1, keepdims=True)  # independent: every pair explicitly
     pairs = [1 - u[i] @ u[j] for i in range(len(u)) for j in range(len(u)) if i != j]

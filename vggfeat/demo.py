@@ -239,11 +239,10 @@ def pixels_step(cfg: DemoConfig, root: Path, splits: Path, out: Path, *, echo) -
 
 
 def descriptor_dim(cache: Path) -> int:
-    import h5py
+    from vggfeat.features.cache import read_overview
 
-    with h5py.File(cache, "r") as f:
-        _, n_scales, dim = f["descriptors"].shape
-    return int(n_scales * dim)
+    images = read_overview(cache).counts["images"]
+    return images["scales"] * images["dimension"]
 
 
 def table_rows(cfg: DemoConfig, summaries: dict[str, dict], dims: dict[str, int]) -> list[dict]:

@@ -168,22 +168,18 @@ def check_dataset(dataset: str, root, options: dict | None = None,
 
 
 def read_cache_attributes(path: Path) -> dict:
-    """The attributes of an HDF5 feature cache, strings decoded; raises OSError/ValueError."""
-    import h5py
+    """The attributes of an HDF5 feature cache, strings decoded, with its root group's row
+    counts as ``_rows`` and ``_done``; raises OSError/ValueError."""
+    from vggfeat.features.cache import read_overview
 
-    with h5py.File(path, "r") as f:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        done = f["done"][...] if "done" in f else None
-        attrs["_rows"] = 0 if done is None else int(done.size)
-        attrs["_done"] = 0 if done is None else int(done.sum())
-    return attrs
+    overview = read_overview(path)
+    return {**overview.attrs, "_rows": overview.rows, "_done": overview.done}
 
 
 def check_cache(cache, model=None) -> Check:
     """Whether a feature cache is complete and, given a model, made with its weights and
     preprocessing."""
-    from vggfeat.diagnostics import evaluation_problem, low_variation_warning
-    from vggfeat.features.cache import read_variation
+    from vggfeat.features.cache import evaluation_problem, low_variation_warning, read_variation
 
     path = Path(cache).expanduser()
     problem = evaluation_problem(path)  # the same words svm-eval would refuse it with

@@ -119,6 +119,7 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
     from vggfeat import diagnostics
     from vggfeat.data.readers import DatasetLayoutError
     from vggfeat.evaluation import inputs, protocols, report
+    from vggfeat.features.cache import evaluation_problem
     from vggfeat.utils import atomic
 
     require_device(device)
@@ -128,7 +129,7 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
         test_per_class=test_per_class, splits_file=splits_file, verbose=not quiet,
     )
     out = out or Path(f"{features[0].stem}-svm")
-    problems = [diagnostics.evaluation_problem(p) for p in features]
+    problems = [evaluation_problem(p) for p in features]
     if any(problems):  # unfinished, or written by the API without labels
         raise InputError(next(p for p in problems if p))
     try:
@@ -241,8 +242,7 @@ def _check_foreign(out: Path, report) -> None:
 
 
 def _warn_low_variation(paths) -> None:
-    from vggfeat.diagnostics import low_variation_warning
-    from vggfeat.features.cache import read_variation
+    from vggfeat.features.cache import low_variation_warning, read_variation
 
     for path in paths:
         warning = low_variation_warning(path, read_variation(path))

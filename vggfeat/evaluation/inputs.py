@@ -10,10 +10,18 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from vggfeat.data.readers import DatasetLayoutError, DatasetReader, open_dataset
+from vggfeat.features.cache import (
+    BOXES_GROUP,
+    ROOT_GROUP,
+    CacheError,
+    load_features,
+    read_descriptors,
+    read_failed,
+    read_overview,
+)
 
 
 class EvaluationInputError(ValueError):
@@ -73,11 +81,10 @@ def read_cache_info(path) -> CacheInfo:
             f"{path}: no such feature file; create it with `vggfeat extract`"
         )
     try:
-        with h5py.File(path, "r") as f:
-            attrs = dict(f.attrs)
-            has_boxes = "boxes" in f
+        overview = read_overview(path, counts=False)
     except OSError as exc:
         raise EvaluationInputError(f"{path}: not a readable HDF5 feature cache ({exc})") from exc
+    attrs = overview.attrs
     needed = ("dataset", "root", "reader_options")
     absent = [k for k in needed if k not in attrs]
     if absent:
@@ -94,7 +101,7 @@ def read_cache_info(path) -> CacheInfo:
         arch=text(attrs.get("arch", "")), layer=text(attrs.get("layer", "")),
         scales=tuple(int(s) for s in np.atleast_1d(attrs.get("scales", []))),
         reader_options=json.loads(text(attrs["reader_options"]) or "{}"),
-        has_boxes=has_boxes,
+        has_boxes=overview.has_boxes,
     )
 
 
@@ -128,8 +135,6 @@ def open_reader(info: CacheInfo, root=None) -> DatasetReader:
 
 def load(paths, aggregate: str, *, block_l2: bool = False) -> tuple[list[CacheInfo], Features]:
     """Read and check caches: same dataset, same images, finite descriptors."""
-    from vggfeat.features.cache import CacheError, load_features
-
     paths = [Path(p) for p in paths]
     infos = [read_cache_info(p) for p in paths]
     check_same_dataset(infos)
@@ -138,7 +143,7 @@ def load(paths, aggregate: str, *, block_l2: bool = False) -> tuple[list[CacheIn
         box_ids = box_X = None
         if all(info.has_boxes for info in infos):
             box_ids, box_X = load_features(paths, aggregate=aggregate, l2=True,
-                                           block_l2=block_l2, group="boxes")
+                                           block_l2=block_l2, group=BOXES_GROUP)
     except CacheError as exc:
         raise EvaluationInputError(str(exc)) from exc
     for name, block in (("images", X), ("boxes", box_X)):
@@ -148,10 +153,8 @@ def load(paths, aggregate: str, *, block_l2: bool = False) -> tuple[list[CacheIn
 
 
 def _non_finite_message(paths, aggregate, name) -> str:
-    from vggfeat.features.cache import read_descriptors
-
     for path in paths:
-        ids, raw = read_descriptors(path, None if name == "images" else "boxes")
+        ids, raw = read_descriptors(path, None if name == "images" else BOXES_GROUP)
         bad = ~np.isfinite(raw).reshape(len(raw), -1).all(axis=1)
         if bad.any():
             first = ids[int(np.flatnonzero(bad)[0])]
@@ -247,13 +250,11 @@ def _listed_ids(reader) -> set[str]:
 
 def _failure_reasons(paths) -> dict[str, str]:
     """id -> why extraction failed, from the caches' `failed` tables."""
-    from vggfeat.features.cache import read_failed
-
     reasons = {}
     for path in paths:
-        for group in (None, "boxes"):
+        for group in (ROOT_GROUP, BOXES_GROUP):
             try:
-                failed = read_failed(path) if group is None else read_failed(path, group)
+                failed = read_failed(path, group)
             except (KeyError, OSError, ValueError):
                 continue
             for sample_id, reason in failed:

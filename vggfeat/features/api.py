@@ -19,6 +19,7 @@ from vggfeat.features.descriptor import DescriptorConfig, config_key
 from vggfeat.features.engine import DEFAULT_BATCH_SIZE, Engine
 from vggfeat.features.pipeline import extract_to_cache
 from vggfeat.models.weights import WeightsError
+from vggfeat.utils import atomic
 from vggfeat.utils.progress import progress_bar
 
 __all__ = ["FeatureExtractor", "extract_to_cache"]
@@ -27,6 +28,8 @@ __all__ = ["FeatureExtractor", "extract_to_cache"]
 AUTO_PROGRESS_IMAGES = 16
 # Suffixes that make a `weights` string a file name (checked for existence at clone time).
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# Serialises `_Memory.put` within a process (see there).
+_PUT_LOCK = threading.Lock()
 
 
 class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -359,7 +362,8 @@ class _Memory:
             return None
 
     def put(self, key: str, descriptor: np.ndarray) -> None:
-        path = self.folder / f"{key}.npy"
-        tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
-        np.save(tmp, np.asarray(descriptor, dtype=np.float32))
-        os.replace(tmp, path)  # parallel folds may write the same key: last one wins, intact
+        # Parallel folds may write the same key: last one wins, intact. The atomic writer's
+        # temporary name is per process, so this process's threads take turns.
+        with _PUT_LOCK, atomic.replacing(self.folder / f"{key}.npy") as tmp, \
+                open(tmp, "wb") as handle:
+            np.save(handle, np.asarray(descriptor, dtype=np.float32))

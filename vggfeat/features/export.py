@@ -12,7 +12,6 @@ import json
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from vggfeat.features import cache
@@ -22,10 +21,6 @@ FORMATS = ("npy", "csv", "parquet")
 
 class ExportError(ValueError):
     """A cache that cannot be described or exported as asked; the message says the fix."""
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -52,77 +47,48 @@ def cache_summary(path: str | os.PathLike, *, compute_variation: bool = True) ->
     """What a cache holds: its configuration, rows done/failed/pending, the descriptor
     shape, stored labels and the descriptor-variation statistic.
 
-    The statistic (`vggfeat.diagnostics.descriptor_variation`, mean pairwise cosine
+    The statistic (`vggfeat.features.cache.descriptor_variation`, mean pairwise cosine
     distance between images' scale-averaged descriptors) is read from the file when the
     extraction stored it, else computed here (``variation_source`` says which).
     """
     path = resolve(path)
     try:
-        with h5py.File(path, "r") as f:
-            attrs = dict(f.attrs)
-            if "ids" not in f or "descriptors" not in f:
-                raise ExportError(f"{path}: not a vggfeat feature cache (no ids/descriptors); "
-                                  "create it with `vggfeat extract`")
-            groups = {name: _group_counts(f[g]) for name, g in _group_names(f).items()}
-            labels = json.loads(_text(attrs["classes"])) if "classes" in attrs else None
-            failed = [(_text(i), _text(r)) for i, r in f["failed"][:5]] if "failed" in f else []
-            has_splits = "splits" in f
+        overview = cache.read_overview(path, failed_examples=5)
+        if not overview.has_rows or "images" not in overview.counts:
+            raise ExportError(f"{path}: not a vggfeat feature cache (no ids/descriptors); "
+                              "create it with `vggfeat extract`")
     except OSError as error:
         raise ExportError(f"{path}: not a readable HDF5 feature cache ({error})") from None
+    attrs, groups = overview.attrs, overview.counts
     summary = {
         "path": str(path),
-        "complete": not path.name.endswith(".partial"),
-        "dataset": _text(attrs.get("dataset", "")),
-        "root": _text(attrs.get("root", "")),
-        "arch": _text(attrs.get("arch", "")),
-        "weights_sha256": _text(attrs.get("weights_sha256", "")),
-        "layer": _text(attrs.get("layer", "")),
+        "complete": not cache.is_partial(path),
+        "dataset": str(attrs.get("dataset", "")),
+        "root": str(attrs.get("root", "")),
+        "arch": str(attrs.get("arch", "")),
+        "weights_sha256": str(attrs.get("weights_sha256", "")),
+        "layer": str(attrs.get("layer", "")),
         "scales": [int(s) for s in np.atleast_1d(attrs.get("scales", []))],
         "flip": bool(attrs.get("flip", False)),
-        "precision": _text(attrs.get("precision", "")),
-        "dtype": _text(attrs.get("dtype", "")),
-        "reader_options": json.loads(_text(attrs.get("reader_options", "{}")) or "{}"),
-        "vggfeat_version": _text(attrs.get("vggfeat_version", "")),
+        "precision": str(attrs.get("precision", "")),
+        "dtype": str(attrs.get("dtype", "")),
+        "reader_options": json.loads(str(attrs.get("reader_options", "{}")) or "{}"),
+        "vggfeat_version": str(attrs.get("vggfeat_version", "")),
         "groups": groups,
         "dimension": groups["images"]["dimension"],
-        "classes": labels,
-        "stored_splits": has_splits,
-        "failed_examples": failed,
+        "classes": overview.classes,
+        "stored_splits": overview.has_splits,
+        "failed_examples": overview.failed_examples,
     }
-    summary.update(_variation(path, attrs, groups["images"]["done"], compute_variation))
+    summary.update(_variation(path, compute_variation))
     return summary
 
 
-def _group_names(f: h5py.File) -> dict[str, str]:
-    names = {"images": cache.ROOT_GROUP}
-    if cache.BOXES_GROUP in f:
-        names["boxes"] = cache.BOXES_GROUP
-    return names
-
-
-def _group_counts(g: h5py.Group) -> dict:
-    done = g["done"][()]
-    failed = len(g["failed"]) if "failed" in g else 0
-    n, n_scales, dim = g["descriptors"].shape
-    return {"rows": int(n), "done": int(done.sum()), "failed": int(failed),
-            "pending": int(n - done.sum() - failed), "scales": int(n_scales),
-            "dimension": int(dim)}
-
-
-def _variation(path: Path, attrs: dict, n_done: int, compute: bool) -> dict:
-    from vggfeat.diagnostics import LOW_VARIATION, VARIATION_ATTR, descriptor_variation
-
-    if VARIATION_ATTR in attrs:
-        value, source = float(attrs[VARIATION_ATTR]), "stored"
-    elif compute and n_done:
-        with h5py.File(path, "r") as f:
-            done, rows = f["done"][()], f["descriptors"]
-            chunk = 1024
-            blocks = (rows[s:s + chunk][done[s:s + chunk]] for s in range(0, len(done), chunk))
-            value, source = descriptor_variation(blocks), "computed"
-    else:
+def _variation(path: Path, compute: bool) -> dict:
+    value, source = cache.variation_and_source(path, compute=compute)
+    if value is None:
         return {"variation": None, "variation_source": None, "variation_low": None}
-    low = bool(np.isfinite(value) and value < LOW_VARIATION)
+    low = bool(np.isfinite(value) and value < cache.LOW_VARIATION)
     return {"variation": value, "variation_source": source, "variation_low": low}
 
 
@@ -166,7 +132,7 @@ def format_summary(summary: dict) -> str:
 
 def default_export_path(path: str | os.PathLike, fmt: str, aggregate: str) -> Path:
     path = Path(path)
-    stem = path.name.removesuffix(".partial").removesuffix(".h5")
+    stem = cache.final_path(path).name.removesuffix(".h5")
     return path.with_name(f"{stem}-{aggregate}.{fmt}")
 
 
@@ -230,11 +196,7 @@ def export_features(path: str | os.PathLike, out: str | os.PathLike, fmt: str, *
 def _rows(path: Path, aggregate: str, l2: bool, group: str | None):
     """(ids, (n, D) float32) of the done rows, as `load_features` computes them (which
     only reads finished files, so a partial file is read here the same way)."""
-    with h5py.File(path, "r") as f:
-        g = f[group or cache.ROOT_GROUP]
-        done = g["done"][()]
-        ids = [_text(i) for i in g["ids"][()][done]]
-        descriptors = g["descriptors"][()][done].astype(np.float32)
+    ids, descriptors, _ = cache.read_done_rows(path, group)
     x = cache.aggregate_scales(descriptors, aggregate)
     return ids, (cache.l2_normalize(x) if l2 else x).astype(np.float32)
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from vggfeat.diagnostics import low_variation_warning
 from vggfeat.features import cache
 from vggfeat.features.descriptor import DescriptorConfig
 from vggfeat.features.engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, Engine, resolve_device
@@ -140,7 +139,7 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
                 cache.write_labels(cache.partial_path(out), *table)
             complete = cache.finalize(out)
             if complete:  # a backbone that gives every image the same output is said here
-                warning = low_variation_warning(out, cache.store_variation(out))
+                warning = cache.low_variation_warning(out, cache.store_variation(out))
                 if warning:
                     log(warning)
             final = out if complete else cache.partial_path(out)

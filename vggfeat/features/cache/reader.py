@@ -1,0 +1,138 @@
+"""Descriptors out of a cache: as stored, aggregated over scales, or row by row."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from vggfeat.features.cache.layout import ROOT_GROUP, CacheError, text
+from vggfeat.features.cache.messages import unfinished_message
+
+
+def read_done_rows(path: str | os.PathLike, group: str | None = None,
+                   ) -> tuple[list[str], np.ndarray, int]:
+    """(ids, (n, S, D) float32, rows without a descriptor) of the rows that are done, from
+    a finished cache or a ``.partial`` alike."""
+    with h5py.File(path, "r") as f:
+        g = f[group or ROOT_GROUP]
+        done = g["done"][()]
+        ids = [text(i) for i in g["ids"][()][done]]
+        descriptors = g["descriptors"][()][done].astype(np.float32)
+    return ids, descriptors, int((~done).sum())
+
+
+def read_descriptors(path: str | os.PathLike, group: str | None = None,
+                     ) -> tuple[list[str], np.ndarray]:
+    """(ids, (n, S, D) float32) of the rows that are done."""
+    path = Path(path)
+    unfinished = unfinished_message(path)  # the one description of an interrupted run
+    if not path.exists():
+        raise CacheError(unfinished or f"{path}: no such feature file")
+    ids, descriptors, missing = read_done_rows(path, group)
+    if missing:
+        why = unfinished or "see its `failed` table"
+        warnings.warn(f"{path}: {missing} rows have no descriptor ({why}); they are left out",
+                      stacklevel=3)
+    return ids, descriptors
+
+
+def aggregate_scales(descriptors: np.ndarray, aggregate: str = "avg") -> np.ndarray:
+    """(n, S, D) -> (n, D) by averaging or (n, S*D) by stacking the scales."""
+    if aggregate == "avg":
+        return descriptors.mean(axis=1, dtype=np.float64)
+    if aggregate == "stack":
+        return descriptors.reshape(len(descriptors), -1).astype(np.float64)
+    raise ValueError(f"aggregate must be 'avg' or 'stack', got {aggregate!r}")
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.finfo(np.float64).tiny)
+
+
+def load_features(path_or_paths, aggregate: str = "avg", l2: bool = True,
+                  group: str | None = None, *, block_l2: bool = False,
+                  ) -> tuple[list[str], np.ndarray]:
+    """Descriptors from one or several caches, aggregated over scales, as rows.
+
+    Parameters
+    ----------
+    path_or_paths : path-like or list of path-likes
+        One cache, or several caches of the same images (e.g. Net-D and Net-E), whose
+        rows are stacked side by side, aligned by id.
+    aggregate : {"avg", "stack"}
+        Average the scales (VOC) or concatenate them (Caltech).
+    l2 : bool
+        L2-normalise each final row.
+    group : str, optional
+        ``"boxes"`` for the person boxes of voc2012-action.
+    block_l2 : bool
+        Also L2-normalise each file's block before stacking.
+
+    Returns
+    -------
+    ids : list of str
+        Row ids, in the first file's order (rows without a descriptor are left out).
+    X : ndarray of shape (n, D), (n, S*D) or their stack over files, float32
+
+    Raises
+    ------
+    CacheError
+        A file is missing or the files hold different sets of ids.
+    """
+    paths = [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) \
+        else list(path_or_paths)
+    if not paths:
+        raise ValueError("load_features needs at least one path")
+    ids, blocks = None, []
+    for path in paths:
+        these, descriptors = read_descriptors(path, group)
+        block = aggregate_scales(descriptors, aggregate)
+        if ids is None:
+            ids = these
+        else:
+            block = _align(block, these, ids, path, paths[0])
+        blocks.append(l2_normalize(block) if block_l2 else block)
+    x = np.concatenate(blocks, axis=1)
+    return ids, (l2_normalize(x) if l2 else x).astype(np.float32)
+
+
+def _align(block: np.ndarray, these: list[str], ids: list[str], path, first) -> np.ndarray:
+    if set(these) != set(ids):
+        raise CacheError(
+            f"{path} and {first} hold different images ({len(set(ids) - set(these))} ids only "
+            f"in the first, {len(set(these) - set(ids))} only in the second); extract both "
+            "from the same dataset")
+    position = {i: k for k, i in enumerate(these)}
+    return block[[position[i] for i in ids]]
+
+
+class FeatureDataset:
+    """Rows of a cache as a map-style dataset: item k -> (id, (S, D) float32 descriptor).
+
+    The file is opened lazily, once per process, so the dataset can be handed to
+    DataLoader workers (an h5py handle must not cross a fork).
+    """
+
+    def __init__(self, path: str | os.PathLike, group: str | None = None):
+        self.path = Path(path)
+        self.group = group or ROOT_GROUP
+        with h5py.File(self.path, "r") as f:
+            self.rows = np.flatnonzero(f[self.group]["done"][()])
+        self._file = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> tuple[str, np.ndarray]:
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        g, row = self._file[self.group], int(self.rows[k])
+        return text(g["ids"][row]), g["descriptors"][row].astype(np.float32)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None, "_pid": None}
