@@ -5,7 +5,7 @@ import torch
 from helpers_features import random_rgb, write_bad_images, write_png
 
 from vggfeat.features.descriptor import DescriptorConfig
-from vggfeat.features.engine import Engine, ShapeBatcher, resolve_device
+from vggfeat.features.engine import Engine, ShapeBatcher
 from vggfeat.models import load_backbone
 from vggfeat.utils.threads import torch_threads
 
@@ -136,13 +136,6 @@ def test_bf16_autocast_is_close_to_fp32(tiny, images):
         scale = np.abs(result.descriptor).max()
         np.testing.assert_allclose(bf16[index].descriptor, result.descriptor, atol=0.05 * scale)
         assert not np.array_equal(bf16[index].descriptor, result.descriptor)
-
-
-def test_device_auto_on_this_machine():
-    expected = "cuda" if torch.cuda.is_available() else (
-        "mps" if torch.backends.mps.is_available() else "cpu")
-    assert resolve_device("auto").type == expected
-    assert resolve_device("cpu").type == "cpu"
 
 
 @pytest.mark.parametrize("backend", ["packed", "blocked", "torchscript", "eager"])

@@ -64,7 +64,7 @@ def check_device(device: str = "auto") -> Check:
     """The device `device` resolves to, as vggfeat extract/train use it."""
     import torch
 
-    from vggfeat.features.engine import resolve_device
+    from vggfeat.utils.devices import resolve_device
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     try:

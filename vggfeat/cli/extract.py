@@ -143,7 +143,7 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
 
     require_device(device)  # cuda without a GPU, cuda:7, mps: refused before any work
     if workers is None:  # decoding processes only pay off when the net is not on the CPU
-        from vggfeat.features.engine import resolve_device
+        from vggfeat.utils.devices import resolve_device
 
         try:
             on_cpu = resolve_device(device).type == "cpu"

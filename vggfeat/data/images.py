@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vggfeat.utils.errors import InputError
+
 # Pillow's own warning threshold (~89.5 Mpixels, a 9459 x 9459 image).
 MAX_PIXELS = 89_478_485
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -41,7 +43,7 @@ IMAGE_SUFFIXES = frozenset(
 )
 
 
-class BadImageError(ValueError):
+class BadImageError(InputError):
     """An image file that cannot be used; ``reason`` says why, ``path`` which file."""
 
     def __init__(self, path, reason: str):

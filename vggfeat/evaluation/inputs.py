@@ -22,9 +22,10 @@ from vggfeat.features.cache import (
     read_failed,
     read_overview,
 )
+from vggfeat.utils.errors import InputError
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(InputError):
     """Input that cannot be evaluated; the message names the file and the fix."""
 
 

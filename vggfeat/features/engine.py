@@ -38,6 +38,7 @@ from vggfeat.data.scaled import ScaledImages, load_image
 from vggfeat.data.transforms import rescale
 from vggfeat.features.descriptor import DescriptorConfig, describe
 from vggfeat.models.cpu import fast_dense
+from vggfeat.utils.devices import resolve_device
 
 DEFAULT_BATCH_SIZE = 32
 # Pixels per batch, flipped copies included: 4.2 M, about 3 GB of fp32 activations for a
@@ -54,17 +55,6 @@ class Result:
     index: int
     descriptor: np.ndarray | None = None
     error: str | None = None
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> cuda, then mps, then cpu; anything else is passed to torch.device."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def prepare_model(model, device: torch.device, channels_last: bool | None = None):

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from vggfeat.features import cache
+from vggfeat.utils.errors import InputError
 
 FORMATS = ("npy", "csv", "parquet")
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """A cache that cannot be described or exported as asked; the message says the fix."""
 
 

@@ -18,8 +18,9 @@ import numpy as np
 
 from vggfeat.features import cache
 from vggfeat.features.descriptor import DescriptorConfig
-from vggfeat.features.engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, Engine, resolve_device
+from vggfeat.features.engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, Engine
 from vggfeat.utils import distributed, locking
+from vggfeat.utils.devices import resolve_device
 from vggfeat.utils.progress import progress_bar
 
 

@@ -27,13 +27,14 @@ from vggfeat.models.vgg import (
     canonical_arch,
     recorded_pool_rounding,
 )
+from vggfeat.utils.errors import InputError
 from vggfeat.utils.hashing import sha256_future
 
 CHECKPOINT_FORMAT = "vggfeat-backbone"
 CHECKPOINT_VERSION = 1
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """A weights file that cannot be used; the message names the file and the fix."""
 
 

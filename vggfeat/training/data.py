@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from vggfeat.data.images import BadImageError, open_rgb
 from vggfeat.data.readers.folders import class_folders, class_images
 from vggfeat.training.augment import sample_generator
+from vggfeat.utils.errors import InputError
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(InputError):
     """The training data is laid out wrongly or has too many unreadable images."""
 
 

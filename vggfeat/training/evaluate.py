@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from vggfeat.data.scaled import ScaledImages
 from vggfeat.models import PAPER_NAMES, load_backbone, normalize
 from vggfeat.training.data import ImageList, scan_split
+from vggfeat.utils.errors import InputError
 from vggfeat.utils.progress import progress_bar
 
 METHODS = ("dense", "multi-crop")
@@ -33,7 +34,7 @@ COMBINED = "multi-crop & dense"
 GRID = 5  # 5 x 5 crop positions per scale
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """The nets and the validation folder do not fit together."""
 
 

@@ -22,20 +22,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BAD_IMAGES = 3
 
-# The library's "bad input" exception classes, by module and name: imported lazily, so that
-# the CLI's error path never pulls in torch or h5py for a command that did not load them.
-INPUT_ERRORS = (
-    ("vggfeat.models.weights", "WeightsError"),
-    ("vggfeat.features.cache", "CacheError"),
-    ("vggfeat.data.readers", "DatasetLayoutError"),
-    ("vggfeat.data.images", "BadImageError"),
-    ("vggfeat.evaluation.inputs", "EvaluationInputError"),
-    ("vggfeat.training.trainer", "TrainingError"),
-    ("vggfeat.training.data", "TrainingDataError"),
-    ("vggfeat.training.checkpoint", "CheckpointError"),
-    ("vggfeat.training.evaluate", "EvaluationError"),
-)
-
 # OSError numbers that mean "this path cannot be used as given" (bad input, exit 2); any
 # other OSError (a full disk, an I/O error) is a failure of the run (exit 1).
 USAGE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR,
@@ -46,24 +32,27 @@ DEBUG_HINT = "rerun with --debug (or VGGFEAT_DEBUG=1) to see the traceback"
 
 
 class VggfeatError(Exception):
-    """Base of vggfeat's own CLI-level errors: `exit_code` says how the command ends."""
+    """Base of every error vggfeat raises on purpose: its message is written for the user
+    (it names the file or option and the fix), and `exit_code` says how a command ends."""
 
     exit_code = EXIT_USAGE
 
 
+class InputError(VggfeatError, ValueError):
+    """Bad usage or input (exit 2): a file, folder, option or argument that cannot be used.
+
+    Also a ValueError, so that Python callers of the library can catch it as one.
+    """
+
+
+class RunError(VggfeatError, RuntimeError):
+    """The run itself failed (exit 1), e.g. a training run that diverged."""
+
+    exit_code = EXIT_FAILED
+
+
 def debug_requested() -> bool:
     return os.environ.get("VGGFEAT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _known_input_error(error: BaseException) -> bool:
-    import sys
-
-    for module, name in INPUT_ERRORS:
-        loaded = sys.modules.get(module)  # a class that was never imported cannot be raised
-        cls = getattr(loaded, name, None) if loaded is not None else None
-        if cls is not None and isinstance(error, cls):
-            return True
-    return isinstance(error, VggfeatError)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -125,8 +114,8 @@ def _hdf5_source(error: BaseException) -> tuple[bool, str | None]:
 
 def describe(error: BaseException) -> tuple[str, int]:
     """(one-line message, exit status) for an exception that escaped a command."""
-    if _known_input_error(error):
-        return str(error), getattr(error, "exit_code", EXIT_USAGE)
+    if isinstance(error, VggfeatError):
+        return str(error), error.exit_code
     inside_h5py, hdf5_file = _hdf5_source(error)
     if inside_h5py and isinstance(error, (KeyError, RuntimeError, OSError, ValueError)):
         detail = str(error).strip("'\"").splitlines()[0] if str(error) else type(error).__name__

@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from vggfeat.utils.errors import InputError
+
 VOC_SCALES = (256, 384, 512, 640, 768)
 CALTECH_SCALES = (256, 384, 512)
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(InputError):
     """A dataset folder does not have the layout its reader expects."""
 
 

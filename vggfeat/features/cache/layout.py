@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 
 from vggfeat.features.descriptor import DescriptorConfig, config_key
+from vggfeat.utils.errors import InputError
 from vggfeat.version import __version__
 
 ROOT_GROUP = "/"
@@ -27,7 +28,7 @@ LABELS, SPLITS, CLASSES_ATTR = "labels", "splits", "classes"
 PARTIAL_SUFFIX = ".partial"
 
 
-class CacheError(ValueError):
+class CacheError(InputError):
     """A cache file that cannot be used as asked; the message names the file and the fix."""
 
 
