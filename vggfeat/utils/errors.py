@@ -30,7 +30,7 @@ INPUT_ERRORS = (
     ("vggfeat.data.readers", "DatasetLayoutError"),
     ("vggfeat.data.images", "BadImageError"),
     ("vggfeat.evaluation.inputs", "EvaluationInputError"),
-    ("vggfeat.training.trainer", "TrainingError"),
+    ("vggfeat.training.config", "TrainingError"),
     ("vggfeat.training.data", "TrainingDataError"),
     ("vggfeat.training.checkpoint", "CheckpointError"),
     ("vggfeat.training.evaluate", "EvaluationError"),
