@@ -35,14 +35,10 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from vggfeat.training.trainer import (
-    autocast_for,
-    build_data,
-    build_model,
-    make_config,
-    prepare_batch,
-    train_step,
-)
+from vggfeat.training.config import make_config
+from vggfeat.training.loop import autocast_for, prepare_batch, train_step
+from vggfeat.training.model import build_model
+from vggfeat.training.trainer import build_data, classification_loss
 
 
 def parse_args():
@@ -124,7 +120,8 @@ def vggfeat_figure(args, device, data_dir: Path | None) -> float:
 
     def step(images, labels, shifts, _bad):
         x = prepare_batch(images, shifts, preprocessing, device, args.channels_last)
-        train_step(net, x, labels.to(device, non_blocking=True), optimizer, scaler, autocast)
+        train_step(net, x, labels.to(device, non_blocking=True), optimizer, scaler, autocast,
+                   classification_loss)
 
     return loop(repeat(loader), step, device, args.warmup, args.steps, args.batch_size)
 

@@ -31,6 +31,28 @@ def test_help(command):
     assert result.exit_code == 0 and "Example" in result.output
 
 
+def test_defaults_are_the_library_ones():
+    """One source of truth: every train-backbone option named like a training option
+    defaults to `DEFAULTS` (or, for the localisation options, `LOC_DEFAULTS`)."""
+    import click.core
+
+    from vggfeat.cli.train import train_backbone
+    from vggfeat.localisation.config import LOC_DEFAULTS
+    from vggfeat.training.config import DEFAULTS
+
+    unset = getattr(click.core, "UNSET", None)  # click >= 8.3: "no default given"
+    checked = 0
+    for param in train_backbone.params:
+        if param.name in ("lr", "workers"):  # resolved when the command runs (task, cores)
+            continue
+        default = None if param.default is unset else param.default
+        for defaults in (DEFAULTS, LOC_DEFAULTS):
+            if param.name in defaults and not getattr(param, "is_flag", False):
+                assert default == defaults[param.name], param.name
+                checked += 1
+    assert checked >= 25
+
+
 def test_needs_data_or_synthetic(tmp_path):
     result = run_cli(["train-backbone", "--out", tmp_path / "run"])
     assert result.exit_code == 2 and "--synthetic" in result.output

@@ -26,7 +26,8 @@ from vggfeat.features import cache as cache_mod
 from vggfeat.features.pipeline import extract_to_cache
 from vggfeat.models import WeightsError, load_backbone, save_backbone
 from vggfeat.training import train
-from vggfeat.training.trainer import make_config
+from vggfeat.training.config import make_config
+from vggfeat.training.stall import training_stalled
 from vggfeat.utils.threads import torch_threads
 
 
@@ -88,11 +89,11 @@ def test_trainer_warns_when_the_loss_stays_at_ln_classes(stalled_run):
 def test_stall_check_spares_a_run_that_learns():
     learning = [{"train_loss": 1.38, "val_top1_err": 75.0}, {"train_loss": 1.2, "val_top1_err": 60},
                 {"train_loss": 0.9, "val_top1_err": 40.0}]
-    assert diagnostics.training_stalled(learning, 4) is None
+    assert training_stalled(learning, 4) is None
     flat = [{"train_loss": 1.386, "val_top1_err": 75.0}] * 3
-    assert diagnostics.training_stalled(flat, 4) and not diagnostics.training_stalled(flat[:2], 4)
+    assert training_stalled(flat, 4) and not training_stalled(flat[:2], 4)
     better_than_chance = [*flat[:2], {"train_loss": 1.386, "val_top1_err": 50.0}]
-    assert diagnostics.training_stalled(better_than_chance, 4) is None
+    assert training_stalled(better_than_chance, 4) is None
 
 
 def test_scale_follows_the_crop_unless_given(tmp_path):

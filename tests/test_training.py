@@ -12,7 +12,7 @@ from helpers_training import TINY_OPTIONS, make_image_folder, run_cli
 from PIL import Image
 
 from vggfeat.models import build_backbone, load_backbone
-from vggfeat.training.trainer import init_from_net_a
+from vggfeat.training.model import init_from_net_a
 from vggfeat.utils.threads import torch_threads
 
 

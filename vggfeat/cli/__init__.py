@@ -22,7 +22,7 @@ COMMANDS = {
     "extract": "vggfeat.cli.extract:extract",
     "svm-eval": "vggfeat.cli.svm_eval:svm_eval",
     "train-backbone": "vggfeat.cli.train:train_backbone",
-    "eval-backbone": "vggfeat.cli.train:eval_backbone",
+    "eval-backbone": "vggfeat.cli.eval_backbone:eval_backbone",
     "eval-localisation": "vggfeat.cli.localisation:eval_localisation",
     "datasets": "vggfeat.cli.datasets:datasets",
     "doctor": "vggfeat.cli.doctor:doctor",

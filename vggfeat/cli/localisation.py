@@ -1,5 +1,4 @@
-"""`vggfeat eval-localisation`: a thin layer over vggfeat.localisation.evaluate."""
-import json
+"""`vggfeat eval-localisation`: a thin layer over vggfeat.localisation.run_eval."""
 from pathlib import Path
 
 import click
@@ -48,6 +47,20 @@ def _ints(ctx, param, text):
     return values
 
 
+def _split_net_scales(weights) -> tuple[list[str], list[list[int] | None]]:
+    """RUN@Q1,Q2 -> (RUN, [Q1, Q2]); a plain RUN -> (RUN, None)."""
+    nets, net_scales = [], []
+    for w in weights:
+        path, _, own = str(w).rpartition("@")
+        if path and own.replace(",", "").isdigit():
+            nets.append(path)
+            net_scales.append(_ints(None, None, own))
+        else:
+            nets.append(w)
+            net_scales.append(None)
+    return nets, net_scales
+
+
 @click.command("eval-localisation", cls=StrictCommand)
 @root_option("ILSVRC folder (Data/CLS-LOC, Annotations/CLS-LOC) or a CSV of boxes; its val "
              "images are evaluated.", required=True, alias=True,
@@ -91,53 +104,23 @@ def eval_localisation(data, weights, classifiers, protocol, scales, iou_threshol
         vggfeat eval-localisation --root ~/ILSVRC --weights runs/loc256 runs/loc384 \\
             --classifier runs/D runs/E --protocol dense --scales 256,384,512 --out results/
     """
-    import csv
-
-    import torch
-
     from vggfeat.data.readers import LocalisationDataError
-    from vggfeat.localisation.evaluate import (
-        LocalisationEvalError,
-        evaluate_localisation,
-        format_table,
-    )
+    from vggfeat.localisation.evaluate import LocalisationEvalError, format_table
+    from vggfeat.localisation.run_eval import run_eval_localisation
     from vggfeat.models import WeightsError
-    from vggfeat.utils import atomic
 
-    outputs = [out / "localisation.csv", out / "localisation.json"] if out else []
-    existing = [p for p in outputs if p.exists() or p.is_symlink()]
-    if existing and not overwrite:  # before any work: never replace a file unasked
-        raise atomic.ForeignFileError(
-            f"{existing[0]} already exists; eval-localisation would replace it. Choose "
-            "another --out, or pass --overwrite to replace it.")
-    weights = list(weights)
-    net_scales = []
-    for i, w in enumerate(weights):
-        path, _, own = str(w).rpartition("@")
-        if path and own.replace(",", "").isdigit():
-            weights[i], own = path, _ints(None, None, own)
-        else:
-            own = None
-        net_scales.append(own)
+    weights, net_scales = _split_net_scales(weights)
     if workers is None:
         workers = default_workers(4)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        rows, bad = evaluate_localisation(data, list(weights), list(classifiers), protocol,
-                                          scales, device, workers, quiet, limit,
-                                          iou_threshold, merge_threshold, net_scales)
+        rows, bad, written = run_eval_localisation(
+            data, weights, classifiers, out=out, overwrite=overwrite, device=device,
+            protocol=protocol, scales=scales, workers=workers, quiet=quiet, limit=limit,
+            iou_threshold=iou_threshold, merge_threshold=merge_threshold, net_scales=net_scales)
     except (WeightsError, LocalisationEvalError, LocalisationDataError, ValueError) as error:
         raise input_error(error) from None
     if bad:
         click.echo(f"skipped {len(bad)} unreadable images, e.g. {bad[:3]}", err=True)
     click.echo(format_table(rows))
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(out / "localisation.json", json.dumps(rows, indent=1) + "\n")
-        with atomic.open_text(out / "localisation.csv", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows({k: (",".join(map(str, v)) if isinstance(v, list) else v)
-                              for k, v in r.items()} for r in rows)
-        click.echo(f"wrote {out / 'localisation.csv'} and {out / 'localisation.json'}")
+    if written:
+        click.echo(f"wrote {written[0]} and {written[1]}")

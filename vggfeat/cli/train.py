@@ -1,5 +1,8 @@
-"""`vggfeat train-backbone` and `vggfeat eval-backbone`: thin layers over vggfeat.training."""
-import json
+"""`vggfeat train-backbone`: a thin layer over vggfeat.training (and vggfeat.localisation).
+
+Every default is the library's (`vggfeat.training.config.DEFAULTS`, and
+`vggfeat.localisation.config.LOC_DEFAULTS` for --task localisation): one source of truth.
+"""
 from pathlib import Path
 
 import click
@@ -19,19 +22,16 @@ from vggfeat.cli.options import (
     quiet_option,
     root_option,
 )
+from vggfeat.localisation.config import BOX_HEADS, FINETUNE, LOC_DEFAULTS
+from vggfeat.training.config import DEFAULTS, INITS, PRECISIONS
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",")]
-
-
-def _ints(ctx, param, text):
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+def _rgb(ctx, param, value):
+    """--mean/--std: checked by `three_numbers`, then as numbers (the words pass as they are)."""
+    value = three_numbers(ctx, param, value)
+    if value is None or value in ("sample", "imagenet"):
+        return value
+    return [float(v) for v in value.split(",")]
 
 
 @click.command("train-backbone", cls=StrictCommand)
@@ -40,13 +40,13 @@ def _ints(ctx, param, text):
              type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="RUN_DIR for checkpoint.pth, log.jsonl, config.json and backbone.pth.")
-@click.option("--arch", default="vgg11", show_default=True,
+@click.option("--arch", default=DEFAULTS["arch"], show_default=True,
               help="vgg11..vgg19 (+ -bn), vgg11-lrn, vgg16-1x1, or a paper letter A..E.")
-@click.option("--width", type=Width(), default=1.0, show_default=True,
+@click.option("--width", type=Width(), default=DEFAULTS["width"], show_default=True,
               help="Channel multiplier (at least 1/64).")
-@click.option("--crop-size", type=CropSize(), default=224, show_default=True,
+@click.option("--crop-size", type=CropSize(), default=DEFAULTS["crop_size"], show_default=True,
               help="Training crop side (a multiple of 32).")
-@click.option("--init", type=click.Choice(["normal", "xavier"]), default="normal",
+@click.option("--init", type=click.Choice(INITS), default=DEFAULTS["init"],
               show_default=True, help="Random init: normal (std 0.01) or Glorot.")
 @click.option("--init-from", type=click.Path(exists=True, path_type=Path),
               help="Net A run folder or backbone: copy its first 4 convs and 3 FC layers.")
@@ -56,69 +56,86 @@ def _ints(ctx, param, text):
               default="classification", show_default=True,
               help="localisation: fine-tune the --finetune-from classification net into a box "
                    "regressor (paper Appendix A; vggfeat.localisation.train).")
-@click.option("--box-head", type=click.Choice(["scr", "pcr"]), default="pcr", show_default=True,
+@click.option("--box-head", type=click.Choice(BOX_HEADS), default=LOC_DEFAULTS["box_head"],
+              show_default=True,
               help="Localisation: one box (single-class) or one per class (per-class).")
-@click.option("--finetune", type=click.Choice(["fc", "all"]), default="all", show_default=True,
+@click.option("--finetune", type=click.Choice(FINETUNE), default=LOC_DEFAULTS["finetune"],
+              show_default=True,
               help="Localisation: train fc6-fc8 only, or all layers.")
-@click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), default=0.5, show_default=True,
+@click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), default=DEFAULTS["dropout"],
+              show_default=True,
               help="Dropout after fc6 and fc7.")
-@click.option("--pool-rounding", type=click.Choice(["floor", "ceil"]), default=None,
+@click.option("--pool-rounding", type=click.Choice(["floor", "ceil"]),
+              default=DEFAULTS["pool_rounding"],
               help="Max-pool output sizes rounded down (torch) or up (Caffe, the paper's "
                    "released nets); recorded in the backbone and used by dense evaluation "
                    "[floor, or the --init-from/--finetune-from net's].")
-@click.option("--epochs", type=click.IntRange(0), default=74, show_default=True,
+@click.option("--epochs", type=click.IntRange(0), default=DEFAULTS["epochs"], show_default=True,
               help="Most epochs (the paper's recipe stops after 74).")
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1), default=DEFAULTS["batch_size"],
+              show_default=True,
               help="Global batch, split evenly over torchrun processes.")
 @click.option("--lr", type=FiniteFloat(0, min_open=True), default=None,
-              help="Initial learning rate [0.01; 0.001 with --task localisation].")
-@click.option("--momentum", type=FiniteFloat(0, 1, max_open=True), default=0.9, show_default=True,
+              help=f"Initial learning rate [{DEFAULTS['lr']:g}; {LOC_DEFAULTS['lr']:g} with --task "
+                   "localisation].")
+@click.option("--momentum", type=FiniteFloat(0, 1, max_open=True), default=DEFAULTS["momentum"],
+              show_default=True,
               help="SGD momentum.")
-@click.option("--weight-decay", type=FiniteFloat(0), default=5e-4, show_default=True,
+@click.option("--weight-decay", type=FiniteFloat(0), default=DEFAULTS["weight_decay"],
+              show_default=True,
               help="L2 weight decay.")
-@click.option("--lr-patience", type=click.IntRange(1), default=3, show_default=True,
+@click.option("--lr-patience", type=click.IntRange(1), default=DEFAULTS["lr_patience"],
+              show_default=True,
               help="Epochs without val top-1 improvement before lr /= 10.")
-@click.option("--lr-drops", type=click.IntRange(0), default=3, show_default=True,
+@click.option("--lr-drops", type=click.IntRange(0), default=DEFAULTS["lr_drops"], show_default=True,
               help="Most lr divisions.")
-@click.option("--scale", type=click.IntRange(1), default=None,
+@click.option("--scale", type=click.IntRange(1), default=DEFAULTS["scale"],
               help="Fixed training scale S [default: crop size x 8/7, i.e. 256 for 224].")
-@click.option("--scale-jitter", nargs=2, type=click.IntRange(1), default=None,
+@click.option("--scale-jitter", nargs=2, type=click.IntRange(1),
+              default=DEFAULTS["scale_jitter"],
               help="S_MIN S_MAX: random S per image (e.g. 256 512); overrides --scale.")
-@click.option("--val-scale", type=click.IntRange(1), default=None,
+@click.option("--val-scale", type=click.IntRange(1), default=DEFAULTS["val_scale"],
               help="Q of the single-crop validation [S, or the middle of the jitter range].")
 @click.option("--no-flip", is_flag=True, help="Disable random horizontal flips.")
-@click.option("--color-shift", type=FiniteFloat(0), default=0.1, show_default=True,
+@click.option("--color-shift", type=FiniteFloat(0), default=DEFAULTS["color_shift"],
+              show_default=True,
               help="Std of AlexNet's PCA colour shift; 0 disables it.")
-@click.option("--preprocessing", type=click.Choice(["paper", "torchvision"]), default=None,
+@click.option("--preprocessing", type=click.Choice(["paper", "torchvision"]),
+              default=DEFAULTS["preprocessing"],
               help="Input normalisation, stored in the backbone. paper: RGB in 0..255 minus "
                    "the mean RGB, no division; torchvision: RGB in [0, 1] minus ImageNet's "
                    "mean, divided by its std [paper; with --init-from/--finetune-from and "
                    "no --mean/--std: that net's].")
-@click.option("--mean", default=None, callback=three_numbers,
+@click.option("--mean", default=DEFAULTS["mean"], callback=_rgb,
               help="sample (mean RGB of --mean-sample training images), imagenet, or R,G,B "
                    "on the --preprocessing scale [paper: sample; torchvision: imagenet].")
-@click.option("--std", default=None, callback=three_numbers,
+@click.option("--std", default=DEFAULTS["std"], callback=_rgb,
               help="R,G,B divisors [paper: 1,1,1; torchvision: ImageNet's].")
-@click.option("--mean-sample", type=click.IntRange(1), default=1000, show_default=True,
+@click.option("--mean-sample", type=click.IntRange(1), default=DEFAULTS["mean_sample"],
+              show_default=True,
               help="Training images the sampled mean RGB is computed from.")
-@click.option("--seed", default=0, show_default=True,
+@click.option("--seed", default=DEFAULTS["seed"], show_default=True,
               help="Seed of the initialisation, augmentation and data order.")
 @device_option("Where the net trains")
 @click.option("--workers", type=click.IntRange(0), default=None,
-              help="Decoding processes per torchrun process [default: min(8, its share of the "
-                   f"CPU cores - 1), here {default_workers(8)}].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              help="Decoding processes per torchrun process [default: "
+                   f"min({DEFAULTS['workers']}, its share of the CPU cores - 1), here "
+                   f"{default_workers(DEFAULTS['workers'])}].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS["precision"],
               show_default=True, help="bf16/fp16: mixed precision under autocast.")
 @click.option("--channels-last", is_flag=True, help="NHWC memory format (faster on GPUs).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--synthetic", is_flag=True, help="Random fixed images instead of --root.")
-@click.option("--synthetic-size", type=click.IntRange(1), default=2560, show_default=True,
+@click.option("--synthetic-size", type=click.IntRange(1), default=DEFAULTS["synthetic_size"],
+              show_default=True,
               help="Images per epoch with --synthetic.")
-@click.option("--num-classes", type=click.IntRange(2), default=1000, show_default=True,
+@click.option("--num-classes", type=click.IntRange(2), default=DEFAULTS["num_classes"],
+              show_default=True,
               help="With --synthetic only.")
-@click.option("--max-bad-fraction", type=FiniteFloat(0, 1), default=0.01, show_default=True,
+@click.option("--max-bad-fraction", type=FiniteFloat(0, 1), default=DEFAULTS["max_bad_fraction"],
+              show_default=True,
               help="Abort when a larger share of images cannot be decoded.")
-@click.option("--max-steps", type=click.IntRange(1), default=None,
+@click.option("--max-steps", type=click.IntRange(1), default=DEFAULTS["max_steps"],
               help="Stop each epoch after N steps.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--force-resume", is_flag=True,
@@ -140,16 +157,8 @@ def train_backbone(**opts):
     resume, force = opts.pop("resume"), opts.pop("force_resume")
     opts["compile"] = opts.pop("compile_")
     opts["flip"] = not opts.pop("no_flip")
-    try:
-        if opts["mean"] is not None and opts["mean"] not in ("sample", "imagenet"):
-            opts["mean"] = _floats(opts["mean"])
-        if opts["std"] is not None:
-            opts["std"] = _floats(opts["std"])
-    except ValueError:
-        raise click.BadParameter("--mean takes sample, imagenet or three comma-separated "
-                                 "numbers; --std three comma-separated numbers") from None
     if opts["workers"] is None:
-        opts["workers"] = default_workers(8)
+        opts["workers"] = default_workers(DEFAULTS["workers"])
     opts["scale_jitter"] = list(opts["scale_jitter"]) if opts["scale_jitter"] else None
     if not opts["synthetic"] and opts["data"] is None:
         raise click.UsageError("give --root DIR (with train/ and val/) or --synthetic.")
@@ -170,56 +179,3 @@ def train_backbone(**opts):
         raise input_error(error) from None
     if result.get("epoch"):  # the result: on stdout, even with --quiet
         click.echo(f"backbone: {result['backbone']}")
-
-
-@click.command("eval-backbone", cls=StrictCommand)
-@root_option("Validation folder VAL_DIR/<class>/* (or DIR holding val/).", required=True,
-             alias=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--weights", required=True, multiple=True,
-              help="Backbone file or run folder; several (--weights A B) for an ensemble.")
-@click.option("--scales", callback=_ints, default=None,
-              help="Test scales Q, e.g. 256,384,512 [the paper's for the net's training S].")
-@click.option("--method", type=click.Choice(["dense", "multicrop", "both"]), default="both",
-              show_default=True, help="Dense, 50-crop multi-crop, or both and their average.")
-@device_option("Where the nets run")
-@click.option("--workers", type=click.IntRange(0), default=None,
-              help="Decoding processes [default: min(4, CPU cores - 1), here "
-                   f"{default_workers(4)}].")
-@click.option("--limit", type=click.IntRange(1), default=None,
-              help="Evaluate on N images spread over classes.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the rows as JSON.")
-@quiet_option()
-@click.argument("more_weights", nargs=-1, metavar="")
-def eval_backbone(data, weights, scales, method, device, workers, limit, json_out, quiet,
-                  more_weights):
-    """Top-1/top-5 error by dense, multi-crop and combined evaluation (paper Tables 3-6).
-
-    \b
-    Example:
-        vggfeat eval-backbone --root ~/imagenet/val --weights runs/D runs/E \\
-            --scales 256,384,512 --method both
-    """
-    import torch
-
-    from vggfeat.models import WeightsError
-    from vggfeat.training.evaluate import EvaluationError, evaluate_backbones, format_table
-
-    if (data / "val").is_dir():
-        data = data / "val"
-    workers = default_workers(4) if workers is None else workers
-    weights = [*weights, *more_weights]  # `--weights A B` reads B as a trailing argument
-    paths = [str(Path(w) / "backbone.pth") if Path(w).is_dir() else w for w in weights]
-    require_device(device)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        rows, pred = evaluate_backbones(paths, data, scales, method, device, workers, quiet, limit)
-    except (WeightsError, EvaluationError, ValueError) as error:
-        raise input_error(error) from None
-    if pred.bad:
-        click.echo(f"skipped {len(pred.bad)} unreadable images, e.g. {pred.bad[:3]}", err=True)
-    click.echo(format_table(rows))
-    if json_out:
-        json_out.write_text(json.dumps(rows, indent=1) + "\n")
-        click.echo(json_out)

@@ -8,19 +8,16 @@ required), its last layer from scratch, lr 1e-3; `--finetune fc` trains fc6-fc8 
 `all` every layer. Architecture, width, crop, pooling and input normalisation all come
 from that classification net.
 
-Everything else is the classification trainer's machinery (`vggfeat.training.trainer`):
-the same config dict, per-image seeding (augmentation and box targets follow from
-(seed, epoch, index)), DistributedSampler order, DDP, `train_step`, atomic checkpoints,
-exact --resume, log.jsonl and backbone.pth.
+This module is only what differs (data with box targets, the box layer, the loss, the
+validation error, the log line): a `vggfeat.training.loop.Task`. The loop itself (the
+run-folder lock, per-image seeding, DistributedSampler order, DDP, fused SGD, mixed
+precision, atomic checkpoints, exact --resume, log.jsonl and backbone.pth) is the
+classification trainer's, written once in `vggfeat.training.loop`.
 """
 from __future__ import annotations
 
 import copy
-import math
-import sys
-import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,35 +28,16 @@ from vggfeat.data.images import BadImageError, open_rgb
 from vggfeat.data.readers import LocImages, read_localisation
 from vggfeat.data.transforms import rescale_pil, to_uint8_tensor
 from vggfeat.localisation.boxes import box_iou, crop_target, decode_boxes
-from vggfeat.models import save_backbone
+from vggfeat.localisation.config import make_loc_config
 from vggfeat.training.augment import pca_shift, sample_generator
-from vggfeat.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from vggfeat.training.config import TrainingError
 from vggfeat.training.data import train_loader, val_loader
-from vggfeat.training.trainer import (
-    BadImageCounter,
-    TrainingDiverged,
-    TrainingError,
-    autocast_for,
-    checkpoint_state,
-    load_run_model,
-    make_config,
-    open_run_dir,
-    open_tensorboard,
-    prepare_batch,
-    restore_state,
-    save_epoch,
-    seed_everything,
-    start_or_resume,
-    train_step,
-)
+from vggfeat.training.loop import Task, run_training
+from vggfeat.training.model import load_run_model
 from vggfeat.utils import distributed as D
-from vggfeat.utils.progress import progress_bar
 
-BOX_HEADS = ("scr", "pcr")
-FINETUNE = ("fc", "all")
-LOC_DEFAULTS = {"box_head": "pcr",  # the paper's best (Table 8)
-                "finetune": "all",  # idem
-                "lr": 1e-3}
+# A box is correct at this IoU with a ground-truth box (ILSVRC criterion, paper Appendix A.2).
+IOU_THRESHOLD = 0.5
 
 
 # -- data: crops and their box targets --------------------------------------------------
@@ -195,7 +173,7 @@ def build_loc_model(cfg: dict) -> nn.Module:
     return model
 
 
-# -- one epoch ----------------------------------------------------------------------------
+# -- the task -------------------------------------------------------------------------
 
 def _set_train(model, cfg):
     model.train()
@@ -209,97 +187,9 @@ def _raw(model):
     return getattr(model, "module", model)
 
 
-def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, bad, preprocessing):
-    """One pass over the training crops; returns loss, images/s, time and steps."""
-    _set_train(model, cfg)
-    autocast = autocast_for(cfg, device)
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss*n, n
-    c = cfg["crop_size"]
-    steps = len(loader) if cfg["max_steps"] is None else min(len(loader), cfg["max_steps"])
-    bar = progress_bar(total=steps, desc=f"epoch {epoch + 1}/{cfg['epochs']}",
-                       disable=cfg["quiet"] or not D.is_main_process(), leave=False,
-                       unit="batch")
-    start = time.perf_counter()
-    for step, (images, targets, shifts, bad_paths) in enumerate(loader):
-        if step >= steps:
-            break
-        if images is None:  # every image unreadable: an empty step keeps ranks in step
-            images = torch.zeros((0, 3, c, c), dtype=torch.uint8)
-            targets, shifts = torch.zeros(0, 6), torch.zeros(0, 3)
-        bad.add(len(targets), bad_paths)
-        x = prepare_batch(images, shifts, preprocessing, device, cfg["channels_last"])
-        y = targets.to(device, non_blocking=True)
-        loss, _ = train_step(model, x, y, optimizer, scaler, autocast, euclidean_loss)
-        with torch.no_grad():
-            n = torch.full((), len(y), device=device, dtype=torch.float64)
-            sums += torch.stack([loss.double() * n, n])
-        if (step + 1) % 100 == 0:
-            bad.check()
-        bar.update()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    bar.close()
-    bad.check()
-    local = sums[1].item()
-    sums = D.all_reduce_sum(sums)
-    images_per_s = D.all_reduce_sum(torch.tensor([local / max(elapsed, 1e-9)])).item()
-    return {"train_loss": sums[0].item() / max(sums[1].item(), 1),
-            "images_per_s": images_per_s, "train_time_s": elapsed, "steps": steps}
-
-
-@torch.no_grad()
-def validate(model, loader, cfg, device, preprocessing, iou_threshold: float = 0.5):
-    """Central-crop validation of the ground-truth class's box: loss and localisation error.
-
-    The IoU is taken in crop coordinates against the target box (the ground-truth box with
-    the most area in the crop); eval-localisation measures against every ground-truth box
-    of the whole image.
-    """
-    model.eval()
-    autocast = autocast_for(cfg, device)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, hits, n
-    for images, targets, shifts, _ in loader:
-        if images is None:
-            continue
-        x = prepare_batch(images, shifts, preprocessing, device, cfg["channels_last"])
-        y = targets.to(device)
-        with autocast:
-            out = model(x).float()
-        pred = decode_boxes(predicted_box(out, y[:, 4]).cpu(), 1).numpy()
-        true = decode_boxes(y[:, :4].cpu(), 1).numpy()
-        iou = np.array([box_iou(p[None], t[None])[0, 0] for p, t in zip(pred, true, strict=True)])
-        hits = float(((iou >= iou_threshold) & (y[:, 5].cpu().numpy() > 0)).sum())
-        sums += torch.tensor([euclidean_loss(out, y).item() * len(y), hits, len(y)],
-                             dtype=torch.float64, device=device)
-    sums = D.all_reduce_sum(sums)
-    n = max(sums[2].item(), 1)
-    return {"val_loss": sums[0].item() / n, "val_loc_err": 100 * (1 - sums[1].item() / n)}
-
-
-# -- the run ------------------------------------------------------------------------------
-
-def make_loc_config(**options) -> dict:
-    """The trainer's config plus task, box_head and finetune; lr defaults to 1e-3."""
-    loc = {k: options.pop(k, v) for k, v in LOC_DEFAULTS.items() if k != "lr"}
-    options.setdefault("lr", LOC_DEFAULTS["lr"])
-    options.pop("task", None)
-    cfg = make_config(**options)
-    if loc["box_head"] not in BOX_HEADS:
-        raise TrainingError(f"--box-head must be one of {BOX_HEADS}, got {loc['box_head']!r}")
-    if loc["finetune"] not in FINETUNE:
-        raise TrainingError(f"--finetune must be one of {FINETUNE}, got {loc['finetune']!r}")
-    if cfg["synthetic"] or cfg["data"] is None:
-        raise TrainingError("--task localisation needs --data (an ILSVRC CLS-LOC folder or a "
-                            "CSV of boxes), not --synthetic.")
-    if not cfg["finetune_from"]:
-        raise TrainingError("--task localisation starts from a classification net: give "
-                            "--finetune-from CLASSIFICATION_RUN (trained at the same --scale).")
-    return {**cfg, "task": "localisation", **loc}
-
-
 def build_loc_data(cfg: dict, rank: int, world: int, pin_memory: bool):
-    """Loaders of the localisation crops; fills cfg's classes and train_digest."""
+    """Loaders of the localisation crops; fills cfg's classes, train_digest and num_classes
+    (the box layer's outputs)."""
     scale = cfg["scale_jitter"] or cfg["scale"]
     val_scale = cfg["val_scale"] or (sum(scale) // 2 if cfg["scale_jitter"] else scale)
     train_images = read_localisation(cfg["data"], "train")
@@ -312,31 +202,13 @@ def build_loc_data(cfg: dict, rank: int, world: int, pin_memory: bool):
     except ValueError as error:
         raise TrainingError(f"{error}; raise --scale.") from None
     cfg.update(classes=list(train_images.classes), train_digest=train_images.digest())
+    cfg["num_classes"] = 4 * (len(cfg["classes"]) if cfg["box_head"] == "pcr" else 1)
     common = {"rank": rank, "world": world, "workers": cfg["workers"], "pin_memory": pin_memory,
               "collate_fn": collate_targets}
     return (train_loader(LocDataset(train_images, train_tf, cfg["seed"]),
                          batch_size=cfg["batch_size"], seed=cfg["seed"], **common),
             val_loader(LocDataset(val_images, val_tf, cfg["seed"]),
                        batch_size=cfg["batch_size"], **common))
-
-
-def train_localisation(resume: bool = False, force_resume: bool = False, **options) -> dict:
-    """Fine-tune a classification net into a localisation net; returns the last log record.
-
-    Args:
-        resume: continue the run in options["out"] from its checkpoint.
-        force_resume: resume even if the architecture or dataset differ.
-        **options: entries of the trainer's `DEFAULTS` plus box_head ("scr"/"pcr") and
-            finetune ("fc"/"all"); finetune_from and data are required.
-    """
-    cfg = make_loc_config(**options)
-    device = D.init(cfg["device"])
-    try:
-        result = _train(cfg, device, resume, force_resume)
-        D.barrier()  # every rank leaves together (see vggfeat.training.trainer.train)
-        return result
-    finally:
-        D.shutdown()
 
 
 def _peek_source(cfg):
@@ -351,70 +223,54 @@ def _peek_source(cfg):
                       "own scale.", stacklevel=3)
 
 
-def _train(cfg, device, resume, force_resume):
-    rank, world = D.rank(), D.world_size()
-    run_dir = Path(cfg["out"])
-    _peek_source(cfg)
-    loader, val = build_loc_data(cfg, rank, world, pin_memory=device.type == "cuda")
-    cfg["num_classes"] = 4 * (len(cfg["classes"]) if cfg["box_head"] == "pcr" else 1)
-    state = start_or_resume(cfg, run_dir, resume, force_resume)
-    if state is not None and state["config"].get("box_head") != cfg["box_head"]:
+def _val_counts(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(loss summed over the batch, boxes of the ground-truth class at IoU >= 0.5).
+
+    The IoU is taken in crop coordinates against the target box (the ground-truth box with
+    the most area in the crop); eval-localisation measures against every ground-truth box
+    of the whole image.
+    """
+    pred = decode_boxes(predicted_box(outputs, targets[:, 4]).cpu(), 1).numpy()
+    true = decode_boxes(targets[:, :4].cpu(), 1).numpy()
+    iou = np.array([box_iou(p[None], t[None])[0, 0] for p, t in zip(pred, true, strict=True)])
+    hits = float(((iou >= IOU_THRESHOLD) & (targets[:, 5].cpu().numpy() > 0)).sum())
+    return torch.tensor([euclidean_loss(outputs, targets).item() * len(targets), hits],
+                        dtype=torch.float64)
+
+
+def _check_state(state: dict, cfg: dict, run_dir) -> None:
+    if state["config"].get("box_head") != cfg["box_head"]:
         raise TrainingError(f"{run_dir} holds a --box-head {state['config'].get('box_head')} "
                             "run; resume it with the same --box-head.")
-    torch.manual_seed(cfg["seed"])  # the same box layer on every rank
-    model = build_loc_model(cfg).to(device)
-    if cfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    preprocessing = model.meta["preprocessing"]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
-                                weight_decay=cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg["lr_factor"], patience=cfg["lr_patience"],
-        min_lr=cfg["lr"] * cfg["lr_factor"] ** cfg["lr_drops"])
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg["precision"] == "fp16")
-    start_epoch, step = 0, 0
-    if state is not None:
-        start_epoch, step = restore_state(state, model, optimizer, scheduler, scaler, cfg)
-    train_model = D.wrap_ddp(model, device)
-    if cfg["compile"]:
-        train_model = torch.compile(train_model)
-    main = D.is_main_process()
-    if main:
-        open_run_dir(run_dir, cfg, start_epoch)
-    writer = open_tensorboard(cfg, run_dir)
-    bad = BadImageCounter(cfg["max_bad_fraction"], device)
-    record = {}
-    for epoch in range(start_epoch, cfg["epochs"]):
-        seed_everything(cfg["seed"], epoch, rank)
-        loader.sampler.set_epoch(epoch)
-        lr, bad_before = optimizer.param_groups[0]["lr"], bad.total_bad
-        stats = train_one_epoch(train_model, loader, optimizer, scaler, cfg, device, epoch, bad,
-                                preprocessing)
-        stats.update(validate(model, val, cfg, device, preprocessing))
-        scheduler.step(stats["val_loc_err"])
-        step += stats.pop("steps")
-        record = {"epoch": epoch + 1, "step": step, "lr": lr, **stats,
-                  "bad_images": bad.total_bad - bad_before,
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        if not math.isfinite(stats["train_loss"]):
-            raise TrainingDiverged(f"the loss diverged in epoch {epoch + 1} (NaN/Inf); lower --lr; "
-                                "the last good checkpoint (if any) is kept.")
-        if main:
-            save_epoch(record, run_dir, writer, (model, optimizer, scheduler, scaler), cfg)
-            if not cfg["quiet"]:
-                print(format_record(record), file=sys.stderr)
-    if main:
-        if start_epoch >= cfg["epochs"] and state is None:
-            save_checkpoint(checkpoint_state(model, optimizer, scheduler, scaler, 0, 0, cfg),
-                            run_dir / CHECKPOINT_NAME)
-        save_backbone(model.cpu().eval(), run_dir / "backbone.pth")
-        if writer is not None:
-            writer.close()
-    return {**record, "run_dir": str(run_dir), "backbone": str(run_dir / "backbone.pth")}
 
 
 def format_record(r: dict) -> str:
     return (f"epoch {r['epoch']}: loss {r['train_loss']:.4f}, val loss {r['val_loss']:.4f}, "
             f"val GT-class localisation err {r['val_loc_err']:.2f}%, lr {r['lr']:.2g}, "
             f"{r['images_per_s']:.0f} images/s")
+
+
+LOCALISATION = Task(
+    build_data=build_loc_data,
+    build_model=lambda cfg, train_set, state: build_loc_model(cfg),
+    loss=euclidean_loss,
+    val_counts=_val_counts,
+    val_errors=("val_loc_err",),
+    format_record=format_record,
+    empty_targets=lambda: torch.zeros(0, 6),
+    set_train=_set_train,
+    prepare=_peek_source,
+    check_state=_check_state,
+)
+
+
+def train_localisation(resume: bool = False, force_resume: bool = False, **options) -> dict:
+    """Fine-tune a classification net into a localisation net; returns the last log record.
+
+    Args:
+        resume: continue the run in options["out"] from its checkpoint.
+        force_resume: resume even if the architecture or dataset differ.
+        **options: entries of the trainer's `DEFAULTS` plus box_head ("scr"/"pcr") and
+            finetune ("fc"/"all"); finetune_from and data are required.
+    """
+    return run_training(LOCALISATION, make_loc_config(**options), resume, force_resume)

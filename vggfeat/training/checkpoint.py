@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vggfeat.utils import atomic
+from vggfeat.utils import distributed as D
 
 CHECKPOINT_NAME = "checkpoint.pth"
 
@@ -160,3 +162,30 @@ def apply_optimizer_options(saved: dict, cfg: dict, optimizer, scheduler) -> lis
         changes += [f"{k} {saved.get(k)} -> {cfg[k]}" for k in schedule[1:]
                     if saved.get(k) != cfg[k]]
     return changes
+
+
+# -- a run's objects in and out ---------------------------------------------------------
+
+def checkpoint_state(model, optimizer, scheduler, scaler, epoch, step, cfg) -> dict:
+    """Everything --resume needs, as tensors and plain containers (weights_only loadable)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": epoch, "step": step, "rng": rng_state(), "config": cfg,
+            "classes": list(cfg["classes"])}
+
+
+def restore_state(state, model, optimizer, scheduler, scaler, cfg) -> tuple[int, int]:
+    """Load a training checkpoint into the run's objects; returns (start epoch, step)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    # New --lr/--momentum/--weight-decay/--lr-* values win over the restored state (only
+    # reached with --force-resume: check_resumable refuses a change otherwise).
+    changes = apply_optimizer_options(state["config"], cfg, optimizer, scheduler)
+    if changes and D.is_main_process():
+        print(f"note: --resume applies the new {'; '.join(changes)}", file=sys.stderr)
+    # Each epoch reseeds from (seed, epoch, rank) anyway; restoring the saved states also
+    # covers any RNG use between epochs.
+    set_rng_state(state["rng"])
+    return state["epoch"], state["step"]
