@@ -32,12 +32,13 @@ from vggfeat.localisation.predict import (
     window_posteriors,
 )
 from vggfeat.training.evaluate import dense_posterior, net_label
+from vggfeat.utils.errors import InputError
 from vggfeat.utils.progress import progress_bar
 
 PROTOCOLS = ("center", "dense")
 
 
-class LocalisationEvalError(ValueError):
+class LocalisationEvalError(InputError):
     """The nets and the data do not fit together; the message says how to fix it."""
 
 

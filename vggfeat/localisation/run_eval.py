@@ -12,6 +12,7 @@ from pathlib import Path
 
 from vggfeat.localisation.evaluate import evaluate_localisation
 from vggfeat.utils import atomic
+from vggfeat.utils.devices import CUDA_ONLY, resolve_device
 
 OUTPUT_NAMES = ("localisation.csv", "localisation.json")
 
@@ -61,10 +62,8 @@ def run_eval_localisation(data, weights, classifiers=(), *, out=None, overwrite:
         (rows, unreadable images, files written).
     """
     check_outputs(out, overwrite)
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":  # the trainer and the evaluations run on CUDA or the CPU only
+        device = str(resolve_device("auto", CUDA_ONLY))
     rows, bad = evaluate_localisation(data, list(weights), list(classifiers), device=device,
                                       **options)
     written = write_outputs(rows, out) if out else []

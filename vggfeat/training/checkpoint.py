@@ -17,6 +17,7 @@ import torch
 
 from vggfeat.utils import atomic
 from vggfeat.utils import distributed as D
+from vggfeat.utils.errors import InputError
 
 CHECKPOINT_NAME = "checkpoint.pth"
 
@@ -31,7 +32,7 @@ IDENTITY_KEYS = ("arch", "width", "crop_size", "num_classes", "classes", "train_
 OPTIMIZER_KEYS = ("lr", "momentum", "weight_decay", "lr_factor", "lr_patience", "lr_drops")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint cannot be read or does not fit the run it should continue."""
 
 

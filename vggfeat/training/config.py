@@ -6,6 +6,9 @@ from (`vggfeat train-backbone`), so this module imports nothing heavy at load ti
 """
 from __future__ import annotations
 
+from vggfeat.utils.devices import CUDA_ONLY, resolve_device
+from vggfeat.utils.errors import InputError
+
 INITS = ("normal", "xavier")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -64,7 +67,7 @@ DEFAULTS = {
 }
 
 
-class TrainingError(ValueError):
+class TrainingError(InputError):
     """A run cannot start or continue as asked; the message says how to fix it."""
 
 
@@ -86,10 +89,8 @@ def make_config(**options) -> dict:
         from vggfeat.models.vgg import check_pool_rounding
 
         check_pool_rounding(cfg["pool_rounding"])
-    if cfg["device"] == "auto":
-        import torch
-
-        cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg["device"] == "auto":  # the trainer and the evaluations run on CUDA or the CPU only
+        cfg["device"] = str(resolve_device("auto", CUDA_ONLY))
     if cfg["precision"] not in PRECISIONS:
         raise TrainingError(f"precision must be fp32, bf16 or fp16, got {cfg['precision']!r}")
     if cfg["out"] is None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vggfeat.training.evaluate import evaluate_backbones
 from vggfeat.utils import atomic
+from vggfeat.utils.devices import CUDA_ONLY, resolve_device
 
 
 def backbone_file(weights: str | Path) -> str:
@@ -32,10 +33,8 @@ def run_eval_backbone(data, weights, *, scales=None, method: str = "both",
     data = Path(data)
     if (data / "val").is_dir():
         data = data / "val"
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":  # the trainer and the evaluations run on CUDA or the CPU only
+        device = str(resolve_device("auto", CUDA_ONLY))
     rows, pred = evaluate_backbones([backbone_file(w) for w in weights], data, scales, method,
                                     device, workers, quiet, limit)
     if json_out:
