@@ -186,11 +186,16 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     """2 gloo processes x 8 images == 1 process x 16 images per step, to float rounding.
 
     Augmentation is seeded per image (not per rank), so only dropout differs between ranks:
-    it is switched off.
+    it is switched off. The two runs add the same gradients in another order, and on some
+    CPUs (an Intel Xeon with AMX, 2026-12) those last-bit differences flip ties of the max
+    pools over the test's flat-coloured shapes, which moves single weights by ~1e-5: so
+    each tensor is compared by how far it moved from the initial weights (a wrong gradient
+    average, e.g. a sum over ranks, is off by a whole step: 100% of the movement).
     """
     root = make_image_folder(tmp_path / "data", n_train=8, n_val=4)
-    common = ["train-backbone", "--data", root, *TINY_OPTIONS, "--epochs", "2",
-              "--batch-size", "16", "--dropout", "0", "--lr", "0.001"]
+    same = ["train-backbone", "--data", root, *TINY_OPTIONS, "--batch-size", "16",
+            "--dropout", "0", "--lr", "0.001"]
+    common = [*same, "--epochs", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -198,17 +203,19 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert run_cli([*common, "--out", tmp_path / "single"]).exit_code == 0
+    assert run_cli([*same, "--epochs", "0", "--out", tmp_path / "init"]).exit_code == 0
     two = torch.load(tmp_path / "ddp" / "checkpoint.pth", weights_only=True)
     one = torch.load(tmp_path / "single" / "checkpoint.pth", weights_only=True)
+    init = torch.load(tmp_path / "init" / "backbone.pth", weights_only=True)["state_dict"]
     assert two["step"] == one["step"] == 4
-    moved = 0.0
     for key, value in one["model"].items():
-        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-6)
-        moved = max(moved, (value - two["model"][key]).abs().max().item())
+        moved = (value - init[key]).norm()
+        assert moved > 0, key
+        assert (two["model"][key] - value).norm() <= 0.03 * moved, key
     logs = [[json.loads(x) for x in (tmp_path / d / "log.jsonl").read_text().splitlines()]
             for d in ("ddp", "single")]
-    for a, b in zip(*logs, strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    for a, b in zip(*logs, strict=True):  # the first epoch agrees to 1e-8, the second 3e-5
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_top1_err"] == b["val_top1_err"]
     # Only rank 0 wrote: one log line per epoch, no stray temporary files.
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
