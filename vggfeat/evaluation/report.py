@@ -194,8 +194,10 @@ def plot_recall(result: Result, out: Path) -> Path | None:
     classes = list(result.classes)
     per = {c: [r["recall"] for r in result.rows if r["class"] == c] for c in classes}
     mean = np.array([np.mean(per[c]) for c in classes]) * 100
-    low = mean - np.array([np.min(per[c]) for c in classes]) * 100
-    high = np.array([np.max(per[c]) for c in classes]) * 100 - mean
+    # Clipped at 0: the mean of equal recalls can differ from them in the last bit, and
+    # matplotlib refuses a negative error bar (e.g. 0.1 on every split).
+    low = np.maximum(mean - np.array([np.min(per[c]) for c in classes]) * 100, 0)
+    high = np.maximum(np.array([np.max(per[c]) for c in classes]) * 100 - mean, 0)
     n_splits = max(len(v) for v in per.values())
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.25 * len(classes) + 1.2)))
     y = np.arange(len(classes))

@@ -62,6 +62,7 @@ class Result:
 
 
 def check_positives(y: np.ndarray, classes, where: str) -> None:
+    """Refuse training labels (one column per class) where a class has no positive."""
     empty = [classes[k] for k in range(y.shape[1]) if not (y[:, k] == 1).any()]
     if empty:
         raise EvaluationInputError(
@@ -72,6 +73,7 @@ def check_positives(y: np.ndarray, classes, where: str) -> None:
 
 
 def fit_probe(settings: Settings, X, y, default_cv) -> LinearSVMProbe:
+    """The probe `settings` describe, fitted (`default_cv`: the protocol's folds)."""
     _check_folds(settings, y, default_cv)
     return settings.probe(default_cv).fit(X, y)
 
