@@ -106,15 +106,17 @@ def test_one_name_per_concept(path, command):
 
 
 def test_device_auto_takes_the_gpu_when_there_is_one(monkeypatch):
+    """svm-eval's "auto" (through the one resolver, vggfeat.utils.devices)."""
     import torch
 
-    from vggfeat.cli.svm_eval import _device
-    from vggfeat.features.engine import resolve_device
+    from vggfeat.evaluation.protocols import Settings
+    from vggfeat.evaluation.run import _resolved
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert _device("auto") == "cuda" and resolve_device("auto").type == "cuda"
+    assert _resolved(Settings(device="auto")).device == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert _device("auto") == "cpu" and _device("cuda:1") == "cuda:1"
+    assert _resolved(Settings(device="auto")).device == "cpu"
+    assert _resolved(Settings(device="cuda:1")).device == "cuda:1"
 
 
 def test_workers_default_never_exceeds_the_cores(monkeypatch):

@@ -181,3 +181,24 @@ def test_bad_options_are_refused(voc, tmp_path):
         f["x"] = [1]
     result = _invoke(tmp_path / "plain.h5")
     assert result.exit_code == 2 and "not a vggfeat feature cache" in result.output
+
+
+def test_the_library_call_is_the_whole_cli_run(voc, tmp_path):
+    """`run_svm_eval` is svm-eval: the same files and table, messages through `echo`, and
+    the same refusal of a folder holding another run's results."""
+    from vggfeat.evaluation import Settings, run_svm_eval
+    from vggfeat.evaluation.output_folder import OutputFolderError
+
+    _, _, _, d, _ = voc
+    said = []
+    run = run_svm_eval([d], Settings(C=(0.1, 1.0, 10.0)), out=tmp_path / "lib",
+                       echo=lambda text, err=False: said.append((err, text)))
+    by_cli = _invoke(d, "--out", tmp_path / "cli", *FAST)
+    assert by_cli.exit_code == 0, by_cli.output
+    for name in ("results.csv", "scores.csv"):
+        assert (tmp_path / "lib" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+    assert (False, run.table) in said and run.table in by_cli.output
+    assert f"wrote {len(run.files)} files" in by_cli.output
+    assert run.result.headline["headline"] == "mAP_voc07" and run.paper["net"] == "D"
+    with pytest.raises(OutputFolderError, match="other options"):
+        run_svm_eval([d], Settings(C=(1.0,)), out=tmp_path / "lib")

@@ -17,11 +17,11 @@ from conftest import make_tiny_backbone
 from helpers_datasets import make_folder_dataset
 from helpers_training import make_image_folder
 
-from vggfeat import diagnostics
 from vggfeat.cli import cli
 from vggfeat.cli.extract import default_out
 from vggfeat.data.readers import open_dataset
 from vggfeat.doctor import FAIL, check_cache
+from vggfeat.evaluation.diagnostics import grid_edge_warning
 from vggfeat.features import cache as cache_mod
 from vggfeat.features.pipeline import extract_to_cache
 from vggfeat.models import WeightsError, load_backbone, save_backbone
@@ -149,10 +149,10 @@ def test_c_at_the_edge_of_its_grid_is_said(data, tiny_weights, tmp_path):
 
 def test_grid_edge_warning_needs_an_interior():
     chosen = {"0": {"a": 1.0, "b": 10.0}}
-    assert diagnostics.grid_edge_warning(chosen, [1.0, 10.0]) is None  # no interior value
-    assert diagnostics.grid_edge_warning({"0": {"a": 1.0}}, [0.1, 1, 10]) is None
-    assert "smallest C (0.1)" in diagnostics.grid_edge_warning({"0": {"a": 0.1}}, [0.1, 1, 10])
-    high = diagnostics.grid_edge_warning({"0": {"a": 10.0, "b": 1.0}}, [0.1, 1, 10])
+    assert grid_edge_warning(chosen, [1.0, 10.0]) is None  # no interior value
+    assert grid_edge_warning({"0": {"a": 1.0}}, [0.1, 1, 10]) is None
+    assert "smallest C (0.1)" in grid_edge_warning({"0": {"a": 0.1}}, [0.1, 1, 10])
+    high = grid_edge_warning({"0": {"a": 10.0, "b": 1.0}}, [0.1, 1, 10])
     assert "largest C (10) for 1 of 2 classifiers" in high and "--C 0.1,1,10,100,1000" in high
 
 

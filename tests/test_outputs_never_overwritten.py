@@ -13,7 +13,7 @@ from helpers_localisation import make_loc_csv
 from helpers_training import TINY_OPTIONS, run_cli
 from test_localisation import CROP, classifier_file, constant_box_net
 
-from vggfeat.evaluation import report
+from vggfeat.evaluation import output_folder
 from vggfeat.utils.threads import torch_threads
 
 
@@ -147,7 +147,7 @@ def test_svm_eval_own_folder_other_files_and_interrupted_run(voc_cache, tmp_path
     users_folder(out, ("notes.txt",))  # files it does not write are no obstacle
     assert svm_eval(voc_cache, out).exit_code == 0
     assert (out / "notes.txt").read_text() == "the user's own notes.txt\n"
-    assert not (out / report.WRITING_MARKER).exists()
+    assert not (out / output_folder.WRITING_MARKER).exists()
     expected = snapshot(out)
     assert svm_eval(voc_cache, out).exit_code == 0  # its own folder: rerun as before
     (out / "pr_mine.png").write_bytes(b"not ours")  # an output name summary.json lacks
@@ -156,7 +156,7 @@ def test_svm_eval_own_folder_other_files_and_interrupted_run(voc_cache, tmp_path
     (out / "pr_mine.png").unlink()
     # A run killed before its summary.json: the marker says its files are vggfeat's.
     (out / "summary.json").unlink()
-    report.claim_outputs(out)
+    output_folder.claim_outputs(out)
     pid = dead_pid()
     stale, kept = out / f".results.csv.{pid}.tmp", out / f".notes.txt.{pid}.tmp"
     stale.write_text("x")

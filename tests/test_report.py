@@ -124,3 +124,14 @@ def test_pr_plot_axes_are_labelled(tmp_path, monkeypatch):
     assert {ax.get_xlabel() for ax in axes[-3:]} == {"recall"}
     assert axes[0].get_ylabel() == "precision"
     assert min(ax.title.get_fontsize() for ax in axes) >= 9
+
+
+def test_recall_plot_of_a_class_with_the_same_recall_on_every_split(tmp_path):
+    """The mean of three equal recalls can differ from them in the last bit (0.1 does):
+    the plot's error bar is then 0, not a negative bar that matplotlib refuses."""
+    rows = [{"split": s, "class": c, "C": 1.0, "n_train": 15, "n_test": 30, "recall": r}
+            for s in range(3) for c, r in (("5", 0.1), ("6", [0.2, 0.3, 0.4][s]))]
+    result = protocols.Result("folder", "", ("5", "6"), rows=rows,
+                              headline={"mean_class_recall": 0.2})
+    assert np.mean([0.1] * 3) != 0.1  # the case that made a negative bar
+    assert report.plot_recall(result, tmp_path).stat().st_size > 1000

@@ -15,7 +15,7 @@ The story of the paper's Appendix B, scaled down to scikit-learn's handwritten d
    saw, with each backbone.
 4. ``vggfeat svm-eval``: linear SVMs with a Caltech-style protocol (a fixed number of
    training images per class, 3 seeded splits, mean class recall +- std) on each.
-5. Raw pixels through the same SVM protocol (the library, in-process).
+5. Raw pixels through the same SVM protocol (svm-eval's library call, in-process).
 6. One table (printed, ``results.csv``, ``results.md``) and a plot (``results.png``).
 
 Why the clutter: on plain centred digits raw pixels won (95.9 against 89.6 for the trained
@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vggfeat.utils import atomic
 from vggfeat.utils.threads import torch_threads
 
 
@@ -213,25 +214,22 @@ def svm_eval_step(cfg: DemoConfig, cache: Path, splits: Path, out: Path, **kw) -
 
 
 def pixels_step(cfg: DemoConfig, root: Path, splits: Path, out: Path, *, echo) -> dict:
-    """Raw pixels through the same protocol and splits, in-process (the library's
-    `run_protocol`, as svm-eval calls it); writes the same report files as svm-eval."""
+    """Raw pixels through the same protocol and splits, in-process: svm-eval's second half
+    (`vggfeat.evaluation.evaluate_features`), with its folder checks and report files."""
     from vggfeat.data.readers import open_dataset
-    from vggfeat.evaluation.inputs import Features
-    from vggfeat.evaluation.protocols import Settings, run_protocol
-    from vggfeat.evaluation.report import write_report
+    from vggfeat.evaluation import Features, Settings, evaluate_features
 
     summary = out / "summary.json"
     if not summary.is_file():
         settings = Settings(splits_file=splits, seed=cfg.seed)
         if cfg.C is not None:
             settings = replace(settings, C=(float(cfg.C),))
-        echo("# raw pixels: vggfeat.evaluation.run_protocol(reader, pixels, Settings("
-             f"splits_file={str(splits)!r}, C={settings.C}))")
+        echo("# raw pixels: vggfeat.evaluation.evaluate_features(reader, pixels, Settings("
+             f"splits_file={str(splits)!r}, C={settings.C}), {str(out)!r})")
         ids, X = pixel_vectors(root)
-        result = run_protocol(open_dataset("folder", root), Features(ids, X, [root]), settings,
-                              out)
-        write_report(result, out, asdict(settings),
-                     [{"path": str(root), "arch": "pixels", "layer": f"{X.shape[1]} pixels"}])
+        source = {"path": str(root), "arch": "pixels", "layer": f"{X.shape[1]} pixels"}
+        evaluate_features(open_dataset("folder", root), Features(ids, X, [root]), settings, out,
+                          sources=[source])
     return json.loads(summary.read_text())
 
 
@@ -279,12 +277,12 @@ def format_markdown(rows: list[dict], cfg: DemoConfig) -> str:
 
 
 def write_table(rows: list[dict], cfg: DemoConfig, out: Path) -> str:
-    with (out / RESULTS_CSV).open("w", newline="") as fh:
+    with atomic.open_text(out / RESULTS_CSV, newline="") as fh:  # whole or absent
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     text = format_markdown(rows, cfg)
-    (out / RESULTS_MD).write_text(text)
+    atomic.write_text(out / RESULTS_MD, text)
     return text
 
 
@@ -312,7 +310,8 @@ def plot(rows: list[dict], summaries: dict[str, dict], cfg: DemoConfig, path: Pa
     ax.set_title(f"Transfer to unseen digits 5-9 ({cfg.train_per_class} train/class, "
                  f"{cfg.splits} splits)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -334,7 +333,7 @@ def check_state(cfg: DemoConfig, out: Path) -> None:
         raise DemoError(f"{out} is not empty and holds no demo ({state} missing); "
                         "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps(wanted, indent=1) + "\n")
+    atomic.write_text(state, json.dumps(wanted, indent=1) + "\n")
 
 
 def run_demo(out, cfg: DemoConfig = FULL, *, quiet: bool = False, echo=print) -> list[dict]:

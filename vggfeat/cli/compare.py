@@ -3,7 +3,7 @@ from pathlib import Path
 
 import click
 
-from vggfeat.cli.checks import InputError, input_error
+from vggfeat.cli.checks import input_error
 from vggfeat.cli.options import StrictCommand
 
 
@@ -33,8 +33,7 @@ def compare(results, out, per_class, overwrite):
         comparability_warnings,
         format_comparison,
         load_runs,
-        plot_comparison,
-        write_comparison_csv,
+        write_comparison,
     )
 
     try:
@@ -46,11 +45,9 @@ def compare(results, out, per_class, overwrite):
     click.echo(format_comparison(runs, per_class=per_class))
     if out is None:
         return
-    targets = [out / "compare.csv", out / "compare.png"]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise InputError(f"{', '.join(existing)} exists; choose another --out, or "
-                                   "--overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    click.echo(write_comparison_csv(runs, targets[0]))
-    click.echo(plot_comparison(runs, targets[1]))
+    try:
+        written = write_comparison(runs, out, overwrite=overwrite)
+    except CompareError as error:  # compare.csv or compare.png already there
+        raise input_error(error) from None
+    for path in written:
+        click.echo(path)

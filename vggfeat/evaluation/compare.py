@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vggfeat.utils import atomic
+
 
 class CompareError(ValueError):
     """A folder that is not an svm-eval result; the message names it and the fix."""
@@ -191,11 +193,26 @@ def format_comparison(runs: list[Run], per_class: bool = True) -> str:
     return "\n".join(lines)
 
 
+COMPARISON_FILES = ("compare.csv", "compare.png")
+
+
+def write_comparison(runs: list[Run], out, *, overwrite: bool = False) -> list[Path]:
+    """compare.csv and compare.png in `out`; existing ones are replaced only on `overwrite`."""
+    out = Path(out)
+    targets = [out / name for name in COMPARISON_FILES]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise CompareError(f"{', '.join(existing)} exists; choose another --out, or "
+                           "--overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    return [write_comparison_csv(runs, targets[0]), plot_comparison(runs, targets[1])]
+
+
 def write_comparison_csv(runs: list[Run], path: Path) -> Path:
     """One row per run: the headline figures, then each class's figure (%)."""
     classes, per = class_table(runs)
     heads = headline_rows(runs)
-    with Path(path).open("w", newline="") as fh:
+    with atomic.open_text(path, newline="") as fh:  # whole or absent, even if killed
         writer = csv.writer(fh)
         writer.writerow([*heads[0].keys(), *classes])
         for h in heads:
@@ -251,6 +268,7 @@ def plot_comparison(runs: list[Run], path: Path) -> Path:
     fig.suptitle(f"{runs[0].summary.get('dataset', '')}: {len(runs)} runs compared",
                  fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return Path(path)

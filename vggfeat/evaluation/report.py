@@ -6,7 +6,8 @@ Files written to the output folder:
 - ``results.csv``: one row per class and split (AP variants or recall, chosen C, counts).
 - ``summary.json``: settings, inputs, chosen C per class, headline metric, paper figure,
   the number of splits evaluated (``n_splits``; ``settings.n_splits`` is what was asked
-  for) and every file written (``files``, relative to the folder).
+  for), every file written (``files``, relative to the folder) and the images left out
+  for want of a descriptor (``left_out``, only when there are some).
 - ``scores.csv``: per split, each test sample's id, its true label(s) (``true``: names
   joined by ``;``, a VOC difficult class with a trailing ``?``, empty where the split has
   no public labels) and the decision value of every class.
@@ -17,7 +18,6 @@ Files written to the output folder:
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -194,8 +194,10 @@ def plot_recall(result: Result, out: Path) -> Path | None:
     classes = list(result.classes)
     per = {c: [r["recall"] for r in result.rows if r["class"] == c] for c in classes}
     mean = np.array([np.mean(per[c]) for c in classes]) * 100
-    low = mean - np.array([np.min(per[c]) for c in classes]) * 100
-    high = np.array([np.max(per[c]) for c in classes]) * 100 - mean
+    # Clipped at 0: the mean of equal recalls can differ from them in the last bit, and
+    # matplotlib refuses a negative error bar (e.g. 0.1 on every split).
+    low = np.maximum(mean - np.array([np.min(per[c]) for c in classes]) * 100, 0)
+    high = np.maximum(np.array([np.max(per[c]) for c in classes]) * 100 - mean, 0)
     n_splits = max(len(v) for v in per.values())
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.25 * len(classes) + 1.2)))
     y = np.arange(len(classes))
@@ -268,8 +270,12 @@ def splits_evaluated(result: Result) -> int:
 
 
 def write_report(result: Result, out, settings: dict, inputs: list[dict],
-                 paper: dict | None = None) -> dict[str, Path]:
-    """Write results.csv, summary.json, scores.csv and the PR plots to `out`."""
+                 paper: dict | None = None, left_out: dict | None = None) -> dict[str, Path]:
+    """Write results.csv, summary.json, scores.csv and the PR plots to `out`.
+
+    `left_out`: the images left out for want of a descriptor, kept in summary.json apart
+    from ``settings`` (which a rerun compares with its own).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"results": _write_csv(out / "results.csv", result.rows),
@@ -291,76 +297,12 @@ def write_report(result: Result, out, settings: dict, inputs: list[dict],
         "n_splits": splits_evaluated(result),
         "files": sorted({_relative(p, out) for p in listed}),
     }
+    if left_out:
+        summary["left_out"] = left_out
     path = out / "summary.json"
-    atomic.write_text(path, json.dumps(summary, indent=2, default=_jsonable) + "\n")
+    atomic.write_text(path, json.dumps(summary, indent=2, default=jsonable) + "\n")
     files["summary"] = path
     return files
-
-
-# Every name svm-eval may write in its --out folder (this module's and the protocols').
-OUTPUT_PATTERNS = ("results.csv", "summary.json", "scores.csv", "pr_*.png", "recall.png",
-                   "confusion.png", "confusion.csv", "splits.csv", "comp1_cls_test_*.txt",
-                   "comp9_action_test_*.txt")
-
-
-# Present while svm-eval writes a folder (removed once summary.json is written): the
-# output-named files of a run that was killed or failed half-way are then known as ours.
-WRITING_MARKER = ".vggfeat-svm-eval-writing"
-WRITING_KIND = "vggfeat svm-eval outputs being written"
-
-
-def claim_outputs(out) -> None:
-    """Mark `out` as being written by svm-eval (call after `foreign_outputs` found none)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / WRITING_MARKER, json.dumps({"kind": WRITING_KIND}) + "\n")
-
-
-def release_outputs(out) -> None:
-    """The run finished: summary.json lists its files, the marker goes."""
-    (Path(out) / WRITING_MARKER).unlink(missing_ok=True)
-
-
-def unclaim_if_unused(out, made_folder: bool) -> None:
-    """A run that failed before writing any output: the marker goes (and the folder, if the
-    run made it); one that wrote some keeps it, so a rerun may replace them."""
-    out = Path(out)
-    if any(any(out.glob(pattern)) for pattern in OUTPUT_PATTERNS):
-        return
-    release_outputs(out)
-    if made_folder:
-        with contextlib.suppress(OSError):
-            out.rmdir()
-
-
-def _claimed(out: Path) -> bool:
-    try:
-        return json.loads((out / WRITING_MARKER).read_text()).get("kind") == WRITING_KIND
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-        return False
-
-
-def foreign_outputs(out) -> list[Path]:
-    """Files in `out` that svm-eval could replace but did not write itself.
-
-    Ours are the files that a vggfeat summary.json in `out` lists (its ``files``, which
-    include summary.json itself), and all output files of a run that stopped before its
-    summary.json (the folder still has `WRITING_MARKER`); any other existing file with an
-    output name is foreign.
-    """
-    out = Path(out)
-    if not out.is_dir() or _claimed(out):
-        return []
-    ours: set[str] = set()
-    try:
-        summary = json.loads((out / "summary.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        summary = None
-    if isinstance(summary, dict) and isinstance(summary.get("files"), list) \
-            and "summary.json" in summary["files"]:
-        ours = {str(name) for name in summary["files"]}
-    return sorted(path for pattern in OUTPUT_PATTERNS for path in out.glob(pattern)
-                  if path.name not in ours)
 
 
 def _relative(path, out: Path) -> str:
@@ -371,7 +313,8 @@ def _relative(path, out: Path) -> str:
         return str(path)
 
 
-def _jsonable(value):
+def jsonable(value):
+    """`json.dumps` default: numpy scalars as numbers, paths as strings."""
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     if isinstance(value, (Path,)):

@@ -1,13 +1,7 @@
-"""Degenerate results, detected where they arise, and said the same way everywhere.
-
-A result at chance, a C chosen at the edge of its grid:
-each is a real outcome that produces numbers without an error, so vggfeat says so in a
-warning line (the caller decides where it goes: stderr for the CLI). Each function returns
-the message, or None when there is nothing to say. The warnings about descriptors and
-caches (no variation across images, an interrupted extraction) live with the cache, in
-`vggfeat.features.cache`; the warning for a backbone that learnt nothing in
-`vggfeat.training.stall`.
-"""
+"""Degenerate SVM results, said where they arise: a result that cannot be told apart from
+guessing, and a C chosen at the edge of its grid. Each function returns the warning line,
+or None when there is nothing to say (the caller decides where it goes: stderr for the
+CLI)."""
 from __future__ import annotations
 
 import math

@@ -1,0 +1,166 @@
+"""What every protocol shares: its settings, its `Result`, and the steps from labels and
+descriptors to fitted SVMs and scored rows."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vggfeat.data.readers import Labels
+from vggfeat.evaluation.inputs import EvaluationInputError
+from vggfeat.evaluation.metrics import precision_recall, voc07_ap, voc_ap
+from vggfeat.evaluation.svm import C_GRID, LinearSVMProbe
+from vggfeat.utils import atomic
+
+
+@dataclass
+class Settings:
+    """How to fit and split. ``cv=None`` uses the protocol's default (VOC: 3 folds of the
+    training images, C per class; Caltech and custom multi-class: 5 stratified folds, one
+    C for all classes)."""
+
+    C: tuple[float, ...] = C_GRID
+    cv: int | float | None = None
+    solver: str = "torch"
+    device: str = "cpu"
+    difficult: str = "ignore"
+    seed: int = 0
+    n_splits: int = 3
+    train_per_class: int | None = None
+    test_per_class: int | None = None
+    splits_file: Path | None = None
+    verbose: bool = False
+
+    def probe(self, default_cv) -> LinearSVMProbe:
+        return LinearSVMProbe(
+            C=self.C, cv=default_cv if self.cv is None else self.cv, solver=self.solver,
+            device=self.device, difficult=self.difficult, random_state=self.seed,
+            verbose=self.verbose,
+        )
+
+
+@dataclass
+class Result:
+    """What a protocol measured.
+
+    ``rows``: one dict per class and split (results.csv). ``headline``: the dataset's
+    metric(s). ``chosen_C``: split -> class -> C. ``scores``: one dict per test sample and
+    split with the decision value of each class (scores.csv). ``curves``: split -> class ->
+    (precision, recall). ``files``: server submission files and split lists written.
+    """
+
+    dataset: str
+    protocol: str
+    classes: tuple[str, ...]
+    rows: list[dict] = field(default_factory=list)
+    headline: dict = field(default_factory=dict)
+    chosen_C: dict = field(default_factory=dict)
+    scores: list[dict] = field(default_factory=list)
+    curves: dict = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+def check_positives(y: np.ndarray, classes, where: str) -> None:
+    """Refuse training labels (one column per class) where a class has no positive."""
+    empty = [classes[k] for k in range(y.shape[1]) if not (y[:, k] == 1).any()]
+    if empty:
+        raise EvaluationInputError(
+            f"{where}: class(es) {', '.join(empty)} have no positive training example; "
+            "an SVM cannot be trained for them (check the split files / labels, or drop the "
+            "class from the dataset)"
+        )
+
+
+def fit_probe(settings: Settings, X, y, default_cv) -> LinearSVMProbe:
+    """The probe `settings` describe, fitted (`default_cv`: the protocol's folds)."""
+    _check_folds(settings, y, default_cv)
+    return settings.probe(default_cv).fit(X, y)
+
+
+def _check_folds(settings: Settings, y, default_cv) -> None:
+    """k-fold selection of C needs every class in every fold: at least k positives each."""
+    cv = settings.cv  # the protocols' defaults fall back to unstratified folds instead
+    if cv is None or isinstance(cv, float) or len(settings.C) < 2:
+        return
+    y = np.asarray(y)
+    counts = np.bincount(y) if y.ndim == 1 else (y == 1).sum(axis=0)
+    fewest = int(counts.min(initial=len(y)))
+    if fewest < cv:
+        fewer = f"--cv {fewest} or less, or " if fewest >= 2 else ""
+        raise EvaluationInputError(
+            f"--cv {cv}: a class has only {fewest} training example(s), too few for {cv} "
+            f"folds; give {fewer}a held-out fraction such as --cv 0.2"
+        )
+
+
+def _true_labels(y: np.ndarray, classes) -> list[str]:
+    """Each row's positive classes joined by ';' (one name for multi-class data); a VOC
+    "difficult" class (0) is written with a trailing '?'."""
+    return [";".join([classes[k] for k in np.flatnonzero(row == 1)]
+                     + [f"{classes[k]}?" for k in np.flatnonzero(row == 0)]) for row in y]
+
+
+def score_rows(result: Result, split: str, ids, scores: np.ndarray, truth=None) -> None:
+    """One scores.csv row per sample: split, id, its true label(s) ('' where the split has
+    no public labels) and the decision value of every class."""
+    for i, sample_id in enumerate(ids):
+        row = {"split": split, "id": sample_id, "true": "" if truth is None else truth[i]}
+        row.update({c: float(scores[i, k]) for k, c in enumerate(result.classes)})
+        result.scores.append(row)
+
+
+def _ap_rows(result: Result, split: str, scores: np.ndarray, y: np.ndarray, C) -> tuple:
+    """Both AP variants per class; returns (mAP VOC07, mAP VOC2010+) over scored classes."""
+    ap07, ap10 = [], []
+    result.curves[split] = {}
+    for k, name in enumerate(result.classes):
+        row = {"split": split, "class": name, "C": float(C[k]),
+               "n_pos": int((y[:, k] == 1).sum()), "n_difficult": int((y[:, k] == 0).sum())}
+        if row["n_pos"]:
+            row["ap_voc07"] = voc07_ap(scores[:, k], y[:, k])
+            row["ap_voc10"] = voc_ap(scores[:, k], y[:, k])
+            ap07.append(row["ap_voc07"])
+            ap10.append(row["ap_voc10"])
+            result.curves[split][name] = precision_recall(scores[:, k], y[:, k])
+        else:  # no positive to find: AP undefined, left out of the mean
+            row["ap_voc07"] = row["ap_voc10"] = float("nan")
+        result.rows.append(row)
+    return float(np.mean(ap07)), float(np.mean(ap10))
+
+
+def multilabel_split(result, features, train: Labels, test: Labels, split, settings,
+                      default_cv, train_X=None, test_X=None, train_name="train") -> tuple:
+    """Fit on `train`, score `test` (reported as `split`) with both AP variants."""
+    train_X = features.rows(train.ids, f"split {split} (training)") if train_X is None else train_X
+    test_X = features.rows(test.ids, f"split {split} (test)") if test_X is None else test_X
+    check_positives(train.y, result.classes, f"{result.dataset} {train_name} images")
+    probe = fit_probe(settings, train_X, train.y, default_cv)
+    scores = probe.decision_function(test_X)
+    result.chosen_C[split] = dict(zip(result.classes, map(float, probe.C_), strict=True))
+    score_rows(result, split, test.ids, scores, _true_labels(test.y, result.classes))
+    return _ap_rows(result, split, scores, test.y, probe.C_)
+
+
+def trainval_labels(reader) -> Labels:
+    """The trainval labels, or train and val joined where no trainval files exist."""
+    if "trainval" in reader.splits():
+        return reader.labels("trainval")
+    train, val = reader.labels("train"), reader.labels("val")
+    ids = train.ids + val.ids
+    order = np.argsort(ids, kind="stable")
+    return Labels([ids[i] for i in order], train.classes,
+                  np.concatenate([train.y, val.y])[order])
+
+
+def write_server_files(out: Path | None, pattern: str, classes, ids, scores, line) -> list:
+    if out is None:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, name in enumerate(classes):
+        path = out / pattern.format(name)
+        atomic.write_text(path, "".join(line(i, s) for i, s in zip(ids, scores[:, k],
+                                                                   strict=True)))
+        written.append(path)
+    return written

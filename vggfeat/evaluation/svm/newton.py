@@ -1,0 +1,221 @@
+"""The default solver: batched truncated Newton for squared-hinge linear SVMs, in torch.
+
+Every class and every value of C is one column of the same matrix products, which is
+what makes it fast on CPU and GPU alike (conjugate gradient on the generalised Hessian,
+exact line search). A column whose active set (rows with margin < 1) is small, as at large
+C, takes exact Newton steps instead: a Cholesky solve on the Gram matrix of its active rows
+(Woodbury identity), the Gram matrix computed once per training set.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Largest shared Gram matrix (n x n) the solver keeps: 4 GiB, n = 32,768 rows in float32.
+GRAM_MAX_BYTES = 4 << 30
+
+
+def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, device="cpu",
+                              dtype=torch.float32, W0=None, progress=None, direct_max=700,
+                              gram_cache=None):
+    """Fit m squared-hinge linear SVMs on the same data at once (truncated Newton).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    Y : ndarray of shape (n, m)
+        +1 / -1 targets per column; 0 leaves a sample out of that column's problem.
+    C : ndarray of shape (m,)
+    tol : float
+        Stop a column when its gradient norm is below ``tol`` times the smaller of ||w|| and
+        the gradient norm at w = 0. (Relative to ||w|| alone is what makes large C
+        accurate: the norm at w = 0 grows with C.) 1e-3 gives objectives within ~1e-7 of
+        liblinear's optimum and the same predictions.
+    max_iter : int
+        Newton iterations at most.
+    max_cg : int
+        Conjugate-gradient steps per Newton iteration at most.
+    device : str or torch.device
+    dtype : torch.dtype
+    W0 : ndarray of shape (m, d + 1), optional
+        Starting weights (bias last), e.g. the solution for a smaller C.
+    progress : callable, optional
+        Called with the number of unconverged columns after each Newton iteration.
+    direct_max : int
+        A column whose active set (rows with margin < 1) has at most this many rows gets
+        the exact Newton step, from the Woodbury identity on the Gram matrix of its active
+        rows (a small Cholesky solve), instead of conjugate gradient. That is the common
+        case at large C, where CG needs hundreds of steps. 0: always CG.
+    gram_cache : dict, optional
+        Holds the Gram matrix ``[X, 1] [X, 1]^T`` (computed on first need) so that several
+        calls on the same X (e.g. a path of C values) compute it once.
+
+    Returns
+    -------
+    W : ndarray of shape (m, d)
+    b : ndarray of shape (m,)
+    n_iter : ndarray of shape (m,)
+        Newton iterations used per column.
+    """
+    with torch.no_grad():
+        # np.require copies only read-only input (e.g. a memory map), which torch refuses.
+        X = torch.as_tensor(np.require(X, requirements="W"), device=device).to(dtype)
+        ones = torch.ones(X.shape[0], 1, dtype=dtype, device=device)
+        Xa = torch.cat([X, ones], dim=1)  # bias as a regularised feature, like liblinear
+        del X
+        Y = torch.as_tensor(np.asarray(Y), device=device).to(dtype)
+        C = torch.as_tensor(np.asarray(C), device=device).to(dtype)
+        m = Y.shape[1]
+        if W0 is None:
+            W = torch.zeros(Xa.shape[1], m, dtype=dtype, device=device)
+        else:
+            W = torch.as_tensor(np.asarray(W0).T, device=device).to(dtype).contiguous()
+        basis = None
+        if 2 * Xa.shape[0] < Xa.shape[1]:
+            # Fewer rows than features (e.g. Caltech-101: 2,448 x 12,289): the optimum lies in
+            # the row space of Xa, so solve the same problem in its coordinates, r <= n.
+            Xa, basis = _row_space(Xa)
+            W = basis.T @ W
+        Z = Xa @ W
+        g0 = (2 * C * (Xa.T @ Y)).norm(dim=0)  # gradient at w = 0 is -2C Xa^T Y
+        n_iter = np.zeros(m, dtype=np.int64)
+        active = torch.arange(m, device=device)
+        for _ in range(max_iter):
+            Wa, Za, Ya, Ca = W[:, active], Z[:, active], Y[:, active], C[active]
+            A = ((Ya * Za < 1) & (Ya != 0)).to(dtype)
+            G = Wa + 2 * Ca * (Xa.T @ (A * (Za - Ya)))
+            gnorm = G.norm(dim=0)
+            todo = gnorm > tol * torch.minimum(g0[active], Wa.norm(dim=0))
+            if progress is not None:
+                progress(int(todo.sum()))
+            if not todo.any():
+                break
+            active, Wa, Za, Ya, Ca, A, G, gnorm = (
+                t[..., todo] for t in (active, Wa, Za, Ya, Ca, A, G, gnorm)
+            )
+            # Forcing term: loose early, tight near the optimum (superlinear convergence).
+            eta = torch.clamp(torch.sqrt(gnorm / g0[active]), min=0.01, max=0.1)
+            # CG would end in d + 1 steps in exact arithmetic; allow float32 some slack.
+            cg_steps = min(max_cg, 2 * Xa.shape[1])
+            direct = A.sum(0) <= direct_max
+            # The n x n Gram matrix is shared by every class only while it fits (ImageNet's
+            # 1.28M rows would need 6.5 TB); beyond, each class's block is computed alone.
+            fits = Xa.shape[0] ** 2 * Xa.element_size() <= GRAM_MAX_BYTES
+            if direct.all():
+                D, XD = _woodbury_newton(Xa, A, Ca, G, _gram(Xa, gram_cache) if fits else None)
+            elif direct.any():
+                D, XD = torch.empty_like(G), torch.empty_like(Za)
+                D[:, direct], XD[:, direct] = _woodbury_newton(
+                    Xa, A[:, direct], Ca[direct], G[:, direct],
+                    _gram(Xa, gram_cache) if fits else None)
+                rest = ~direct
+                D[:, rest], XD[:, rest] = _conjugate_gradient(
+                    Xa, A[:, rest], Ca[rest], -G[:, rest], (eta * gnorm)[rest], cg_steps)
+            else:
+                D, XD = _conjugate_gradient(Xa, A, Ca, -G, eta * gnorm, cg_steps)
+            step = _line_search(Wa, D, Za, XD, Ya, Ca)
+            W[:, active] = Wa + step * D
+            Z[:, active] = Za + step * XD
+            n_iter[active.cpu().numpy()] += 1
+        if basis is not None:
+            W = basis @ W
+        W = W.T.double().cpu().numpy()
+    return W[:, :-1], W[:, -1], n_iter
+
+
+def _row_space(Xa):
+    """Coordinates of the rows of Xa in an orthonormal basis V of its row space.
+
+    From the Gram matrix K = Xa Xa^T = U diag(lam) U^T: V = Xa^T U lam^-1/2 and
+    Xa V = U lam^1/2. For w = V v, Xa w = (Xa V) v and ||w|| = ||v||: the same objective.
+    """
+    X64 = Xa.double()
+    lam, U = torch.linalg.eigh(X64 @ X64.T)
+    keep = lam > lam.max() * 1e-10  # numerically null directions carry no data
+    lam, U = lam[keep], U[:, keep]
+    basis = (X64.T @ (U / lam.sqrt())).to(Xa.dtype)
+    return (U * lam.sqrt()).to(Xa.dtype), basis
+
+
+def _gram(Xa, cache):
+    """K = Xa Xa^T, from ``cache`` when it holds one for this shape (else stored there)."""
+    if cache is not None:
+        K = cache.get("K")
+        if K is not None and K.shape[0] == Xa.shape[0] and K.device == Xa.device:
+            return K
+    K = Xa @ Xa.T
+    if cache is not None:
+        cache["K"] = K
+    return K
+
+
+def _woodbury_newton(Xa, A, C, G, K):
+    """Exact Newton directions D = -(I + 2C Xa^T diag(A) Xa)^-1 G, column by column; also Xa D.
+
+    With S the active rows of a column, (I + 2C X_S^T X_S)^-1 = I - X_S^T (I / 2C + K_SS)^-1
+    X_S (Woodbury), so each column costs a Cholesky solve of size |S| on a block of the Gram
+    matrix K, plus matrix products batched over all columns.
+    """
+    XG = Xa @ G
+    U = torch.zeros_like(XG)
+    for j in range(G.shape[1]):
+        rows = torch.nonzero(A[:, j], as_tuple=True)[0]
+        if rows.numel() == 0:
+            continue
+        M = (K[rows.unsqueeze(1), rows] if K is not None else Xa[rows] @ Xa[rows].T).double()
+        M.diagonal().add_(1.0 / (2.0 * float(C[j])))
+        L, info = torch.linalg.cholesky_ex(M)
+        rhs = XG[rows, j].double().unsqueeze(1)
+        if int(info) == 0:
+            u = torch.cholesky_solve(rhs, L)
+        else:  # pragma: no cover - not positive definite in floating point: fall back to LU
+            u = torch.linalg.solve(M, rhs)
+        U[rows, j] = u.squeeze(1).to(U.dtype)
+    D = Xa.T @ U - G
+    return D, Xa @ D
+
+
+def _conjugate_gradient(Xa, A, C, B, tol, max_cg):
+    """Solve (I + 2C Xa^T diag(A) Xa) x = B column by column; also return Xa @ x.
+
+    Xa @ x is accumulated from the products CG computes anyway, so the line search
+    needs no extra pass over the data.
+    """
+    x = torch.zeros_like(B)
+    Xx = torch.zeros(Xa.shape[0], B.shape[1], dtype=B.dtype, device=B.device)
+    r = B.clone()
+    p = r.clone()
+    rr = (r * r).sum(0)
+    idx = torch.arange(B.shape[1], device=B.device)
+    for _ in range(max_cg):
+        pi = p[:, idx]
+        Xp = Xa @ pi
+        Hp = pi + 2 * C[idx] * (Xa.T @ (A[:, idx] * Xp))
+        alpha = rr[idx] / (pi * Hp).sum(0)
+        x[:, idx] += alpha * pi
+        Xx[:, idx] += alpha * Xp
+        r[:, idx] -= alpha * Hp
+        rr_new = (r[:, idx] ** 2).sum(0)
+        p[:, idx] = r[:, idx] + (rr_new / rr[idx]) * pi
+        rr[idx] = rr_new
+        idx = idx[rr_new.sqrt() > tol[idx]]
+        if idx.numel() == 0:
+            break
+    return x, Xx
+
+
+def _line_search(W, D, Z, XD, Y, C, max_steps=30):
+    """Exact minimisation of the objective along D (piecewise quadratic): 1-D Newton."""
+    wd, dd = (W * D).sum(0), (D * D).sum(0)
+    used = Y != 0
+    t = torch.ones_like(wd)
+    for _ in range(max_steps):
+        M = Z + t * XD
+        AXD = ((Y * M < 1) & used).to(W.dtype) * XD
+        slope = wd + t * dd + 2 * C * (AXD * (M - Y)).sum(0)
+        curvature = dd + 2 * C * (AXD * XD).sum(0)
+        delta = slope / curvature
+        t = t - delta
+        if bool((delta.abs() <= 1e-6 * t.abs().clamp(min=1)).all()):
+            break
+    return t

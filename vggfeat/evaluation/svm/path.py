@@ -1,0 +1,73 @@
+"""Fitting many SVMs with either solver, and along a grid of C (warm starts).
+
+Both solvers take X (n, d), Y (n, m) in {-1, 0, +1} (0: the row is left out of that
+column's problem) and C (m,), and return W (m, d), b (m,) and the iterations used.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from vggfeat.evaluation.svm.liblinear import solve_squared_hinge_liblinear
+from vggfeat.evaluation.svm.newton import solve_squared_hinge_torch
+
+
+def fit_svms(X, Y, C, *, solver="torch", tol=None, max_iter=None, device="cpu", W0=None,
+             gram_cache=None):
+    """One SVM per column of Y with its own C; ``tol``/``max_iter`` None: solver default.
+
+    ``gram_cache``: a dict shared by calls on the same X (torch solver; see
+    :func:`solve_squared_hinge_torch`)."""
+    kwargs = {"W0": W0}
+    if tol is not None:
+        kwargs["tol"] = tol
+    if max_iter is not None:
+        kwargs["max_iter"] = max_iter
+    if solver == "torch":
+        return solve_squared_hinge_torch(X, Y, C, device=device, gram_cache=gram_cache,
+                                         **kwargs)
+    if solver == "liblinear":
+        return solve_squared_hinge_liblinear(X, Y, C, **kwargs)
+    raise ValueError(f"solver must be 'torch' or 'liblinear', not {solver!r}")
+
+
+def fit_path(X, Y, C_grid, *, progress=None, **fit_kwargs):
+    """All columns of Y at each C of an ascending grid, each C warm-started from the last.
+
+    Returns a list of (W, b) pairs, one per C.
+    """
+    path, W0, cache = [], None, {}
+    for c in C_grid:
+        W, b, _ = fit_svms(X, Y, np.full(Y.shape[1], c), W0=W0, gram_cache=cache,
+                           **fit_kwargs)
+        path.append((W, b))
+        W0 = np.concatenate([W, b[:, None]], axis=1)
+        if progress is not None:
+            progress()
+    return path
+
+
+def refit_path(X, Y, C_grid, chosen, **fit_kwargs):
+    """Each column at its chosen ``C_grid[chosen[k]]``, reached along the ascending grid
+    (warm starts), so a large C starts from the solution for the next smaller one and
+    columns that chose a small C stop early. liblinear starts from zero whatever it is
+    given, so there each column is fitted once, at its own C."""
+    if fit_kwargs.get("solver") == "liblinear":
+        return fit_svms(X, Y, np.take(C_grid, chosen), **fit_kwargs)
+    n_cols = Y.shape[1]
+    W = np.zeros((n_cols, X.shape[1]))
+    b = np.zeros(n_cols)
+    n_iter = np.zeros(n_cols, dtype=np.int64)
+    W0 = previous = None
+    cache = {}
+    for p, c in enumerate(C_grid):
+        cols = np.flatnonzero(chosen >= p)
+        if cols.size == 0:
+            break
+        start = None if W0 is None else W0[np.searchsorted(previous, cols)]
+        Wp, bp, it = fit_svms(X, Y[:, cols], np.full(cols.size, c), W0=start,
+                              gram_cache=cache, **fit_kwargs)
+        n_iter[cols] += it
+        done = chosen[cols] == p
+        W[cols[done]], b[cols[done]] = Wp[done], bp[done]
+        W0, previous = np.concatenate([Wp, bp[:, None]], axis=1), cols
+    return W, b, n_iter

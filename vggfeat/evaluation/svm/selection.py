@@ -1,0 +1,112 @@
+"""Choosing C on training data only: folds, then held-out AP per class or the
+cross-validated mean class recall of the argmax (one C for all classes)."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from vggfeat.evaluation.metrics import mean_class_recall, voc_ap
+from vggfeat.evaluation.svm.path import fit_path
+
+
+def holdout_split(y, fraction, random_state) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out ``round(fraction * n_c)`` training images of each class c (at least one
+    when the class has two or more), e.g. 6 of 30 for Caltech-101's 20%."""
+    rng = np.random.default_rng(random_state)
+    val = []
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        count = int(round(fraction * len(members)))
+        count = max(count, 1) if len(members) >= 2 else 0
+        val.extend(members[:count])
+    val = np.sort(np.array(val, dtype=np.int64))
+    return np.setdiff1d(np.arange(len(y)), val), val
+
+
+def cv_folds(n, strata, cv, random_state) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, validation rows) pairs; ``strata`` are class ids for stratification."""
+    if isinstance(cv, float):
+        if not 0 < cv < 1:
+            raise ValueError(f"a held-out fraction must be in (0, 1), got {cv}")
+        if strata is not None:
+            return [holdout_split(strata, cv, random_state)]
+        rng = np.random.default_rng(random_state)
+        val = np.sort(rng.permutation(n)[: max(1, int(round(cv * n)))])
+        return [(np.setdiff1d(np.arange(n), val), val)]
+    if int(cv) < 2:
+        raise ValueError(f"cv must be an int >= 2 or a fraction in (0, 1), got {cv!r}")
+    dummy = np.zeros(n)
+    if strata is not None and np.bincount(strata).min() >= cv:
+        folds = StratifiedKFold(int(cv), shuffle=True, random_state=random_state)
+        return list(folds.split(dummy, strata))
+    return list(KFold(int(cv), shuffle=True, random_state=random_state).split(dummy))
+
+
+def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
+             **fit_kwargs):
+    """Held-out VOC AP of every class at every C, averaged over folds of the training data.
+
+    Returns
+    -------
+    scores : ndarray of shape (n_classes, n_C)
+        Mean held-out AP (NaN where no fold had a held-out positive for the class).
+    best : ndarray of shape (n_classes,)
+        Index into ``C_grid`` of the best C (the smallest among ties; the middle of the
+        grid when no fold could score the class).
+    """
+    n_classes, n_C = Y.shape[1], len(C_grid)
+    totals = np.zeros((n_classes, n_C))
+    counts = np.zeros((n_classes, n_C))
+    for train, val in cv_folds(len(Y), strata, cv, random_state):
+        path = fit_path(X[train], Y[train], C_grid, progress=progress, **fit_kwargs)
+        for p, (W, b) in enumerate(path):
+            scores = X[val] @ W.T + b
+            for k in range(n_classes):
+                if (Y[val, k] == 1).any():
+                    totals[k, p] += voc_ap(scores[:, k], Y[val, k])
+                    counts[k, p] += 1
+    with np.errstate(invalid="ignore"):
+        mean = totals / counts
+    best = np.where(
+        counts[:, 0] > 0, np.argmax(np.nan_to_num(mean, nan=-1.0), axis=1), n_C // 2
+    )
+    return mean, best
+
+
+def select_shared_C(X, Y, C_grid, *, strata, cv=5, random_state=0, progress=None,
+                    **fit_kwargs):
+    """One C for all classes: cross-validated mean class recall of the argmax prediction.
+
+    Every training image is predicted once by the SVMs fitted without its fold (out-of-fold
+    predictions, at each C of the grid); the C whose predictions have the best mean class
+    recall over the training images wins (the smallest among ties).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    Y : ndarray of shape (n, n_svms)
+        One-vs-rest targets (a single column for two classes: class 1 vs class 0).
+    C_grid : sequence of float, ascending
+    strata : ndarray of shape (n,)
+        Class index of each image (also stratifies the folds).
+    cv : int or float
+        Folds, or a held-out fraction (then only the held-out images are predicted).
+
+    Returns
+    -------
+    scores : ndarray of shape (n_C,)
+        Cross-validated mean class recall at each C.
+    best : int
+        Index into ``C_grid`` of the chosen C.
+    """
+    predicted = np.full((len(C_grid), len(Y)), -1)
+    held = np.zeros(len(Y), dtype=bool)
+    for train, val in cv_folds(len(Y), strata, cv, random_state):
+        path = fit_path(X[train], Y[train], C_grid, progress=progress, **fit_kwargs)
+        for p, (W, b) in enumerate(path):
+            scores = X[val] @ W.T + b
+            predicted[p, val] = (scores[:, 0] > 0) if scores.shape[1] == 1 else scores.argmax(1)
+        held[val] = True
+    recalls = np.array([mean_class_recall(strata[held], predicted[p, held])
+                        for p in range(len(C_grid))])
+    return recalls, int(np.argmax(recalls))
