@@ -46,7 +46,7 @@ def setup(tmp_path_factory):
     return root, paths, models, rows, pred
 
 
-# -- the reference: float64, written out from SPEC section 2 ---------------------------
+# -- the reference: float64, written out from paper Sec. 3.2 ---------------------------
 
 def load_scaled(path, q):
     img = Image.open(path).convert("RGB")

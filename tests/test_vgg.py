@@ -7,7 +7,7 @@ from torch import nn
 from vggfeat.models import build_backbone, canonical_arch, load_backbone
 from vggfeat.models.vgg import dense_output_size
 
-# SPEC section 1: exact parameter counts with biases.
+# Paper Tables 1 and 2: exact parameter counts with biases.
 PARAMS = {"A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848, "C": 133_638_952,
           "D": 138_357_544, "E": 143_667_240}
 

@@ -4,7 +4,7 @@ Whatever the stored form (grayscale, CMYK, palette, RGBA, 16-bit, EXIF-rotated),
 descriptor pipeline sees plain RGB. Anything that cannot be decoded raises `BadImageError`
 naming the file and the reason, so that a long extraction can record it and go on.
 
-Choices (documented, see SPEC section 5 for the descriptor):
+Choices (documented, see paper Appendix B for the descriptor):
 
 - Alpha is dropped, not composited (torchvision's ``convert("RGB")`` convention).
 - 16-bit and 32-bit integer grayscale are scaled from 0..65535 to 0..255; float images are

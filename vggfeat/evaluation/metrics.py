@@ -1,4 +1,5 @@
-"""PASCAL VOC average precision (both devkit variants) and mean class recall (SPEC section 7).
+"""PASCAL VOC average precision (both devkit variants, as in the devkit's VOCevalcls.m) and
+mean class recall.
 
 A translation of ``VOCevalcls.m`` / ``VOCap.m`` from the VOC devkits. scikit-learn's
 ``average_precision_score`` is neither variant (it does not interpolate precision), so it

@@ -30,7 +30,7 @@ from vggfeat.evaluation.inputs import PAPER_NETS
 from vggfeat.evaluation.protocols import Result
 from vggfeat.utils import atomic
 
-# SPEC section 5, paper Table 11: dataset -> net -> (value, std or None). The VOC 2012
+# paper Table 11: dataset -> net -> (value, std or None). The VOC 2012
 # and action figures are on the test set (evaluation server); ours are on val.
 PAPER_TABLE_11 = {
     "voc2007": {"D": (89.3, None), "E": (89.3, None), "D&E": (89.7, None)},

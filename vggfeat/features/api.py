@@ -37,7 +37,7 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     Each image is rescaled to every scale Q, run densely through the fixed net, its
     `layer` map global-average-pooled (and averaged with its horizontal flip); the scales
-    are averaged or stacked, and each row is L2-normalised (SPEC section 5).
+    are averaged or stacked, and each row is L2-normalised (paper Appendix B).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""The paper's transfer descriptor for a batch of same-sized images (SPEC section 5).
+"""The paper's transfer descriptor for a batch of same-sized images (paper Appendix B).
 
 For images already rescaled to smallest side Q: normalise as the weights say, run the net
 densely (pooling as the weights record: torch's floor or Caffe's ceil rounding),

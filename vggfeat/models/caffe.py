@@ -11,7 +11,7 @@ read the few fields we need straight from the wire format
                       shape = 7 (BlobShape: dim = 1, packed int64), double_data = 8
 
 The weights are kept as they are: Caffe's nets take BGR images in 0..255 minus the mean
-pixel, and that preprocessing is recorded in the checkpoint (SPEC section 1). So is Caffe's
+pixel, and that preprocessing is recorded in the checkpoint (paper Sec. 2.1). So is Caffe's
 pooling: its max pools round output sizes up (``meta["pool_rounding"] = "ceil"``), which
 gives the dense maps the paper's nets computed on sides that are not multiples of 32.
 """

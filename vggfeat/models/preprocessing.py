@@ -12,7 +12,7 @@ import torch
 # torchvision's VGG weights: RGB in [0, 1], ImageNet mean/std.
 TORCHVISION_IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                         "channel_order": "RGB", "value_scale": 1.0}
-# The original Caffe release: BGR in [0, 255], mean pixel subtracted, no std (SPEC section 1).
+# The original Caffe release: BGR in [0, 255], mean pixel subtracted, no std (paper Sec. 2.1).
 CAFFE_VGG = {"mean": [103.939, 116.779, 123.68], "std": [1.0, 1.0, 1.0],
              "channel_order": "BGR", "value_scale": 255.0}
 

@@ -85,7 +85,7 @@ def make_features(config: list, width: float = 1.0, batch_norm: bool = False,
         if token == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=ceil_mode))
         elif token == "LRN":
-            # AlexNet's n=5, alpha=1e-4, k=2; torch divides alpha by n (SPEC section 1).
+            # AlexNet's n=5, alpha=1e-4, k=2; torch divides alpha by n (paper Sec. 2.1).
             layers.append(nn.LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0))
         else:
             kernel, channels = (1, token[1]) if isinstance(token, tuple) else (3, token)
@@ -215,7 +215,11 @@ class VGG(nn.Module):
 
 
 def init_weights(model: VGG, init: str = "normal", std: float = 0.01) -> None:
-    """Initialise as the paper: zero-mean normal (std 0.01, SPEC choice) or Glorot; biases 0."""
+    """Initialise as the paper (Sec. 3.1): zero-mean normal or Glorot; biases 0.
+
+    The paper says "10^-2 variance"; std 0.01 is torchvision's and most re-implementations'
+    reading, and `std` changes it.
+    """
     if init not in ("normal", "xavier"):
         raise ValueError(f"init must be 'normal' or 'xavier', got {init!r}")
     for module in model.modules():

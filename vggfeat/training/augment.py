@@ -1,4 +1,4 @@
-"""Training and validation transforms of the paper's recipe (SPEC section 3).
+"""Training and validation transforms of the paper's recipe (paper Sec. 3.1).
 
 Every random choice for one image is drawn from a generator seeded by
 (seed, epoch, dataset index) (see `sample_generator`), never from a worker's or a rank's
@@ -17,8 +17,8 @@ from PIL import Image
 from vggfeat.data.transforms import rescale_pil, to_uint8_tensor
 
 # AlexNet's PCA colour augmentation: eigen decomposition of the ImageNet RGB pixel
-# covariance (RGB in [0, 1]), as in fb.resnet.torch and the SPEC. Eigenvectors are the
-# columns of EIGVEC (the rows listed in the SPEC are the matrix rows).
+# covariance (RGB in [0, 1]), as in fb.resnet.torch (the paper's Sec. 3.1 follows AlexNet's
+# augmentation). Eigenvectors are the columns of EIGVEC, written below as matrix rows.
 EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
 EIGVEC = torch.tensor(
     [

@@ -20,11 +20,11 @@ DEFAULTS = {
     "num_classes": 1000,      # synthetic data only; real data has one class per folder
     "out": None,              # RUN_DIR: checkpoint.pth, log.jsonl, config.json, backbone.pth
     # -- network ------------------------------------------------------------------------
-    "arch": "vgg11",          # paper configuration A..E or vgg11..vgg19 (SPEC section 1)
+    "arch": "vgg11",          # paper configuration A..E or vgg11..vgg19 (paper Table 1)
     "width": 1.0,             # channel multiplier (0.125 for test-sized nets)
     "crop_size": 224,         # training crop; fc6 kernel is crop_size / 32
     "init": "normal",         # "normal" (std 0.01, biases 0) or "xavier" (Glorot)
-    "init_from": None,        # net A run/file: copy its first 4 convs and 3 FCs (SPEC 3)
+    "init_from": None,        # net A run/file: copy its first 4 convs and 3 FCs (paper Sec. 3.1)
     "finetune_from": None,    # run/file of the same configuration to start from
     "dropout": 0.5,           # after fc6 and fc7
     "pool_rounding": None,    # "floor" (torch) or "ceil" (Caffe); None: floor, or the
@@ -45,7 +45,7 @@ DEFAULTS = {
     "flip": True,             # random horizontal flips
     "color_shift": 0.1,       # std of AlexNet's PCA colour weights; 0 disables
     # -- input normalisation (stored in the backbone's meta) -----------------------------
-    "preprocessing": None,    # "paper": RGB 0..255 minus the mean, std 1 (SPEC section 1);
+    "preprocessing": None,    # "paper": RGB 0..255 minus the mean, std 1 (paper Sec. 2.1);
                               # "torchvision": RGB in [0, 1], ImageNet mean and std;
                               # None: the --init-from/--finetune-from net's record, else paper
     "mean": None,             # "sample" (mean RGB of the training images), "imagenet", or

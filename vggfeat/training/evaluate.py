@@ -1,4 +1,4 @@
-"""ImageNet-style classification error by the paper's test protocols (SPEC section 2).
+"""ImageNet-style classification error by the paper's test protocols (paper Sec. 3.2).
 
 - dense: the whole image rescaled to smallest side Q, fc6-fc8 as convolutions, the class
   score map spatially averaged; softmax posteriors of the image and its flip averaged.

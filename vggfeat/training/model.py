@@ -53,7 +53,7 @@ def conv_positions(model: nn.Module) -> dict[tuple[int, int], str]:
 def init_from_net_a(model: nn.Module, source: nn.Module, n_convs: int = 4) -> list[str]:
     """Copy net A's first `n_convs` conv layers and its three FC layers into `model`.
 
-    A's first four convs are conv1_1, conv2_1, conv3_1, conv3_2 (SPEC section 3); each goes
+    A's first four convs are conv1_1, conv2_1, conv3_1, conv3_2 (paper Sec. 3.1); each goes
     to the layer at the same block and position of the deeper net, the only reading under
     which the shapes agree. A batch-norm layer right after a copied conv is copied too
     when both nets have one. Everything else keeps its random init.

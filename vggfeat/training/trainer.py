@@ -1,4 +1,4 @@
-"""The classification task: the paper's ImageNet recipe (SPEC section 3) on the one loop.
+"""The classification task: the paper's ImageNet recipe (paper Sec. 3.1) on the one loop.
 
 Softmax cross-entropy on image-folder classes, top-1/top-5 error on single centre crops,
 and the "learnt nothing" warning; the rest (lock, resume, fused SGD, mixed precision, DDP,

@@ -1,4 +1,5 @@
-"""Dataset readers: where the images and labels of each benchmark are (SPEC section 6).
+"""Dataset readers: where the images and labels of each benchmark are (paper Appendix B;
+datasets/README.md has the layouts).
 
 One module per family, and the registry `READERS` (dataset name -> reader class) that
 `open_dataset` and the command line choose from:

@@ -123,7 +123,7 @@ class DatasetReader:
 
     name = ""
     default_scales: tuple[int, ...] = CALTECH_SCALES
-    # How per-scale descriptors are combined by default (SPEC section 5 table).
+    # How per-scale descriptors are combined by default (paper Appendix B, Table 11's protocols).
     default_aggregate = "avg"
     multi_label = False
     allowed_options: tuple[str, ...] = ()

@@ -1,4 +1,4 @@
-"""The paper's transfer protocols (Appendix B, SPEC section 6), one function per benchmark.
+"""The paper's transfer protocols (Appendix B; datasets/README.md), one function per benchmark.
 
 Each protocol takes a dataset reader, the descriptors and `Settings`, fits one-vs-rest
 linear SVMs on training data only and returns a `Result`: per-class rows, the headline

@@ -19,7 +19,7 @@ from vggfeat.evaluation.protocols.common import (
 )
 from vggfeat.evaluation.protocols.splits import draw_splits, read_splits, write_splits
 
-# Caltech protocols (SPEC section 6): training / test images per class.
+# Caltech protocols (paper Appendix B; datasets/README.md): training / test images per class.
 CALTECH_SPLITS = {"caltech101": (30, 50), "caltech256": (60, None)}
 # Multi-class protocols choose one C by this many stratified folds of the training images
 # (choice: every training image is predicted once; 20% held out once, 6 images per class
