@@ -92,7 +92,7 @@ def require_device(device: str, option: str = "--device") -> None:
         raise click.BadParameter(f"{check.detail}. Fix: {check.fix}.", param_hint=option)
 
 
-class InputError(click.ClickException):
+class RefusedInput(click.ClickException):
     """A bad file, folder or option found by the library: one line, exit status 2.
 
     click's own ClickException exits 1 ("failed"); vggfeat documents 2 for bad input, so
@@ -108,6 +108,6 @@ def input_error(error: BaseException) -> click.ClickException:
     A run that failed rather than being refused (e.g. a diverged training run) carries
     `exit_code = 1` on its exception class.
     """
-    failure = InputError(str(error))
-    failure.exit_code = getattr(error, "exit_code", InputError.exit_code)
+    failure = RefusedInput(str(error))
+    failure.exit_code = getattr(error, "exit_code", RefusedInput.exit_code)
     return failure
