@@ -108,7 +108,7 @@ def test_one_name_per_concept(path, command):
 def test_device_auto_takes_the_gpu_when_there_is_one(monkeypatch):
     import torch
 
-    from vggfeat.cli.svm_eval import _device
+    from vggfeat.evaluation.run import device_name as _device
     from vggfeat.features.engine import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -137,12 +137,19 @@ def _silent(*_args, **_kwargs) -> None:
 
 
 def _resolved(settings: Settings) -> Settings:
-    """``device="auto"``: the GPU when there is one, else the CPU."""
+    """`settings` with ``device="auto"`` made a real device (`device_name`)."""
     if settings.device != "auto":
         return settings
+    return dataclasses.replace(settings, device=device_name(settings.device))
+
+
+def device_name(device: str) -> str:
+    """``"auto"``: "cuda" when there is a GPU, else "cpu"; any other name as given."""
+    if device != "auto":
+        return device
     import torch
 
-    return dataclasses.replace(settings, device="cuda" if torch.cuda.is_available() else "cpu")
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _refuse_unusable(caches: list[Path]) -> None:
