@@ -102,3 +102,13 @@ def test_docstrings_cite_documents_that_exist():
              (".py", ".md") for n, line in enumerate(p.read_text().splitlines(), 1)
              if stale.search(line) and p.name != "test_architecture.py"]
     assert found == []
+
+
+def test_documents_name_modules_that_exist():
+    """Every `vggfeat/...` path that README, CONTRIBUTING and ARCHITECTURE name exists (a
+    file moved in a restructure leaves no stale pointer behind)."""
+    named = re.compile(r"`(vggfeat/[\w/.]*)`")
+    missing = [f"{doc}: {path}" for doc in ("README.md", "CONTRIBUTING.md", "ARCHITECTURE.md")
+               for path in named.findall((ROOT / doc).read_text())
+               if not (ROOT / path).exists()]
+    assert missing == []

@@ -6,8 +6,7 @@ The public names below are imported on first use (PEP 562 module ``__getattr__``
 ``import vggfeat`` -- and with it ``vggfeat --version`` / ``--help`` -- does not pay for
 importing torch. ``from vggfeat import FeatureExtractor`` works as usual.
 """
-import importlib
-
+from vggfeat.utils.lazy import lazy_names
 from vggfeat.version import __version__
 
 # Public name -> the module that defines it.
@@ -28,14 +27,4 @@ __all__ = ["VGG", "FeatureExtractor", "WeightsError", "__version__", "build_back
            "save_backbone"]
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vggfeat' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -6,7 +6,7 @@ Names are imported on first use (PEP 562), so that `vggfeat extract`, which impo
 `vggfeat.features.pipeline`, does not also import scikit-learn (and with it scipy and
 pandas) for `FeatureExtractor`, which it does not use.
 """
-import importlib
+from vggfeat.utils.lazy import lazy_names
 
 _LAZY = {
     "FeatureExtractor": "vggfeat.features.api",
@@ -22,14 +22,4 @@ __all__ = ["DescriptorConfig", "Engine", "ExtractSummary", "FeatureDataset", "Fe
            "extract_to_cache", "load_features"]
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vggfeat.features' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

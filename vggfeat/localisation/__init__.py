@@ -10,7 +10,7 @@ The public names below are imported on first use (PEP 562 module ``__getattr__``
 the command line can read the localisation defaults (`vggfeat.localisation.config`)
 without importing torch.
 """
-import importlib
+from vggfeat.utils.lazy import lazy_names
 
 # Public name -> the module that defines it.
 _LAZY = {
@@ -35,14 +35,4 @@ __all__ = ["LocImages", "LocalisationDataError", "box_iou", "crop_target", "deco
            "train_localisation"]
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vggfeat.localisation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

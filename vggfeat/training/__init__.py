@@ -6,7 +6,7 @@
 The public names below are imported on first use (PEP 562 module ``__getattr__``), so that
 the command line can read `DEFAULTS` (`vggfeat.training.config`) without importing torch.
 """
-import importlib
+from vggfeat.utils.lazy import lazy_names
 
 # Public name -> the module that defines it.
 _LAZY = {
@@ -29,14 +29,4 @@ __all__ = ["DEFAULTS", "CheckpointError", "EvaluationError", "TrainingDataError"
            "load_checkpoint", "save_checkpoint", "scan_image_folder", "train"]
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vggfeat.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
