@@ -147,3 +147,20 @@ def test_init_zero_biases_and_the_documented_std(init):
     else:
         fan_in, fan_out = weight.shape[1] * 9, weight.shape[0] * 9
         assert abs(weight.std().item() - (2 / (fan_in + fan_out)) ** 0.5) < 0.1 * weight.std()
+
+
+def test_vgg_offers_the_backbone_interface():
+    """What the engine, the trainer and localisation use (vggfeat.models.backbone)."""
+    from vggfeat.models.backbone import Backbone, check_backbone
+
+    net = build_backbone("A", width=0.125, crop_size=64, num_classes=5)
+    assert isinstance(net, Backbone) and check_backbone(net) is net
+    assert net.layers == ("pool5", "fc6", "fc7", "fc8")
+    x = torch.zeros(1, 3, 96, 128)
+    for layer in net.layers:
+        assert net.dense(x, layer).shape[1] == net.feature_dim(layer)
+    fc8 = net.dense(x, "fc8")
+    assert fc8.shape[2:] == (net.dense_size(96), net.dense_size(128))
+    assert net.stride == 32 and net.meta["crop_size"] == 64
+    with pytest.raises(TypeError, match="not a vggfeat backbone: it has no meta, layers"):
+        check_backbone(nn.Conv2d(3, 8, 3))

@@ -11,6 +11,8 @@ import math
 
 import click
 
+from vggfeat.utils.errors import EXIT_USAGE
+
 STRIDE = 32  # five 2x2/2 max pools (vggfeat.models.vgg.TOTAL_STRIDE, without importing torch)
 
 
@@ -99,7 +101,7 @@ class RefusedInput(click.ClickException):
     every command turns the library's input errors into this one.
     """
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 def input_error(error: BaseException) -> click.ClickException:

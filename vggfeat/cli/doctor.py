@@ -5,9 +5,8 @@ from pathlib import Path
 import click
 
 from vggfeat.data.readers import DATASETS
+from vggfeat.utils.errors import EXIT_FAILED  # the exit status when a check failed
 
-# Exit status when at least one check failed.
-EXIT_FAILED = 1
 MARKS = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
 
 

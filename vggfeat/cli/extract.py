@@ -16,9 +16,9 @@ from vggfeat.cli.options import (
     root_option,
 )
 from vggfeat.data.readers import DATASETS
+from vggfeat.utils.errors import EXIT_BAD_IMAGES
 
 # Exit status when some images could not be read (and --skip-bad was not given).
-EXIT_BAD_IMAGES = 3
 
 
 def parse_scales(ctx, param, value):

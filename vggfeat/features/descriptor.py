@@ -113,7 +113,7 @@ def describe(model, images: torch.Tensor, config: DescriptorConfig, dense=None) 
 
 def _memory_format(model) -> torch.memory_format:
     # The engine converts the weights; inputs follow whatever layout the weights have.
-    weight = model.conv_layers()[0].weight
+    weight = next(p for p in model.parameters() if p.dim() == 4)  # the first convolution
     if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format

@@ -37,6 +37,7 @@ from vggfeat.data.images import BadImageError, device_decodable
 from vggfeat.data.scaled import ScaledImages, load_image
 from vggfeat.data.transforms import rescale
 from vggfeat.features.descriptor import DescriptorConfig, describe
+from vggfeat.models.backbone import check_backbone
 from vggfeat.models.cpu import fast_dense
 from vggfeat.utils.devices import resolve_device
 
@@ -272,7 +273,8 @@ class Engine:
     """Computes descriptors of many images with one backbone.
 
     Args:
-        model: a backbone (``model.dense``, ``model.meta``), e.g. from `load_backbone`.
+        model: a `vggfeat.models.backbone.Backbone` (``dense``, ``meta``), e.g. from
+            `load_backbone`.
         config: what to compute (`DescriptorConfig.from_model`).
         batch_size: most images per batch.
         max_pixels: most pixels per batch (image and flip counted).
@@ -296,7 +298,7 @@ class Engine:
         if batch_size < 1 or max_pixels < 1 or workers < 0:
             raise ValueError("batch_size and max_pixels must be >= 1 and workers >= 0")
         self.device = resolve_device(device)
-        self.model = prepare_model(model, self.device, channels_last)
+        self.model = prepare_model(check_backbone(model), self.device, channels_last)
         self.config = config
         self.decode_on_device = (self.device.type == "cuda" if decode_on_device is None
                                  else decode_on_device)

@@ -181,7 +181,7 @@ def _dense_sets(loc, cls, img, per_net, device):
             x, scale_xy = to_input(img, q, model, device)
             for f in (False, True):
                 wb = window_boxes(model, x, scale_xy, f)
-                scores = np.mean([scores_at(p, wb.centres, m.meta["crop_size"])
+                scores = np.mean([scores_at(p, wb.centres, m.meta["crop_size"], m.stride)
                                   for p, m in zip(maps[f], cls, strict=True)], axis=0)
                 sets.setdefault((k, q), []).append((wb.boxes, scores))
     return sets, posterior

@@ -17,7 +17,6 @@ from PIL import Image
 from vggfeat.data.transforms import rescale_pil, to_uint8_tensor
 from vggfeat.localisation.boxes import crop_to_image, decode_boxes
 from vggfeat.models import normalize
-from vggfeat.models.vgg import TOTAL_STRIDE
 
 
 def box_heads(model) -> int:
@@ -63,7 +62,7 @@ def window_boxes(model, x: torch.Tensor, scale_xy, flip: bool) -> WindowBoxes:
     _, h, w = codes.shape
     codes = codes.view(heads, 4, h, w).permute(2, 3, 0, 1).reshape(h * w, heads, 4)
     rows, cols = np.divmod(np.arange(h * w), w)
-    offsets = np.stack([cols, rows], 1) * TOTAL_STRIDE
+    offsets = np.stack([cols, rows], 1) * model.stride
     boxes = decode_boxes(codes, crop).numpy().astype(np.float64)
     boxes[..., [0, 2]] += offsets[:, None, :1]
     boxes[..., [1, 3]] += offsets[:, None, 1:]
@@ -136,13 +135,15 @@ def window_posteriors(model, x: torch.Tensor, flip: bool) -> torch.Tensor:
     return torch.softmax(model.dense(x, "fc8")[0].float(), 0).cpu()
 
 
-def scores_at(posteriors: torch.Tensor, centres: np.ndarray, crop: int) -> np.ndarray:
+def scores_at(posteriors: torch.Tensor, centres: np.ndarray, crop: int,
+              stride: int) -> np.ndarray:
     """(n, C) posteriors of the classifier window nearest to each window centre.
 
     Nets of the same crop size and scale have the same windows, so this is then the
     window itself; for another crop size it is the window whose centre is nearest.
+    `stride` is the classifier's (`Backbone.stride`).
     """
     _, h, w = posteriors.shape
-    j = np.clip(np.rint((centres[:, 0] - crop / 2) / TOTAL_STRIDE), 0, w - 1).astype(int)
-    i = np.clip(np.rint((centres[:, 1] - crop / 2) / TOTAL_STRIDE), 0, h - 1).astype(int)
+    j = np.clip(np.rint((centres[:, 0] - crop / 2) / stride), 0, w - 1).astype(int)
+    i = np.clip(np.rint((centres[:, 1] - crop / 2) / stride), 0, h - 1).astype(int)
     return posteriors[:, i, j].T.numpy().astype(np.float64)

@@ -30,6 +30,7 @@ class Backbone(Protocol):
 
     meta: dict
     layers: tuple[str, ...]  # the names `dense` accepts, trunk first
+    stride: int  # input pixels between two neighbouring positions of the dense maps
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk: normalised images (N, 3, H, W) -> its last map (N, C, h, w)."""
@@ -53,9 +54,9 @@ class Backbone(Protocol):
 
 def check_backbone(model) -> Backbone:
     """`model`, if it offers the interface; else a TypeError naming what is missing."""
-    missing = [name for name in ("meta", "layers", "forward_features", "forward_head", "dense",
-                                 "dense_size", "feature_dim", "pool_rounding")
-               if not hasattr(model, name)]
+    members = ("meta", "layers", "stride", "forward_features", "forward_head", "dense",
+               "dense_size", "feature_dim", "pool_rounding")
+    missing = [name for name in members if not hasattr(model, name)]
     if missing:
         raise TypeError(f"{type(model).__name__} is not a vggfeat backbone: it has no "
                         f"{', '.join(missing)}. Build one with vggfeat.build_backbone or "

@@ -113,6 +113,7 @@ class VGG(nn.Module):
     """
 
     layers = DENSE_LAYERS
+    stride = TOTAL_STRIDE
 
     def __init__(self, features: nn.Sequential, num_classes: int = 1000, width: float = 1.0,
                  crop_size: int = 224, dropout: float = 0.5):
