@@ -164,3 +164,15 @@ def test_vgg_offers_the_backbone_interface():
     assert net.stride == 32 and net.meta["crop_size"] == 64
     with pytest.raises(TypeError, match="not a vggfeat backbone: it has no meta, layers"):
         check_backbone(nn.Conv2d(3, 8, 3))
+
+
+def test_dense_layers_equal_one_dense_call_per_layer():
+    net = build_backbone("A", width=0.125, crop_size=64, num_classes=5).eval()
+    x = torch.randn(2, 3, 96, 128)
+    for layers in (["fc7"], ["pool5", "fc7"], ["fc8", "fc6"], list(net.layers)):
+        maps = net.dense_layers(x, layers)
+        assert list(maps) == layers
+        for name in layers:
+            torch.testing.assert_close(maps[name], net.dense(x, name), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="layer must be one of"):
+        net.dense_layers(x, ["conv9_9"])

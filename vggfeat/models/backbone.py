@@ -31,6 +31,7 @@ class Backbone(Protocol):
     meta: dict
     layers: tuple[str, ...]  # the names `dense` accepts, trunk first
     stride: int  # input pixels between two neighbouring positions of the dense maps
+    default_layer: str  # the descriptor's layer unless one is asked for (VGG: fc7)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk: normalised images (N, 3, H, W) -> its last map (N, C, h, w)."""
@@ -40,6 +41,9 @@ class Backbone(Protocol):
 
     def dense(self, x: torch.Tensor, layer: str) -> torch.Tensor:
         """Trunk then head: the map of a named layer over whole images."""
+
+    def dense_layers(self, x: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+        """The maps of several named layers from one pass over `x`, by name."""
 
     def dense_size(self, size: int) -> int:
         """Side of the head's dense map for an input side (pooling rounding included)."""
@@ -54,8 +58,9 @@ class Backbone(Protocol):
 
 def check_backbone(model) -> Backbone:
     """`model`, if it offers the interface; else a TypeError naming what is missing."""
-    members = ("meta", "layers", "stride", "forward_features", "forward_head", "dense",
-               "dense_size", "feature_dim", "pool_rounding")
+    members = ("meta", "layers", "stride", "default_layer", "forward_features",
+               "forward_head", "dense", "dense_layers", "dense_size", "feature_dim",
+               "pool_rounding")
     missing = [name for name in members if not hasattr(model, name)]
     if missing:
         raise TypeError(f"{type(model).__name__} is not a vggfeat backbone: it has no "

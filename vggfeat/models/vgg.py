@@ -114,6 +114,7 @@ class VGG(nn.Module):
 
     layers = DENSE_LAYERS
     stride = TOTAL_STRIDE
+    default_layer = "fc7"  # the paper's transfer descriptor (Appendix B)
 
     def __init__(self, features: nn.Sequential, num_classes: int = 1000, width: float = 1.0,
                  crop_size: int = 224, dropout: float = 0.5):
@@ -173,6 +174,29 @@ class VGG(nn.Module):
             raise ValueError(f"layer must be one of {DENSE_LAYERS}, got {layer!r}")
         pool5 = self.forward_features(x)
         return pool5 if layer == "pool5" else self.forward_head(pool5, layer)
+
+    def dense_layers(self, x: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+        """Maps of several of `DENSE_LAYERS` from one pass: the trunk runs once and the head
+        only as far as the deepest layer asked for."""
+        unknown = [name for name in layers if name not in DENSE_LAYERS]
+        if unknown:
+            raise ValueError(f"layer must be one of {DENSE_LAYERS}, got {unknown[0]!r}")
+        pool5 = self.forward_features(x)
+        maps = {"pool5": pool5} if "pool5" in layers else {}
+        heads = [name for name in DENSE_LAYERS[1:] if name in layers]
+        if heads:
+            fc6, relu6, drop6, fc7, relu7, drop7, fc8 = self.classifier
+            n, _, h, w = pool5.shape
+            k = self.kernel
+            x = self.forward_head(pool5, "fc6")
+            rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+            maps["fc6"] = x
+            if "fc7" in heads or "fc8" in heads:
+                rows = drop7(relu7(fc7(rows)))
+                maps["fc7"] = rows.view(n, h - k + 1, w - k + 1, -1).permute(0, 3, 1, 2)
+            if "fc8" in heads:
+                maps["fc8"] = fc8(rows).view(n, h - k + 1, w - k + 1, -1).permute(0, 3, 1, 2)
+        return {name: maps[name] for name in layers}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes); for inputs larger than a crop, the spatial mean."""
