@@ -109,7 +109,7 @@ def vggfeat_figure(args, device, data_dir: Path | None) -> float:
                                                                           args.warmup + 1))
     loader, _ = build_data(cfg, 0, 1, pin_memory=device.type == "cuda")
     loader.sampler.set_epoch(0)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, loader.dataset).to(device)  # the "sample" mean reads it
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     preprocessing = model.meta["preprocessing"]
