@@ -19,24 +19,25 @@ from torch import nn
 
 from vggfeat.models.families import ALEXNET_HEAD, FAMILIES, Family, family_names, family_of
 from vggfeat.models.families import is_refused as _is_refused
-from vggfeat.utils.errors import InputError
+from vggfeat.models.files import WeightsError
 
 ALEXNET_WINDOW = 6  # torchvision's AlexNet pools `features` to 6x6 before fc6
 
 
 def check_arch(arch: str) -> tuple[str, Family]:
-    """(torchvision's name, family) of a supported CNN; InputError for anything else."""
+    """(torchvision's name, family) of a supported CNN; WeightsError (an InputError)
+    for anything else."""
     from torchvision.models import list_models
 
     name = arch.lower().replace("-", "_")
     if _is_refused(name):
-        raise InputError(
+        raise WeightsError(
             f"--arch {arch}: vision transformers (vit_*, swin_*, maxvit_t) cannot run fully "
             "convolutionally over a whole image of any size, which dense evaluation needs. "
             f"Families that work: {family_names()}, and VGG.")
     family = family_of(name)
     if family is None or name not in list_models():
-        raise InputError(f"--arch {arch}: not a torchvision CNN that vggfeat runs. Families "
+        raise WeightsError(f"--arch {arch}: not a torchvision CNN that vggfeat runs. Families "
                          f"that work: {family_names()}, and VGG (vgg11 ... vgg19, -bn).")
     return name, family
 
