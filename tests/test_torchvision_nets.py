@@ -20,8 +20,7 @@ from vggfeat.cli import cli
 from vggfeat.features.descriptor import DescriptorConfig
 from vggfeat.features.engine import Engine
 from vggfeat.features.pipeline import extract_to_cache
-from vggfeat.models import WeightsError, load_backbone, save_backbone
-from vggfeat.models import torchvision_load
+from vggfeat.models import WeightsError, load_backbone, save_backbone, torchvision_load
 from vggfeat.models.backbone import check_backbone
 from vggfeat.models.torchvision_nets import build_torchvision, torchvision_model, weights_entry
 from vggfeat.utils.threads import torch_threads
