@@ -261,3 +261,15 @@ def test_download_with_a_wrong_hash_keeps_nothing(hub, tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match=r"not torchvision's release.*nothing was kept"):
         load_backbone("resnet18", download=True)
     assert not any(hub.iterdir())
+
+
+def test_feature_extractor_takes_an_arch(tmp_path):
+    from vggfeat.features.api import FeatureExtractor
+
+    weights = saved_state_dict("squeezenet1_1", tmp_path / "squeeze.pth", seed=4)
+    image = write_png(tmp_path / "a.png", random_rgb(30, 41, seed=1))
+    extractor = FeatureExtractor(weights=weights, arch="squeezenet1_1", scales=(224,),
+                                 device="cpu")
+    rows = extractor.fit_transform([image])
+    assert rows.shape == (1, 512) and extractor.config_.layer == "features"
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1, rtol=1e-5)
