@@ -18,6 +18,7 @@ process of either side (best of 8 products each time) and its highest rate is th
     python benchmarks/extract_speed.py                            # both jobs (the figures)
     python benchmarks/extract_speed.py --large-images 24 --repeats 1   # a quick check
     python benchmarks/extract_speed.py --isa avx2     # AVX2 code paths on an AVX-512 CPU
+    python benchmarks/extract_speed.py --arch resnet50  # a torchvision CNN (layer4) instead
 
 ``--isa avx2`` caps oneDNN (``ONEDNN_MAX_CPU_ISA``), MKL (``MKL_ENABLE_INSTRUCTIONS``) and
 ATen (``ATEN_CPU_CAPABILITY``) at AVX2 in the engine, the plain loop and the matmul alike:
@@ -30,6 +31,7 @@ counted) >= 85% of the matmul's.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -44,14 +46,17 @@ from torch import nn
 
 from vggfeat.data.transforms import scaled_size
 from vggfeat.models import build_backbone, save_backbone
+from vggfeat.models.families import family_of
+from vggfeat.models.torchvision_nets import build_torchvision
 
 HERE = Path(__file__).resolve().parent
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="vgg16")
-    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    parser.add_argument("--arch", default="vgg16", help="a VGG, or a torchvision CNN such as "
+                        "resnet50 (random weights; its default layer, e.g. layer4)")
+    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (VGG)")
     parser.add_argument("--scales", default="224,288")
     parser.add_argument("--small-images", type=int, default=12)
     parser.add_argument("--large-images", type=int, default=300, help="0: small job only")
@@ -92,7 +97,10 @@ def write_images(folder: Path, n: int, width: int, height: int) -> list[Path]:
 
 
 def dense_flops(model, height: int, width: int) -> float:
-    """Multiply-adds x 2 of one dense fc7 pass over an H x W image, from the layer shapes."""
+    """Multiply-adds x 2 of one dense fc7 pass over an H x W image, from the layer shapes;
+    for other families, torch's FlopCounterMode over one pass of the default layer."""
+    if family_of(model.meta["arch"]) is not None:
+        return counted_flops(model, height, width)
     flops, h, w = 0.0, height, width
     for module in model.features:
         if isinstance(module, nn.Conv2d):
@@ -103,6 +111,15 @@ def dense_flops(model, height: int, width: int) -> float:
     fc6, fc7 = model.classifier[0], model.classifier[3]
     positions = (h - model.kernel + 1) * (w - model.kernel + 1)
     return flops + 2 * (fc6.in_features + fc7.in_features) * fc7.out_features * positions
+
+
+@functools.cache
+def counted_flops(model, height: int, width: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.dense(torch.zeros(1, 3, height, width), model.default_layer)
+    return float(counter.get_total_flops())
 
 
 def job_flops(model, paths, scales) -> float:
@@ -145,13 +162,13 @@ def run_process(command, env) -> float:
     return seconds
 
 
-def engine_process(root, weights, scales, out, env, extra) -> tuple[float, float]:
+def engine_process(root, weights, scales, out, env, extra, layer) -> tuple[float, float]:
     """(whole-process seconds, seconds from invocation to the first computed image)."""
     first = out.with_suffix(".first")
     for stale in (out, first):
         stale.unlink(missing_ok=True)
     command = [sys.executable, "-m", "vggfeat", "extract", "--dataset", "folder", "--root",
-               str(root), "--weights", str(weights), "--scales", scales, "--layer", "fc7",
+               str(root), "--weights", str(weights), "--scales", scales, "--layer", layer,
                "--flip", "--device", "cpu", "--out", str(out), "--quiet", *extra.split()]
     invoked = time.time()
     seconds = run_process(command, dict(env, VGGFEAT_FIRST_RESULT_FILE=str(first)))
@@ -202,7 +219,10 @@ def main():
     print(f"vector extensions: {extensions}")
     print(f"load average at the start: {' '.join(f'{v:.2f}' for v in load_before)}")
     torch.manual_seed(0)
-    model = build_backbone(args.arch, width=args.width, init="xavier").eval()
+    if family_of(args.arch) is not None:
+        model = build_torchvision(args.arch)
+    else:
+        model = build_backbone(args.arch, width=args.width, init="xavier").eval()
     jobs = [("small", args.small_images)] + ([("large", args.large_images)]
                                               if args.large_images else [])
     rows = []
@@ -227,7 +247,7 @@ def main():
                 matmul, capability = matmul_rate(args.matmul, env)
                 rate = max(rate, matmul)
                 seconds, first = engine_process(root, weights, args.scales, tmp / "out.h5",
-                                                env, args.extra)
+                                                env, args.extra, model.default_layer)
                 ours_s, first_s = min(ours_s, seconds), min(first_s, first)
                 matmul, capability = matmul_rate(args.matmul, env)
                 rate = max(rate, matmul)
@@ -243,7 +263,7 @@ def main():
     load_after = os.getloadavg()
     capped = " (capped by --isa avx2: oneDNN, MKL and ATen)" if args.isa == "avx2" else ""
     print(f"vector code paths used: ATen {capability}{capped}")
-    print(f"config: {args.arch} width {args.width}, Q={scales}, fc7, flips, "
+    print(f"config: {args.arch} width {args.width}, Q={scales}, {model.default_layer}, flips, "
           f"{width}x{height} JPEGs (half portrait), best of {args.repeats} whole processes "
           f"(large job: {args.large_repeats or args.repeats})")
     print("| job | images | plain loop s | vggfeat extract s | speed-up (>= 1.3x) | "

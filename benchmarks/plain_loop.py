@@ -34,7 +34,7 @@ def main():
                 y = F.interpolate(x, size=scaled_size(x.shape[2], x.shape[3], q),
                                   mode="bilinear", antialias=True)
                 y = normalize(y, preprocessing)
-                views = [model.dense(v, "fc7").mean((2, 3)) for v in (y, y.flip(-1))]
+                views = [model.dense(v, model.default_layer).mean((2, 3)) for v in (y, y.flip(-1))]
                 per_scale.append(((views[0] + views[1]) / 2)[0].numpy())
             rows[path] = np.concatenate(per_scale)
     np.savez(out, paths=np.array(list(rows)), X=np.stack(list(rows.values())))

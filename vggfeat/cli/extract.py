@@ -65,12 +65,19 @@ def default_out(dataset: str, weights: str, layer: str) -> Path:
              required=True, type=click.Path(path_type=Path))
 @click.option("--weights", required=True,
               help="Weights file (.pth), train-backbone run folder, or torchvision name, "
-                   "e.g. vgg16.")
-@click.option("--arch", default=None, help="Architecture, when the weights cannot say.")
+                   "e.g. vgg16, resnet50 or resnet50-11ad3fa6.pth (from torch hub's folder).")
+@click.option("--arch", default=None,
+              help="Architecture, when the weights cannot say: a VGG or a torchvision CNN "
+                   "(resnet50, convnext_tiny, efficientnet_b0, ...; `vggfeat info` lists them).")
+@click.option("--download", is_flag=True,
+              help="Fetch a named torchvision release into torch hub's folder if missing "
+                   "(hash-checked) [default: never download].")
 @click.option("--scales", callback=parse_scales, default=None,
               help="Smallest image side(s) Q, e.g. 256,384,512 [default: the dataset's].")
-@click.option("--layer", type=click.Choice(["fc7", "fc6", "pool5"]), default="fc7",
-              show_default=True, help="Layer to pool (fc6/fc7 after ReLU).")
+@click.option("--layer", default=None,
+              help="Layer to pool: fc7, fc6 or pool5 for VGG (fc6/fc7 after ReLU); a torchvision "
+                   "module name for others (layer4, features.6) [default: fc7; the map the "
+                   "classifier receives for other nets].")
 @click.option("--flip/--no-flip", default=True, show_default=True,
               help="Average with the horizontally flipped image.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
@@ -96,8 +103,8 @@ def default_out(dataset: str, weights: str, layer: str) -> Path:
                    "cache (kept until the new file is complete; never the --weights file).")
 @click.option("--skip-bad", is_flag=True, help="Exit 0 even if some images cannot be read.")
 @quiet_option()
-def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_pixels, workers,
-            device, precision, dtype, reader_options, out, overwrite, skip_bad, quiet):
+def extract(dataset, root, weights, arch, download, scales, layer, flip, batch_size, max_pixels,
+            workers, device, precision, dtype, reader_options, out, overwrite, skip_bad, quiet):
     """Compute the paper's descriptors of a dataset into one resumable HDF5 file.
 
     Every image the dataset's protocol needs (VOC 2007: trainval and test; voc2012-action:
@@ -111,6 +118,7 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
         vggfeat extract --dataset voc2007 --root ~/data/VOCdevkit --weights vgg16
         vggfeat extract --dataset folder --root photos/ --weights vgg19 --scales 256,384,512
         vggfeat extract --dataset csv --root photos/labels.csv --weights vgg16
+        vggfeat extract --dataset folder --root photos/ --arch resnet50 --weights resnet50
 
     \b
     --dataset csv reads a CSV file with a header row:
@@ -138,7 +146,9 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
         images, boxes = reader.images(), reader.boxes()
     except (DatasetLayoutError, ValueError) as error:
         raise input_error(error) from None
-    out = out or default_out(dataset, weights, layer)
+    from vggfeat.models.families import default_layer
+
+    out = out or default_out(dataset, weights, layer or default_layer(arch or Path(weights).name))
     from vggfeat.cli.checks import require_device
 
     require_device(device)  # cuda without a GPU, cuda:7, mps: refused before any work
@@ -152,8 +162,9 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
         workers = 0 if on_cpu else default_workers(8)
     try:
         summary = extract_to_cache(
-            images, out, weights=weights, arch=arch, scales=scales or reader.default_scales,
-            layer=layer, flip=flip, boxes=boxes, batch_size=batch_size,
+            images, out, weights=weights, arch=arch, download=download,
+            scales=scales or reader.default_scales, layer=layer, flip=flip, boxes=boxes,
+            batch_size=batch_size,
             max_pixels=max_pixels or DEFAULT_MAX_PIXELS, workers=workers, device=device,
             precision=precision, dtype=dtype, overwrite=overwrite, dataset=dataset,
             root=reader.root, reader_options=reader.options, progress=not quiet,

@@ -1,4 +1,5 @@
-"""`vggfeat info`: versions, devices, architectures and where weights are looked for."""
+"""`vggfeat info`: versions, devices, architectures, the torchvision CNN families, and which
+weight files are already in torch hub's folder."""
 import platform
 
 import click
@@ -10,6 +11,8 @@ def collect_info() -> dict:
     import torchvision
 
     from vggfeat.models import ARCHS, PAPER_NAMES
+    from vggfeat.models.families import FAMILIES
+    from vggfeat.models.torchvision_load import present_releases
     from vggfeat.models.weights import hub_checkpoint_dir, torchvision_weights
     from vggfeat.version import __version__
 
@@ -31,13 +34,17 @@ def collect_info() -> dict:
         "torchvision": torchvision.__version__, "cuda": torch.version.cuda or "none",
         "devices": devices,
         "architectures": [f"{a} ({letters[a]})" if a in letters else a for a in ARCHS],
+        "families": [f"{f.name} ({'/'.join(p.rstrip('_') + '*' for p in f.prefixes)}, "
+                     f"default layer {f.default_layer})" for f in FAMILIES],
         "weights_folder": str(hub), "weights_found": found or ["none"],
+        "releases_found": present_releases() or ["none"],
     }
 
 
 @click.command()
 def info():
-    """Show versions, devices, architectures and where weights are looked for.
+    """Show versions, devices, architectures, the torchvision CNN families that run densely
+    (--arch), where weights are looked for and which release files are there.
 
     \b
     Example:

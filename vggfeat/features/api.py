@@ -42,14 +42,18 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     Parameters
     ----------
     weights : str or path-like, default="vgg16"
-        A weights file or a torchvision name (see `vggfeat.models.load_backbone`).
+        A weights file or a torchvision name (see `vggfeat.models.load_backbone`), e.g.
+        "vgg16", "resnet50" or "resnet50-11ad3fa6.pth".
     arch : str, optional
-        Architecture, when the weights file cannot say.
+        Architecture, when the weights file cannot say (e.g. "resnet50" for a bare
+        state dict of another torchvision family).
     scales : tuple of int, default=(256, 384, 512)
         Smallest image side Q of each scale.
     aggregate : {"avg", "stack"}, default="avg"
         Average the scales (VOC) or concatenate them (Caltech).
-    layer : {"fc7", "fc6", "pool5"}, default="fc7"
+    layer : str, optional
+        VGG: "fc7", "fc6" or "pool5"; other families: a torchvision module name
+        (``model_.layers``). None: the net's default (VGG's fc7, ResNet's layer4, ...).
     flip : bool, default=True
         Average with the horizontally flipped image.
     device : str, default="auto"
@@ -102,7 +106,7 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     """
 
     def __init__(self, weights="vgg16", arch=None, scales=(256, 384, 512), aggregate="avg",
-                 layer="fc7", flip=True, device="auto", batch_size=DEFAULT_BATCH_SIZE,
+                 layer=None, flip=True, device="auto", batch_size=DEFAULT_BATCH_SIZE,
                  workers=0, verbose="auto", memory=None, rows_as_images=False):
         self.weights = weights
         self.arch = arch
@@ -142,13 +146,14 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             raise ValueError(f"verbose must be 'auto', True or False, got {self.verbose!r}")
         model = load_backbone(self.weights, self.arch)
         self._images(X, reset=True)
-        self.config_ = DescriptorConfig.from_model(model, self.scales, layer=self.layer,
+        self.config_ = DescriptorConfig.from_model(model, self.scales,
+                                                   layer=self.layer or model.default_layer,
                                                    flip=self.flip)
         # Built once per fit (the CPU fast path traces the net); not pickled (see below).
         self._engine = Engine(model, self.config_, batch_size=self.batch_size,
                               workers=self.workers, device=self.device)
         self.model_ = self._engine.model
-        dim = model.feature_dim(self.layer)
+        dim = model.feature_dim(self.config_.layer)
         self._n_features_out = dim * (len(self.config_.scales) if self.aggregate == "stack" else 1)
         return self
 
@@ -206,7 +211,7 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             bar.close()
 
     def _dim(self) -> int:
-        return self.model_.feature_dim(self.layer)
+        return self.model_.feature_dim(self.config_.layer)
 
     def _images(self, X, reset: bool) -> list:
         """X -> list of engine sources: paths, PIL images or (3, H, W) float tensors."""

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from vggfeat.models.families import family_of
 from vggfeat.models.preprocessing import normalize
 from vggfeat.models.vgg import check_pool_rounding
 
@@ -38,7 +39,7 @@ class DescriptorConfig:
     pool_rounding: str = "floor"
 
     def __post_init__(self):
-        if self.layer not in LAYERS:
+        if self.layer not in LAYERS and family_of(self.arch) is None:  # VGG; others: below
             raise ValueError(f"layer must be one of {LAYERS}, got {self.layer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
@@ -53,6 +54,10 @@ class DescriptorConfig:
     def from_model(cls, model, scales, **kwargs) -> DescriptorConfig:
         """The configuration of `model` (a loaded backbone) at `scales`."""
         meta = model.meta
+        kwargs.setdefault("layer", model.default_layer)
+        if kwargs["layer"] not in model.layers:
+            raise ValueError(f"layer {kwargs['layer']!r} is not a layer of {meta['arch']}; "
+                             f"choose one of: {', '.join(model.layers)}")
         # The pools themselves, not a record that could disagree with them, decide the maps.
         config = cls(arch=meta["arch"], weights_sha256=meta.get("sha256") or "unknown",
                      preprocessing=dict(meta["preprocessing"]), scales=tuple(scales),

@@ -15,7 +15,8 @@ Why it is built this way:
   (torchvision's batched ``decode_jpeg``), other files on the CPU (`decode_route`), and a
   `Prefetcher` thread reads, decodes and rescales the next chunk on its own CUDA stream
   while the current batches run: loading overlaps compute.
-- On the CPU in fp32 the net runs through `vggfeat.models.cpu.CpuDense` (same numbers).
+- On the CPU in fp32 a VGG runs through `vggfeat.models.cpu.CpuDense` (same numbers);
+  other families run their own modules (``model.dense``).
 - ``VGGFEAT_FIRST_RESULT_FILE``: when set, the wall-clock time (``time.time()``) of the
   first finished image is written there once (benchmarks measure start-up with it).
 """
@@ -39,6 +40,7 @@ from vggfeat.data.transforms import rescale
 from vggfeat.features.descriptor import DescriptorConfig, describe
 from vggfeat.models.backbone import check_backbone
 from vggfeat.models.cpu import fast_dense
+from vggfeat.models.vgg import VGG
 from vggfeat.utils.devices import resolve_device
 
 DEFAULT_BATCH_SIZE = 32
@@ -306,7 +308,8 @@ class Engine:
                                  else resize_on_device) or self.decode_on_device
         self.prefetch = prefetch
         self.dense = self.model.dense
-        if self.device.type == "cpu" and config.precision == "fp32" and fast_cpu is not False:
+        if (self.device.type == "cpu" and config.precision == "fp32" and fast_cpu is not False
+                and isinstance(self.model, VGG)):  # the packed path is VGG's (plain convs)
             self.dense = fast_dense(self.model)
         self.batch_size = batch_size
         self.max_pixels = max_pixels

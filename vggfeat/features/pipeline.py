@@ -52,8 +52,9 @@ def item_id(item) -> str:
 
 
 def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, model=None,
-                     arch: str | None = None, scales: Sequence[int] = (256, 384, 512),
-                     layer: str = "fc7", flip: bool = True, boxes: Sequence = (),
+                     arch: str | None = None, download: bool = False,
+                     scales: Sequence[int] = (256, 384, 512),
+                     layer: str | None = None, flip: bool = True, boxes: Sequence = (),
                      batch_size: int = DEFAULT_BATCH_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
                      workers: int = 0, device: str = "auto", precision: str = "fp32",
                      dtype: str = "float32", overwrite: bool = False, dataset: str = "items",
@@ -71,8 +72,10 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
         weights: weights file or torchvision name (see `load_backbone`); or give `model`.
         model: an already loaded backbone instead of `weights`.
         arch: architecture, when the weights file cannot say.
+        download: fetch a named torchvision release first if missing (`load_backbone`).
         scales: the Q values (smallest image side).
-        layer: "fc7", "fc6" or "pool5".
+        layer: "fc7", "fc6" or "pool5" for VGG; a torchvision module name for other
+            families (`Backbone.layers`); None: the net's default (VGG's fc7).
         flip: average with the horizontally flipped image.
         boxes: samples of the ``boxes`` group (voc2012-action person boxes).
         batch_size, max_pixels, workers, device, precision: see `Engine`.
@@ -112,7 +115,14 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
     if model is None:
         from vggfeat.models import load_backbone
 
+        if download:  # one process fetches, the others wait for the file
+            if rank == 0:
+                from vggfeat.models.torchvision_load import download_release
+
+                download_release(weights, log)
+            distributed.barrier()
         model = load_backbone(weights, arch)
+    layer = layer or model.default_layer
     config = DescriptorConfig.from_model(model, scales, layer=layer, flip=flip,
                                          precision=precision)
     attrs = cache.cache_attributes(config, dataset=dataset, root=root,

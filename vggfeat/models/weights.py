@@ -2,22 +2,33 @@
 
 Three sources: torchvision's checkpoint files (a plain state dict, found by path or by
 name in torch hub's checkpoint folder), vggfeat's own checkpoints (weights plus `meta`),
-and Caffe models converted by `vggfeat.models.caffe`. Every read uses
-`torch.load(weights_only=True)` and is never retried without it: a file that needs
-arbitrary unpickling is refused, and nothing in it runs.
+and Caffe models converted by `vggfeat.models.caffe`. Files are read by
+`vggfeat.models.files` (`torch.load(weights_only=True)`, never retried without it: nothing
+in a file runs). `load_backbone` hands other torchvision families (ResNet, ConvNeXt, ...)
+to `vggfeat.models.torchvision_load`; the VGG path below is the paper's.
 """
 from __future__ import annotations
 
 import math
 import os
-import pickle
 import re
-import warnings
-import zipfile
 from pathlib import Path
 
 import torch
 
+from vggfeat.models import torchvision_load
+from vggfeat.models.files import (  # noqa: F401 - names this module has always offered
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    WeightsError,
+    _atomic_save,
+    check_finite,
+    check_release_hash,
+    describe_mismatch,
+    hub_checkpoint_dir,
+    read_checkpoint,
+    split_checkpoint,
+)
 from vggfeat.models.preprocessing import TORCHVISION_IMAGENET, validate
 from vggfeat.models.vgg import (
     BN_ARCHS,
@@ -27,16 +38,7 @@ from vggfeat.models.vgg import (
     canonical_arch,
     recorded_pool_rounding,
 )
-from vggfeat.utils.errors import InputError
 from vggfeat.utils.hashing import sha256_future
-
-CHECKPOINT_FORMAT = "vggfeat-backbone"
-CHECKPOINT_VERSION = 1
-
-
-class WeightsError(InputError):
-    """A weights file that cannot be used; the message names the file and the fix."""
-
 
 # -- where weights are -----------------------------------------------------------------
 
@@ -51,11 +53,6 @@ def torchvision_weights(arch: str):
     if name not in BN_ARCHS and name not in ("vgg11", "vgg13", "vgg16", "vgg19"):
         return None
     return get_model_weights(name.replace("-", "_")).IMAGENET1K_V1
-
-
-def hub_checkpoint_dir() -> Path:
-    """torch hub's checkpoint folder ($TORCH_HOME/hub/checkpoints)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def torchvision_release_files() -> dict:
@@ -108,116 +105,6 @@ def resolve_weights(weights: str | os.PathLike) -> tuple[Path, object]:
     return hub_path, entry
 
 
-# torch hub's convention: the name's last "-<hex>." part is a prefix of the file's sha256.
-HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
-
-
-def check_release_hash(path: Path, digest: str) -> None:
-    """Refuse a file whose torchvision-style name promises another sha256 than it has."""
-    match = HASH_IN_NAME.search(path.name)
-    if match and not digest.startswith(match.group(1)):
-        raise WeightsError(
-            f"{path} is named like torchvision's release, whose sha256 starts with "
-            f"{match.group(1)}, but this file's sha256 is {digest[:len(match.group(1))]}... "
-            f"({digest}): it is not that release (damaged, incomplete, or another file under "
-            "its name). Download it again, or rename the file if it is your own weights.")
-
-
-# -- reading ------------------------------------------------------------------------
-
-def read_checkpoint(path: Path) -> object:
-    """`torch.load(path, weights_only=True)` with errors that name the file and the fix."""
-    if path.stat().st_size == 0:
-        raise WeightsError(f"{path} is empty; download or save it again.")
-    try:
-        with warnings.catch_warnings():  # torch warns about old pickle protocols: noise here
-            warnings.simplefilter("ignore")
-            # Zip-format files (torch.save's default) are memory-mapped: their tensors are
-            # read when first used instead of copied now (0.3 s less for VGG16's 528 MB).
-            return torch.load(path, map_location="cpu", weights_only=True,
-                              mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as error:
-        # "unsupported GLOBAL": the pickle names a callable to import, i.e. it wants to run
-        # code; a bare pickle may fail on an opcode first, so it is scanned for the same.
-        if "global" in str(error).lower() or _pickle_names_callables(path):
-            raise WeightsError(
-                f"refused to load {path}: the file contains code (pickled Python objects "
-                "that name functions to call), and vggfeat will not run code from a weights "
-                "file. Use a file that holds only tensors, e.g. one saved with "
-                "torch.save(model.state_dict(), PATH) by someone you trust.") from None
-        raise WeightsError(f"cannot read {path}: not a PyTorch checkpoint, or damaged "
-                           f"({_first_line(error)}); download or save it again.") from None
-    except Exception as error:  # zip, EOF and format errors all mean the same to a user
-        raise WeightsError(f"cannot read {path}: the file is truncated, damaged or not a "
-                           f"PyTorch checkpoint ({type(error).__name__}: {_first_line(error)}); "
-                           "download or save it again.") from None
-
-
-# Modules a plain tensor pickle may name; anything else named by a pickle is code to run.
-SAFE_PICKLE_MODULES = ("torch", "collections", "numpy", "_codecs")
-
-
-def _pickle_names_callables(path: Path) -> bool:
-    """Whether a bare (non-zip) pickle imports something other than tensor machinery.
-
-    Reads opcodes only (pickletools never executes anything).
-    """
-    import pickletools
-    import zipfile
-
-    if zipfile.is_zipfile(path):
-        return False
-    strings: list[str] = []
-    try:
-        with open(path, "rb") as handle:
-            for opcode, arg, _ in pickletools.genops(handle):
-                if isinstance(arg, str):
-                    strings.append(arg)
-                if opcode.name == "GLOBAL":
-                    module = str(arg).split(" ")[0]
-                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    module = strings[-2]
-                else:
-                    continue
-                if module.split(".")[0] not in SAFE_PICKLE_MODULES:
-                    return True
-    except Exception:  # noqa: BLE001 - a damaged pickle is reported as damaged, not as code
-        return False
-    return False
-
-
-def _first_line(error: BaseException) -> str:
-    """An exception's first line, without torch's advice to turn weights_only off."""
-    line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return line.split(" Re-running `torch.load`")[0].split("weights_only")[0].rstrip(" .(,")
-
-
-def split_checkpoint(obj: object, path: Path) -> tuple[dict, dict]:
-    """(state_dict, meta) of a loaded file: a vggfeat checkpoint or a bare state dict."""
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        state_dict, meta = obj.get("state_dict"), obj.get("meta")
-        if not _is_tensor_dict(state_dict) or not isinstance(meta, dict):
-            raise WeightsError(f"{path} is a vggfeat checkpoint without a usable 'state_dict' "
-                               "or 'meta': it is damaged or incomplete; save it again.")
-        return state_dict, dict(meta)
-    if _is_tensor_dict(obj):
-        return obj, {}
-    if isinstance(obj, dict) and {"model", "optimizer", "epoch"} <= set(obj):
-        raise WeightsError(f"{path} is a training checkpoint (weights plus optimizer state, for "
-                           f"--resume); use {path.parent / 'backbone.pth'} (RUN_DIR/backbone.pth) "
-                           "or the run folder itself as the weights.")
-    kind = type(obj).__name__
-    keys = list(obj)[:8] if isinstance(obj, dict) else []
-    raise WeightsError(f"{path} is not a VGG state dict or vggfeat checkpoint (found a {kind}"
-                       f"{' with keys ' + str(keys) if keys else ''}). Give a torchvision VGG "
-                       ".pth file or a file written by vggfeat.save_backbone.")
-
-
-def _is_tensor_dict(obj: object) -> bool:
-    return (isinstance(obj, dict) and bool(obj)
-            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
-
-
 def expected_shapes(arch: str, width: float, crop_size: int, num_classes: int) -> dict:
     """Parameter and buffer shapes of a configuration, without allocating its weights."""
     with torch.device("meta"):  # init=None: initialising meta tensors imports torch._dynamo
@@ -241,7 +128,8 @@ def infer_config(state_dict: dict, path: Path, arch: str | None = None,
         num_classes = state_dict["classifier.6.weight"].shape[0]
     except KeyError as error:
         raise WeightsError(f"{path} has no {error.args[0]!r}: not a VGG state dict "
-                           f"(its first keys: {list(state_dict)[:6]}).") from None
+                           f"(its first keys: {list(state_dict)[:6]}); for another "
+                           "torchvision family pass --arch, e.g. resnet50.") from None
     convs = [k for k in state_dict if k.startswith("features.") and k.endswith(".weight")
              and state_dict[k].ndim == 4]
     if not convs:
@@ -269,61 +157,39 @@ def infer_config(state_dict: dict, path: Path, arch: str | None = None,
                        "to see which keys differ.")
 
 
-def describe_mismatch(expected: dict, actual: dict, limit: int = 10) -> str:
-    """Missing, unexpected and wrongly shaped keys, as one readable message."""
-    missing = sorted(set(expected) - set(actual), key=_key_order)
-    unexpected = sorted(set(actual) - set(expected), key=_key_order)
-    shapes = [f"{k} {actual[k]} (expected {expected[k]})" for k in sorted(
-        set(expected) & set(actual), key=_key_order) if expected[k] != actual[k]]
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected),
-                         ("wrong shape", shapes)):
-        if items:
-            shown = ", ".join(items[:limit]) + (f", ... ({len(items)} in all)"
-                                               if len(items) > limit else "")
-            parts.append(f"{label}: {shown}")
-    return "; ".join(parts)
-
-
-def _key_order(key: str):
-    return [int(p) if p.isdigit() else p for p in key.split(".")]
-
-
-def check_finite(state_dict: dict, path: Path) -> None:
-    bad = [key for key, value in state_dict.items()
-           if value.is_floating_point() and not _all_finite(value)]
-    if bad:
-        raise WeightsError(f"{path} has NaN or Inf values in {bad[:10]}: the training run that "
-                           "wrote it diverged or the file is damaged; use another checkpoint.")
-
-
-def _all_finite(tensor: torch.Tensor) -> bool:
-    # A NaN or an Inf makes the sum non-finite, so a finite sum proves every value finite
-    # (one vectorised read of the tensor, ~10x faster than isfinite().all()); a non-finite
-    # sum can also be an overflow of large finite values, so that case is checked exactly.
-    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
-
-
 # -- the public entry points ----------------------------------------------------------
 
-def load_backbone(weights: str | os.PathLike, arch: str | None = None) -> VGG:
-    """Load a backbone in eval mode.
+def load_backbone(weights: str | os.PathLike, arch: str | None = None, *,
+                  download: bool = False, log=print):
+    """Load a backbone in eval mode: a VGG, or another torchvision CNN family
+    (`vggfeat.models.torchvision_load`: ResNet, ConvNeXt, EfficientNet, ...).
 
     Args:
         weights: a file (torchvision .pth or vggfeat checkpoint) or a torchvision name
-            ("vgg16", "vgg19-bn", ...) looked up in torch hub's checkpoint folder.
-        arch: the architecture, when the file cannot say (e.g. A vs A-LRN from a
-            bare state dict); checked against the file otherwise.
+            ("vgg16", "vgg19-bn", "resnet50", "resnet50-11ad3fa6.pth", ...) looked up in
+            torch hub's checkpoint folder.
+        arch: the architecture, when the file cannot say (e.g. A vs A-LRN, or resnet50,
+            from a bare state dict); checked against the file otherwise.
+        download: fetch a named torchvision release into torch hub's folder first if it
+            is not there (hash-checked); off by default, vggfeat works offline.
+        log: where `download` says what it did.
 
     Raises:
         WeightsError: the file is missing, unsafe, damaged, of another architecture, or
             holds non-finite values.
     """
+    if download:
+        torchvision_load.download_release(weights, log)
+    if torchvision_load.wants_torchvision(weights, arch):
+        return torchvision_load.load_torchvision(weights, arch)
     path, entry = resolve_weights(weights)
     hashing = sha256_future(path)  # beside reading the file (or started earlier); in meta
     if entry is not None:
         check_release_hash(path, hashing.result())
     state_dict, meta = split_checkpoint(read_checkpoint(path), path)
+    if torchvision_load.wants_torchvision(path, meta.get("arch")):  # saved by vggfeat
+        return torchvision_load.model_from(path, state_dict, meta, hashing.result(), arch,
+                                              None)
     if meta.get("arch") is not None and arch and canonical_arch(arch) != meta["arch"]:
         raise WeightsError(f"{path} holds {meta['arch']} weights, not {canonical_arch(arch)}; "
                            "drop --arch or give the matching file.")
@@ -420,13 +286,3 @@ def export_torchvision(model: VGG, path: str | os.PathLike) -> Path:
                          f"crop {model.kernel * 32}); keep the vggfeat checkpoint instead.")
     return _atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(path))
 
-
-def _atomic_save(obj: object, path: Path) -> Path:
-    """torch.save through the one atomic writer: a kill or a full disk never leaves a
-    half-written weight file under `path`."""
-    from vggfeat.utils import atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.replacing(path) as tmp:
-        torch.save(obj, tmp)
-    return path
