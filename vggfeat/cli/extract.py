@@ -47,9 +47,11 @@ def parse_options(ctx, param, values):
     return options
 
 
-def default_out(dataset: str, weights: str, layer: str) -> Path:
-    """<dataset>-<weights>-<layer>.h5; a training run's weights (RUN_DIR or its
-    backbone.pth, the same name in every run) are named by the run folder."""
+def default_out(dataset: str, weights: str, layer: str | None) -> Path:
+    """<dataset>-<weights>-<layer>.h5 (layers joined by "+"; fc7 when none is given); a
+    training run's weights (RUN_DIR or its backbone.pth, the same name in every run) are
+    named by the run folder."""
+    layer = "+".join(name.strip() for name in (layer or "fc7").split(","))
     path = Path(str(weights)).expanduser()
     if path.is_dir() or path.name == "backbone.pth":
         stem = (path if path.is_dir() else path.resolve().parent).resolve().name
@@ -69,8 +71,12 @@ def default_out(dataset: str, weights: str, layer: str) -> Path:
 @click.option("--arch", default=None, help="Architecture, when the weights cannot say.")
 @click.option("--scales", callback=parse_scales, default=None,
               help="Smallest image side(s) Q, e.g. 256,384,512 [default: the dataset's].")
-@click.option("--layer", type=click.Choice(["fc7", "fc6", "pool5"]), default="fc7",
-              show_default=True, help="Layer to pool (fc6/fc7 after ReLU).")
+@click.option("--layer", default=None,
+              help="Layer(s) to pool, e.g. fc7, conv5_3, or conv5_3,fc7 (one pass, one file "
+                   "holding each); VGG: conv1_1..conv5_3 (Table 1's names), pool5, fc6, fc7 "
+                   "(after ReLU), fc8 [default: the net's, fc7 for VGG].")
+@click.option("--pool", type=click.Choice(["avg", "max"]), default="avg", show_default=True,
+              help="Pool each map over positions by its mean (the paper's) or maximum.")
 @click.option("--flip/--no-flip", default=True, show_default=True,
               help="Average with the horizontally flipped image.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
@@ -96,8 +102,8 @@ def default_out(dataset: str, weights: str, layer: str) -> Path:
                    "cache (kept until the new file is complete; never the --weights file).")
 @click.option("--skip-bad", is_flag=True, help="Exit 0 even if some images cannot be read.")
 @quiet_option()
-def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_pixels, workers,
-            device, precision, dtype, reader_options, out, overwrite, skip_bad, quiet):
+def extract(dataset, root, weights, arch, scales, layer, pool, flip, batch_size, max_pixels,
+            workers, device, precision, dtype, reader_options, out, overwrite, skip_bad, quiet):
     """Compute the paper's descriptors of a dataset into one resumable HDF5 file.
 
     Every image the dataset's protocol needs (VOC 2007: trainval and test; voc2012-action:
@@ -111,6 +117,7 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
         vggfeat extract --dataset voc2007 --root ~/data/VOCdevkit --weights vgg16
         vggfeat extract --dataset folder --root photos/ --weights vgg19 --scales 256,384,512
         vggfeat extract --dataset csv --root photos/labels.csv --weights vgg16
+        vggfeat extract --dataset folder --root photos/ --weights vgg16 --layer conv5_3,fc7
 
     \b
     --dataset csv reads a CSV file with a header row:
@@ -153,7 +160,7 @@ def extract(dataset, root, weights, arch, scales, layer, flip, batch_size, max_p
     try:
         summary = extract_to_cache(
             images, out, weights=weights, arch=arch, scales=scales or reader.default_scales,
-            layer=layer, flip=flip, boxes=boxes, batch_size=batch_size,
+            layer=layer, pool=pool, flip=flip, boxes=boxes, batch_size=batch_size,
             max_pixels=max_pixels or DEFAULT_MAX_PIXELS, workers=workers, device=device,
             precision=precision, dtype=dtype, overwrite=overwrite, dataset=dataset,
             root=reader.root, reader_options=reader.options, progress=not quiet,
