@@ -3,7 +3,8 @@
 The float64 reference shares no code with vggfeat's pipeline: the resize is PIL's/torch's
 antialiased bilinear written out as resampling matrices in numpy, the net is plain
 conv/relu/max-pool calls on float64 copies of the weights, and fc6/fc7 are convolutions
-built here from the Linear weights.
+built here from the Linear weights. Conv layers are named here as the paper's Table 1 names
+them (conv<block>_<n>, blocks separated by max pools), counted independently of vggfeat.
 """
 from __future__ import annotations
 
@@ -101,18 +102,26 @@ def reference_resize(pixels: np.ndarray, q: int) -> np.ndarray:
 
 
 def reference_dense(model, x: torch.Tensor, layer: str) -> torch.Tensor:
-    """Dense map of a VGG (no BN/LRN) in float64 from plain torch ops."""
+    """Dense map of a VGG (no BN/LRN) in float64 from plain torch ops; `layer` a conv layer
+    (after its ReLU), pool5, fc6 or fc7."""
     x = x.double()
+    block, n = 1, 0
     for module in model.features:
         if isinstance(module, nn.Conv2d):
             x = F.conv2d(x, module.weight.detach().double(), module.bias.detach().double(),
                          padding=module.padding)
+            n += 1
         elif isinstance(module, nn.ReLU):
             x = F.relu(x)
+            if layer == f"conv{block}_{n}":
+                return x
         elif isinstance(module, nn.MaxPool2d):
             x = F.max_pool2d(x, 2, 2)
+            block, n = block + 1, 0
         else:
             raise NotImplementedError(type(module))
+    if layer.startswith("conv"):
+        raise ValueError(f"no {layer} in this net")
     if layer == "pool5":
         return x
     fc6, fc7 = model.classifier[0], model.classifier[3]
@@ -126,8 +135,9 @@ def reference_dense(model, x: torch.Tensor, layer: str) -> torch.Tensor:
 
 
 def reference_descriptor(model, pixels: np.ndarray, scales, layer: str = "fc7",
-                         flip: bool = True) -> np.ndarray:
-    """(S, D) float64: per scale, pooled map averaged with the flipped image's."""
+                         flip: bool = True, pool: str = "avg") -> np.ndarray:
+    """(S, D) float64: per scale, the map's mean (or `pool` "max": maximum) over positions,
+    averaged with the flipped image's."""
     pre = model.meta["preprocessing"]
     rows = []
     for q in scales:
@@ -138,7 +148,8 @@ def reference_descriptor(model, pixels: np.ndarray, scales, layer: str = "fc7",
             / np.array(pre["std"])[:, None, None]
         batch = torch.from_numpy(np.ascontiguousarray(x))[None]
         views = [batch, batch.flip(-1)] if flip else [batch]
-        pooled = [reference_dense(model, v, layer).mean(dim=(2, 3))[0] for v in views]
+        maps = [reference_dense(model, v, layer)[0] for v in views]
+        pooled = [m.amax(dim=(1, 2)) if pool == "max" else m.mean(dim=(1, 2)) for m in maps]
         rows.append(torch.stack(pooled).mean(0).numpy())
     return np.stack(rows)
 
@@ -169,8 +180,10 @@ def assert_same_cache(a, b, atol: float = 1e-5) -> None:
     for name in left:
         if name == "attrs":
             continue
-        if name.endswith("descriptors"):
-            done = left[name.replace("descriptors", "done")]
+        if name.endswith("descriptors") or "layers/" in name:  # a multi-layer cache's rows
+            group = name.rpartition("descriptors")[0] if name.endswith("descriptors") \
+                else name.split("layers/")[0]
+            done = left[group + "done"]
             np.testing.assert_allclose(left[name][done], right[name][done], rtol=1e-4,
                                        atol=atol, err_msg=name)
         else:

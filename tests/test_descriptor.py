@@ -64,7 +64,8 @@ def test_config_key_is_stable_and_sensitive(tiny):
     assert config_key(a.as_dict()) == config_key(DescriptorConfig.from_model(tiny, [64, 96])
                                                  .as_dict())
     for change in ({"layer": "fc6"}, {"flip": False}, {"scales": (64,)},
-                   {"precision": "bf16"}, {"weights_sha256": "0" * 64}):
+                   {"precision": "bf16"}, {"weights_sha256": "0" * 64}, {"pool": "max"},
+                   {"extra_layers": ("fc6",)}):
         b = DescriptorConfig(**{**a.__dict__, **change})
         assert config_key(b.as_dict()) != config_key(a.as_dict()), change
 
@@ -72,8 +73,8 @@ def test_config_key_is_stable_and_sensitive(tiny):
 def test_invalid_configs_are_refused(tiny):
     with pytest.raises(ValueError, match="crop size 64"):
         check_scales((32, 64), 64)
-    with pytest.raises(ValueError, match="layer"):
-        DescriptorConfig.from_model(tiny, (64,), layer="fc8")
+    with pytest.raises(ValueError, match="'conv9_9' is not a layer .* conv1_1, .*, fc8"):
+        DescriptorConfig.from_model(tiny, (64,), layer="conv9_9")
     with pytest.raises(ValueError, match="distinct"):
         DescriptorConfig.from_model(tiny, (64, 64))
     with pytest.raises(ValueError, match="precision"):

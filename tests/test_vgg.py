@@ -155,7 +155,9 @@ def test_vgg_offers_the_backbone_interface():
 
     net = build_backbone("A", width=0.125, crop_size=64, num_classes=5)
     assert isinstance(net, Backbone) and check_backbone(net) is net
-    assert net.layers == ("pool5", "fc6", "fc7", "fc8")
+    # Table 1's names for configuration A, then the dense layers.
+    assert net.layers == ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "conv4_1", "conv4_2",
+                          "conv5_1", "conv5_2", "pool5", "fc6", "fc7", "fc8")
     x = torch.zeros(1, 3, 96, 128)
     for layer in net.layers:
         assert net.dense(x, layer).shape[1] == net.feature_dim(layer)

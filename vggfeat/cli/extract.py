@@ -47,9 +47,11 @@ def parse_options(ctx, param, values):
     return options
 
 
-def default_out(dataset: str, weights: str, layer: str) -> Path:
-    """<dataset>-<weights>-<layer>.h5; a training run's weights (RUN_DIR or its
-    backbone.pth, the same name in every run) are named by the run folder."""
+def default_out(dataset: str, weights: str, layer: str | None) -> Path:
+    """<dataset>-<weights>-<layer>.h5 (layers joined by "+"; fc7 when none is given); a
+    training run's weights (RUN_DIR or its backbone.pth, the same name in every run) are
+    named by the run folder."""
+    layer = "+".join(name.strip() for name in (layer or "fc7").split(","))
     path = Path(str(weights)).expanduser()
     if path.is_dir() or path.name == "backbone.pth":
         stem = (path if path.is_dir() else path.resolve().parent).resolve().name
@@ -75,9 +77,13 @@ def default_out(dataset: str, weights: str, layer: str) -> Path:
 @click.option("--scales", callback=parse_scales, default=None,
               help="Smallest image side(s) Q, e.g. 256,384,512 [default: the dataset's].")
 @click.option("--layer", default=None,
-              help="Layer to pool: fc7, fc6 or pool5 for VGG (fc6/fc7 after ReLU); a torchvision "
-                   "module name for others (layer4, features.6) [default: fc7; the map the "
-                   "classifier receives for other nets].")
+              help="Layer(s) to pool, e.g. fc7, conv5_3, or conv5_3,fc7 (one pass, one file "
+                   "holding each); VGG: conv1_1..conv5_3 (Table 1's names), pool5, fc6, fc7 "
+                   "(after ReLU), fc8; other nets: torchvision module names (layer4, "
+                   "features.6) [default: the net's: fc7 for VGG, else the map its "
+                   "classifier pools].")
+@click.option("--pool", type=click.Choice(["avg", "max"]), default="avg", show_default=True,
+              help="Pool each map over positions by its mean (the paper's) or maximum.")
 @click.option("--flip/--no-flip", default=True, show_default=True,
               help="Average with the horizontally flipped image.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
@@ -103,7 +109,8 @@ def default_out(dataset: str, weights: str, layer: str) -> Path:
                    "cache (kept until the new file is complete; never the --weights file).")
 @click.option("--skip-bad", is_flag=True, help="Exit 0 even if some images cannot be read.")
 @quiet_option()
-def extract(dataset, root, weights, arch, download, scales, layer, flip, batch_size, max_pixels,
+def extract(dataset, root, weights, arch, download, scales, layer, pool, flip, batch_size,
+            max_pixels,
             workers, device, precision, dtype, reader_options, out, overwrite, skip_bad, quiet):
     """Compute the paper's descriptors of a dataset into one resumable HDF5 file.
 
@@ -119,6 +126,7 @@ def extract(dataset, root, weights, arch, download, scales, layer, flip, batch_s
         vggfeat extract --dataset folder --root photos/ --weights vgg19 --scales 256,384,512
         vggfeat extract --dataset csv --root photos/labels.csv --weights vgg16
         vggfeat extract --dataset folder --root photos/ --arch resnet50 --weights resnet50
+        vggfeat extract --dataset folder --root photos/ --weights vgg16 --layer conv5_3,fc7
 
     \b
     --dataset csv reads a CSV file with a header row:
@@ -163,8 +171,8 @@ def extract(dataset, root, weights, arch, download, scales, layer, flip, batch_s
     try:
         summary = extract_to_cache(
             images, out, weights=weights, arch=arch, download=download,
-            scales=scales or reader.default_scales, layer=layer, flip=flip, boxes=boxes,
-            batch_size=batch_size,
+            scales=scales or reader.default_scales, layer=layer, pool=pool, flip=flip,
+            boxes=boxes, batch_size=batch_size,
             max_pixels=max_pixels or DEFAULT_MAX_PIXELS, workers=workers, device=device,
             precision=precision, dtype=dtype, overwrite=overwrite, dataset=dataset,
             root=reader.root, reader_options=reader.options, progress=not quiet,

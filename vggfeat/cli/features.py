@@ -23,7 +23,7 @@ def features():
 @click.argument("cache_file", metavar="FILE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def info(cache_file, as_json):
-    """Describe FILE: dataset, net, layer, scales, rows done/failed, dimension, and how much
+    """Describe FILE: dataset, net, layer(s), scales, rows done/failed, dimension, and how much
     the descriptors vary across images (a net that learnt nothing gives the same one).
 
     FILE may be an unfinished extraction (FILE.partial is read when FILE is absent).
@@ -56,7 +56,10 @@ def info(cache_file, as_json):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file [default: <FILE without .h5>-<aggregate>.<format>].")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def export(cache_file, fmt, aggregate, l2, boxes, out, overwrite):
+@click.option("--layer", default=None,
+              help="Which layer of a cache holding several (`features info` lists them) "
+                   "[default: its first].")
+def export(cache_file, fmt, aggregate, l2, boxes, out, overwrite, layer):
     """Write FILE's descriptors as one row per image (its id first), aggregated over scales
     and L2-normalised as svm-eval reads them, for use in other tools.
 
@@ -64,6 +67,7 @@ def export(cache_file, fmt, aggregate, l2, boxes, out, overwrite):
     Example:
         vggfeat features export caltech101-vgg16-fc7.h5 --to npy
         vggfeat features export photos-vgg16-fc7.h5 --to csv --aggregate avg --out feats.csv
+        vggfeat features export photos-vgg16-conv5_3+fc7.h5 --to npy --layer conv5_3
     """
     from vggfeat.features.export import (
         ExportError,
@@ -76,9 +80,9 @@ def export(cache_file, fmt, aggregate, l2, boxes, out, overwrite):
     try:
         summary = cache_summary(cache_file, compute_variation=False)
         aggregate = aggregate or default_aggregate(summary["dataset"])
-        out = out or default_export_path(cache_file, fmt, aggregate)
+        out = out or default_export_path(cache_file, fmt, aggregate, layer)
         written = export_features(cache_file, out, fmt, aggregate=aggregate, l2=l2,
-                                  boxes=boxes, overwrite=overwrite)
+                                  boxes=boxes, overwrite=overwrite, layer=layer)
     except ExportError as error:
         raise input_error(error) from None
     if not summary["complete"]:

@@ -97,10 +97,13 @@ def check_splits_file(ctx, param, value):
 @click.option("--strict", is_flag=True,
               help="Refuse caches with images that have no descriptor [default: leave them "
                    "out of training and scoring, and say which].")
+@click.option("--layer", default=None,
+              help="Which layer of caches holding several (`vggfeat features info` lists "
+                   "them) [default: each cache's first].")
 @quiet_option()
 def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, seed, n_splits,
              splits_file, train_per_class, test_per_class, root, out, quiet, overwrite,
-             strict):
+             strict, layer):
     """Train one-vs-rest linear SVMs on FEATURES (HDF5 caches from `vggfeat extract`) and
     evaluate them with the dataset's protocol.
 
@@ -114,9 +117,10 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
     Example:
         vggfeat svm-eval voc2007-vgg16-fc7.h5 --out results/voc07
         vggfeat svm-eval caltech101-vgg16-fc7.h5 caltech101-vgg19-fc7.h5 --C 0.1,1,10
+        vggfeat svm-eval voc2007-vgg16-conv5_3+fc7.h5 --layer conv5_3 --out results/c53
     """
     from vggfeat.data.readers import DatasetLayoutError
-    from vggfeat.evaluation.inputs import EvaluationInputError
+    from vggfeat.evaluation.inputs import EvaluationInputError, layer_choice
     from vggfeat.evaluation.protocols import C_GRID, Settings
     from vggfeat.evaluation.run import run_svm_eval
 
@@ -127,8 +131,10 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
         splits_file=splits_file, verbose=not quiet,
     )
     try:
-        run = run_svm_eval(features, settings, out=out, aggregate=aggregate, block_l2=block_l2,
-                           root=root, overwrite=overwrite, strict=strict, echo=click.echo)
+        with layer_choice(layer):
+            run = run_svm_eval(features, settings, out=out, aggregate=aggregate,
+                               block_l2=block_l2, root=root, overwrite=overwrite,
+                               strict=strict, echo=click.echo)
     except (EvaluationInputError, DatasetLayoutError) as exc:
         raise input_error(exc) from None
     click.echo(f"wrote {len(run.files)} files to {run.out}")

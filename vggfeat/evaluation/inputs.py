@@ -6,6 +6,8 @@ message naming the file and the fix.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,23 @@ from vggfeat.utils.errors import InputError
 
 class EvaluationInputError(InputError):
     """Input that cannot be evaluated; the message names the file and the fix."""
+
+
+# The layer read from caches holding several (`vggfeat extract --layer conv5_3,fc7`) when a
+# caller does not name one: set by `layer_choice` around a whole evaluation (svm-eval
+# --layer), so every step that reads a cache reads the same layer. None: each cache's first.
+_LAYER: contextvars.ContextVar[str | None] = contextvars.ContextVar("layer", default=None)
+
+
+@contextlib.contextmanager
+def layer_choice(layer: str | None):
+    """Within the block, `read_cache_info` and `load` read `layer` of every cache (None:
+    each cache's first layer, the only one of a one-layer cache)."""
+    token = _LAYER.set(layer)
+    try:
+        yield
+    finally:
+        _LAYER.reset(token)
 
 
 # Paper Table 11 nets: the cache's `arch` attribute -> the paper's name.
@@ -74,9 +93,11 @@ class CacheInfo:
     has_boxes: bool
 
 
-def read_cache_info(path) -> CacheInfo:
-    """The attributes the evaluation needs from one feature cache."""
+def read_cache_info(path, layer: str | None = None) -> CacheInfo:
+    """The attributes the evaluation needs from one feature cache; `layer` (default: the
+    `layer_choice`, else the cache's first) must be one the cache holds."""
     path = Path(path)
+    layer = layer or _LAYER.get()
     if not path.is_file():
         raise EvaluationInputError(
             f"{path}: no such feature file; create it with `vggfeat extract`"
@@ -99,11 +120,24 @@ def read_cache_info(path) -> CacheInfo:
 
     return CacheInfo(
         path=path, dataset=text(attrs["dataset"]), root=text(attrs["root"]),
-        arch=text(attrs.get("arch", "")), layer=text(attrs.get("layer", "")),
+        arch=text(attrs.get("arch", "")), layer=_chosen_layer(path, overview, layer),
         scales=tuple(int(s) for s in np.atleast_1d(attrs.get("scales", []))),
         reader_options=json.loads(text(attrs["reader_options"]) or "{}"),
         has_boxes=overview.has_boxes,
     )
+
+
+def _chosen_layer(path: Path, overview, layer: str | None) -> str:
+    """`layer` if the cache holds it (else an error listing what it holds), or its first."""
+    held = overview.layers
+    if layer is None:
+        return held[0] if held else ""
+    if layer not in held:
+        listed = ", ".join(held) or "one unnamed layer"
+        raise EvaluationInputError(
+            f"{path} holds no layer {layer!r} (it holds {listed}): choose one of those with "
+            f"--layer, or extract {layer} with `vggfeat extract --layer`")
+    return layer
 
 
 def check_same_dataset(infos: list[CacheInfo]) -> None:
@@ -134,28 +168,32 @@ def open_reader(info: CacheInfo, root=None) -> DatasetReader:
         ) from exc
 
 
-def load(paths, aggregate: str, *, block_l2: bool = False) -> tuple[list[CacheInfo], Features]:
-    """Read and check caches: same dataset, same images, finite descriptors."""
+def load(paths, aggregate: str, *, block_l2: bool = False, layer: str | None = None,
+         ) -> tuple[list[CacheInfo], Features]:
+    """Read and check caches: same dataset, same images, finite descriptors; `layer` as in
+    `read_cache_info`."""
     paths = [Path(p) for p in paths]
-    infos = [read_cache_info(p) for p in paths]
+    infos = [read_cache_info(p, layer) for p in paths]
     check_same_dataset(infos)
+    layer = layer or _LAYER.get()
     try:
-        ids, X = load_features(paths, aggregate=aggregate, l2=True, block_l2=block_l2)
+        ids, X = load_features(paths, aggregate=aggregate, l2=True, block_l2=block_l2,
+                               layer=layer)
         box_ids = box_X = None
         if all(info.has_boxes for info in infos):
-            box_ids, box_X = load_features(paths, aggregate=aggregate, l2=True,
+            box_ids, box_X = load_features(paths, aggregate=aggregate, l2=True, layer=layer,
                                            block_l2=block_l2, group=BOXES_GROUP)
     except CacheError as exc:
         raise EvaluationInputError(str(exc)) from exc
     for name, block in (("images", X), ("boxes", box_X)):
         if block is not None and not np.isfinite(block).all():
-            raise EvaluationInputError(_non_finite_message(paths, aggregate, name))
+            raise EvaluationInputError(_non_finite_message(paths, aggregate, name, layer))
     return infos, Features(ids, X, paths, box_ids, box_X)
 
 
-def _non_finite_message(paths, aggregate, name) -> str:
+def _non_finite_message(paths, aggregate, name, layer=None) -> str:
     for path in paths:
-        ids, raw = read_descriptors(path, None if name == "images" else BOXES_GROUP)
+        ids, raw = read_descriptors(path, None if name == "images" else BOXES_GROUP, layer)
         bad = ~np.isfinite(raw).reshape(len(raw), -1).all(axis=1)
         if bad.any():
             first = ids[int(np.flatnonzero(bad)[0])]

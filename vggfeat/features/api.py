@@ -20,6 +20,7 @@ from vggfeat.features.engine import DEFAULT_BATCH_SIZE, Engine
 from vggfeat.features.pipeline import extract_to_cache
 from vggfeat.models.weights import WeightsError
 from vggfeat.utils import atomic
+from vggfeat.utils.errors import InputError
 from vggfeat.utils.progress import progress_bar
 
 __all__ = ["FeatureExtractor", "extract_to_cache"]
@@ -36,7 +37,8 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     """The paper's VGG transfer descriptor as a scikit-learn transformer.
 
     Each image is rescaled to every scale Q, run densely through the fixed net, its
-    `layer` map global-average-pooled (and averaged with its horizontal flip); the scales
+    `layer` map pooled over positions (averaged; `pool`) and averaged with its horizontal
+    flip; the scales
     are averaged or stacked, and each row is L2-normalised (paper Appendix B).
 
     Parameters
@@ -52,8 +54,12 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     aggregate : {"avg", "stack"}, default="avg"
         Average the scales (VOC) or concatenate them (Caltech).
     layer : str, optional
-        VGG: "fc7", "fc6" or "pool5"; other families: a torchvision module name
-        (``model_.layers``). None: the net's default (VGG's fc7, ResNet's layer4, ...).
+        One name of the net's layers (VGG: "conv1_1" ... "conv5_3", "pool5", "fc6", "fc7",
+        "fc8"; other families: a torchvision module name, ``model_.layers``); None: the net's
+        default (VGG: fc7, the paper's; ResNet: layer4, ...). A name the net does not have
+        raises `vggfeat.utils.errors.InputError` listing the valid ones.
+    pool : {"avg", "max"}, default="avg"
+        How a layer's map is pooled over positions (the paper averages).
     flip : bool, default=True
         Average with the horizontally flipped image.
     device : str, default="auto"
@@ -107,7 +113,7 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def __init__(self, weights="vgg16", arch=None, scales=(256, 384, 512), aggregate="avg",
                  layer=None, flip=True, device="auto", batch_size=DEFAULT_BATCH_SIZE,
-                 workers=0, verbose="auto", memory=None, rows_as_images=False):
+                 workers=0, verbose="auto", memory=None, rows_as_images=False, pool="avg"):
         self.weights = weights
         self.arch = arch
         self.scales = scales
@@ -120,6 +126,7 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.verbose = verbose
         self.memory = memory
         self.rows_as_images = rows_as_images
+        self.pool = pool
 
     def fit(self, X, y=None):
         """Load the weights (and check `X`); nothing is learnt.
@@ -146,9 +153,11 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             raise ValueError(f"verbose must be 'auto', True or False, got {self.verbose!r}")
         model = load_backbone(self.weights, self.arch)
         self._images(X, reset=True)
-        self.config_ = DescriptorConfig.from_model(model, self.scales,
-                                                   layer=self.layer or model.default_layer,
-                                                   flip=self.flip)
+        self.config_ = DescriptorConfig.from_model(model, self.scales, layer=self.layer,
+                                                   flip=self.flip, pool=self.pool)
+        if self.config_.extra_layers:
+            raise InputError(f"layer={self.layer!r}: FeatureExtractor describes one layer; "
+                             "give one name (several go to one cache with extract_to_cache)")
         # Built once per fit (the CPU fast path traces the net); not pickled (see below).
         self._engine = Engine(model, self.config_, batch_size=self.batch_size,
                               workers=self.workers, device=self.device)

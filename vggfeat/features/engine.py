@@ -15,8 +15,9 @@ Why it is built this way:
   (torchvision's batched ``decode_jpeg``), other files on the CPU (`decode_route`), and a
   `Prefetcher` thread reads, decodes and rescales the next chunk on its own CUDA stream
   while the current batches run: loading overlaps compute.
-- On the CPU in fp32 a VGG runs through `vggfeat.models.cpu.CpuDense` (same numbers);
-  other families run their own modules (``model.dense``).
+- On the CPU in fp32 a VGG runs through `vggfeat.models.cpu.CpuDense` (same numbers)
+  when one of pool5/fc6/fc7/fc8 is asked for; other families run their own modules, and
+  several layers come from one ``dense_layers`` call per batch.
 - ``VGGFEAT_FIRST_RESULT_FILE``: when set, the wall-clock time (``time.time()``) of the
   first finished image is written there once (benchmarks measure start-up with it).
 """
@@ -40,7 +41,7 @@ from vggfeat.data.transforms import rescale
 from vggfeat.features.descriptor import DescriptorConfig, describe
 from vggfeat.models.backbone import check_backbone
 from vggfeat.models.cpu import fast_dense
-from vggfeat.models.vgg import VGG
+from vggfeat.models.vgg import DENSE_LAYERS, VGG
 from vggfeat.utils.devices import resolve_device
 
 DEFAULT_BATCH_SIZE = 32
@@ -309,7 +310,8 @@ class Engine:
         self.prefetch = prefetch
         self.dense = self.model.dense
         if (self.device.type == "cpu" and config.precision == "fp32" and fast_cpu is not False
-                and isinstance(self.model, VGG)):  # the packed path is VGG's (plain convs)
+                and isinstance(self.model, VGG)  # the packed path is VGG's (plain convs)
+                and _fast_path_covers(config)):
             self.dense = fast_dense(self.model)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
@@ -398,6 +400,12 @@ class Engine:
         return DataLoader(dataset, batch_size=None, num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", prefetch_factor=2,
                           persistent_workers=False)
+
+
+def _fast_path_covers(config: DescriptorConfig) -> bool:
+    """`CpuDense` computes one of pool5, fc6, fc7, fc8 at a time; conv layers and several
+    layers in one pass go through the model's own ``dense_layers`` (its eager trunk)."""
+    return len(config.layers) == 1 and config.layer in DENSE_LAYERS
 
 
 def _write_first_result_time(path: str) -> None:

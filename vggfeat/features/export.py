@@ -69,6 +69,9 @@ def cache_summary(path: str | os.PathLike, *, compute_variation: bool = True) ->
         "arch": str(attrs.get("arch", "")),
         "weights_sha256": str(attrs.get("weights_sha256", "")),
         "layer": str(attrs.get("layer", "")),
+        "layers": overview.layers,
+        "layer_dims": overview.layer_dims,
+        "pool": str(attrs.get("pool", "avg")),
         "scales": [int(s) for s in np.atleast_1d(attrs.get("scales", []))],
         "flip": bool(attrs.get("flip", False)),
         "precision": str(attrs.get("precision", "")),
@@ -104,7 +107,7 @@ def format_summary(summary: dict) -> str:
         ("dataset", f"{summary['dataset']} at {summary['root'] or '?'}"
          + (f", options {summary['reader_options']}" if summary["reader_options"] else "")),
         ("net", f"{summary['arch']} (weights sha256 {summary['weights_sha256'][:12]})"),
-        ("layer", summary["layer"]),
+        _layer_row(summary),
         ("scales", ", ".join(map(str, summary["scales"]))
          + (" (flip-averaged)" if summary["flip"] else "")),
         ("storage", f"{summary['dtype']}, computed in {summary['precision']}; per scale, "
@@ -129,12 +132,25 @@ def format_summary(summary: dict) -> str:
     return "\n".join(f"{k:>{width}}: {v}" for k, v in rows)
 
 
+def _layer_row(summary: dict) -> tuple[str, str]:
+    """("layer", "fc7"), or ("layers", "conv5_3 (512), fc7 (4096)") for a multi-layer cache
+    (the first is the one read unless another is chosen); the pooling when it is max."""
+    pooled = " (max over positions)" if summary["pool"] != "avg" else ""
+    if len(summary["layers"]) < 2:
+        return "layer", summary["layer"] + pooled
+    dims = summary["layer_dims"]
+    listed = ", ".join(f"{name} ({dims.get(name, '?')})" for name in summary["layers"])
+    return "layers", f"{listed}{pooled}; dimension below: {summary['layers'][0]} (--layer " \
+                     "chooses)"
+
+
 # -- export ------------------------------------------------------------------------------
 
-def default_export_path(path: str | os.PathLike, fmt: str, aggregate: str) -> Path:
+def default_export_path(path: str | os.PathLike, fmt: str, aggregate: str,
+                        layer: str | None = None) -> Path:
     path = Path(path)
     stem = cache.final_path(path).name.removesuffix(".h5")
-    return path.with_name(f"{stem}-{aggregate}.{fmt}")
+    return path.with_name(f"{stem}{f'-{layer}' if layer else ''}-{aggregate}.{fmt}")
 
 
 def ids_path(out: Path) -> Path:
@@ -144,7 +160,7 @@ def ids_path(out: Path) -> Path:
 
 def export_features(path: str | os.PathLike, out: str | os.PathLike, fmt: str, *,
                     aggregate: str | None = None, l2: bool = True, boxes: bool = False,
-                    overwrite: bool = False) -> list[Path]:
+                    overwrite: bool = False, layer: str | None = None) -> list[Path]:
     """Write a cache's done rows as an (n, D) table; returns the files written.
 
     Args:
@@ -156,10 +172,11 @@ def export_features(path: str | os.PathLike, out: str | os.PathLike, fmt: str, *
         l2: L2-normalise each row (what svm-eval and `load_features` use).
         boxes: the person boxes of a voc2012-action cache instead of its images.
         overwrite: replace existing output files.
+        layer: which layer of a cache holding several (default: its first).
 
     Raises:
         ExportError: unknown format, an existing output without `overwrite`, parquet without
-            an engine installed.
+            an engine installed, a layer the cache does not hold.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -176,8 +193,11 @@ def export_features(path: str | os.PathLike, out: str | os.PathLike, fmt: str, *
     if boxes and "boxes" not in summary["groups"]:
         raise ExportError(f"{source} has no person boxes (only voc2012-action caches do); "
                           "leave out --boxes")
+    if layer is not None and layer not in summary["layers"]:
+        raise ExportError(f"{source} holds no layer {layer!r}; it holds "
+                          f"{', '.join(summary['layers'])}: choose one of those with --layer")
     aggregate = aggregate or default_aggregate(summary["dataset"])
-    ids, x = _rows(source, aggregate, l2, cache.BOXES_GROUP if boxes else None)
+    ids, x = _rows(source, aggregate, l2, cache.BOXES_GROUP if boxes else None, layer)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "npy":
         np.save(out, x)
@@ -194,10 +214,10 @@ def export_features(path: str | os.PathLike, out: str | os.PathLike, fmt: str, *
     return targets
 
 
-def _rows(path: Path, aggregate: str, l2: bool, group: str | None):
+def _rows(path: Path, aggregate: str, l2: bool, group: str | None, layer: str | None = None):
     """(ids, (n, D) float32) of the done rows, as `load_features` computes them (which
     only reads finished files, so a partial file is read here the same way)."""
-    ids, descriptors, _ = cache.read_done_rows(path, group)
+    ids, descriptors, _ = cache.read_done_rows(path, group, layer)
     x = cache.aggregate_scales(descriptors, aggregate)
     return ids, (cache.l2_normalize(x) if l2 else x).astype(np.float32)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vggfeat.features import cache
-from vggfeat.features.descriptor import DescriptorConfig
+from vggfeat.features.descriptor import DescriptorConfig, layer_dims
 from vggfeat.features.engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, Engine
 from vggfeat.utils import distributed, locking
 from vggfeat.utils.devices import resolve_device
@@ -54,7 +54,7 @@ def item_id(item) -> str:
 def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, model=None,
                      arch: str | None = None, download: bool = False,
                      scales: Sequence[int] = (256, 384, 512),
-                     layer: str | None = None, flip: bool = True, boxes: Sequence = (),
+                     layer=None, pool: str = "avg", flip: bool = True, boxes: Sequence = (),
                      batch_size: int = DEFAULT_BATCH_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
                      workers: int = 0, device: str = "auto", precision: str = "fp32",
                      dtype: str = "float32", overwrite: bool = False, dataset: str = "items",
@@ -74,8 +74,12 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
         arch: architecture, when the weights file cannot say.
         download: fetch a named torchvision release first if missing (`load_backbone`).
         scales: the Q values (smallest image side).
-        layer: "fc7", "fc6" or "pool5" for VGG; a torchvision module name for other
-            families (`Backbone.layers`); None: the net's default (VGG's fc7).
+        layer: a name of the net's ``layers`` (VGG: conv1_1 ... conv5_3, pool5, fc6, fc7,
+            fc8; other families: torchvision module names), several as "conv5_3,fc7" or a
+            list (one pass, one file holding each), or None: the net's ``default_layer``
+            (VGG: fc7). A name the net does not have is
+            refused (`InputError`) before any file is made.
+        pool: "avg" (the paper's) or "max" over each map's positions.
         flip: average with the horizontally flipped image.
         boxes: samples of the ``boxes`` group (voc2012-action person boxes).
         batch_size, max_pixels, workers, device, precision: see `Engine`.
@@ -122,9 +126,9 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
                 download_release(weights, log)
             distributed.barrier()
         model = load_backbone(weights, arch)
-    layer = layer or model.default_layer
-    config = DescriptorConfig.from_model(model, scales, layer=layer, flip=flip,
+    config = DescriptorConfig.from_model(model, scales, layer=layer, pool=pool, flip=flip,
                                          precision=precision)
+    dims = layer_dims(model, config)
     attrs = cache.cache_attributes(config, dataset=dataset, root=root,
                                    reader_options=reader_options, dtype=dtype)
     out = Path(path)
@@ -133,14 +137,14 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
                     workers=workers, device=device)
     # One writer per file: a second run on the same --out is refused, never merged into.
     with locking.job_lock(cache.lock_path(out), f"feature cache {out}", log):
-        plan = distributed.broadcast(_plan(out, attrs, groups, model.feature_dim(layer),
-                                           overwrite, log) if rank == 0 else None)
+        plan = distributed.broadcast(_plan(out, attrs, groups, dims, overwrite, log)
+                                     if rank == 0 else None)
         if isinstance(plan, Exception):
             raise plan
         computed = 0
         for g, todo in plan.items():
             mine = todo[rank::world]
-            writer = _writer(out, rank, g, attrs, groups[g], mine, model.feature_dim(layer))
+            writer = _writer(out, rank, g, attrs, groups[g], mine, dims)
             computed += _run_group(engine, sources[g], mine, writer, g, progress and rank == 0)
         distributed.barrier()  # every shard closed
         summary = None

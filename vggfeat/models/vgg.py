@@ -112,7 +112,6 @@ class VGG(nn.Module):
     head ``classifier`` (fc6..fc8).
     """
 
-    layers = DENSE_LAYERS
     stride = TOTAL_STRIDE
     default_layer = "fc7"  # the paper's transfer descriptor (Appendix B)
 
@@ -132,6 +131,30 @@ class VGG(nn.Module):
             nn.Linear(hidden, num_classes),
         )
         self.meta: dict = {}
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Every name `dense` accepts, trunk first: the convolutions as the paper's Table 1
+        names them (conv<block>_<n>, each map after its ReLU; configuration C's 1x1 convs
+        counted in order, A-LRN's LRN unnamed), then `DENSE_LAYERS` (pool5, fc6, fc7, fc8)."""
+        return tuple(self.conv_taps()) + DENSE_LAYERS
+
+    def conv_taps(self) -> dict[str, int]:
+        """conv layer name -> index in ``features`` of the ReLU after that convolution.
+
+        Blocks are the stretches between max pools (Table 1's "maxpool" rows), so the
+        n-th convolution of block b is conv<b>_<n>, e.g. conv5_3 for configuration D.
+        """
+        taps, block, n, name = {}, 1, 0, None
+        for index, module in enumerate(self.features):
+            if isinstance(module, nn.MaxPool2d):
+                block, n = block + 1, 0
+            elif isinstance(module, nn.Conv2d):
+                n += 1
+                name = f"conv{block}_{n}"
+            elif isinstance(module, nn.ReLU) and name is not None:
+                taps[name], name = index, None
+        return taps
 
     # -- the three parts -------------------------------------------------------------
 
@@ -168,21 +191,29 @@ class VGG(nn.Module):
 
         Args:
             x: normalised images (N, 3, H, W), H and W at least crop_size.
-            layer: "pool5", "fc6", "fc7" (both after ReLU) or "fc8" (class scores).
+            layer: a conv layer (e.g. "conv5_3", after its ReLU; its map is the trunk's at
+                that depth, larger than the fc maps), "pool5", "fc6", "fc7" (both after
+                ReLU) or "fc8" (class scores); see `layers`.
         """
         if layer not in DENSE_LAYERS:
-            raise ValueError(f"layer must be one of {DENSE_LAYERS}, got {layer!r}")
+            return self.dense_layers(x, (layer,))[layer]
         pool5 = self.forward_features(x)
         return pool5 if layer == "pool5" else self.forward_head(pool5, layer)
 
     def dense_layers(self, x: torch.Tensor, layers) -> dict[str, torch.Tensor]:
-        """Maps of several of `DENSE_LAYERS` from one pass: the trunk runs once and the head
-        only as far as the deepest layer asked for."""
-        unknown = [name for name in layers if name not in DENSE_LAYERS]
+        """Maps of several of `layers` from one pass: the trunk runs once, tapped after the
+        ReLU of each conv layer asked for, and only as far as the deepest layer asked for
+        (the head only when an fc layer is asked for)."""
+        taps = self.conv_taps()
+        unknown = [name for name in layers if name not in taps and name not in DENSE_LAYERS]
         if unknown:
-            raise ValueError(f"layer must be one of {DENSE_LAYERS}, got {unknown[0]!r}")
-        pool5 = self.forward_features(x)
-        maps = {"pool5": pool5} if "pool5" in layers else {}
+            raise ValueError(f"layer must be one of {self.layers}, got {unknown[0]!r}")
+        maps, pool5 = self._trunk_taps(x, {taps[n]: n for n in layers if n in taps},
+                                       needs_pool5=any(n in DENSE_LAYERS for n in layers))
+        if pool5 is None:
+            return {name: maps[name] for name in layers}
+        if "pool5" in layers:
+            maps["pool5"] = pool5
         heads = [name for name in DENSE_LAYERS[1:] if name in layers]
         if heads:
             fc6, relu6, drop6, fc7, relu7, drop7, fc8 = self.classifier
@@ -197,6 +228,25 @@ class VGG(nn.Module):
             if "fc8" in heads:
                 maps["fc8"] = fc8(rows).view(n, h - k + 1, w - k + 1, -1).permute(0, 3, 1, 2)
         return {name: maps[name] for name in layers}
+
+    def _trunk_taps(self, x: torch.Tensor, wanted: dict[int, str], needs_pool5: bool):
+        """({name: map after features[index]} for `wanted` index -> name, pool5 or None).
+
+        The modules run one by one as ``nn.Sequential`` runs them (same numbers). A tapped
+        map is never changed afterwards: the module after a ReLU is a conv, an LRN or a
+        max pool, none of which writes into its input.
+        """
+        if not wanted:
+            return {}, (self.forward_features(x) if needs_pool5 else None)
+        last = len(self.features) - 1 if needs_pool5 else max(wanted)
+        maps = {}
+        for index, module in enumerate(self.features):
+            x = module(x)
+            if index in wanted:
+                maps[wanted[index]] = x
+            if index == last:
+                break
+        return maps, (x if needs_pool5 else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes); for inputs larger than a crop, the spatial mean."""
@@ -232,7 +282,11 @@ class VGG(nn.Module):
         return [m for m in self.classifier if isinstance(m, nn.Linear)]
 
     def feature_dim(self, layer: str = "fc7") -> int:
-        """Channels of a dense layer's map."""
+        """Channels of a layer's map (any of `layers`)."""
+        taps = self.conv_taps()
+        if layer in taps:
+            conv = [m for m in self.features[:taps[layer]] if isinstance(m, nn.Conv2d)][-1]
+            return conv.out_channels
         fc6, fc7, fc8 = self.fc_layers()
         dims = {"pool5": self.conv_layers()[-1].out_channels, "fc6": fc6.out_features,
                 "fc7": fc7.out_features, "fc8": fc8.out_features}

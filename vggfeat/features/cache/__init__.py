@@ -12,6 +12,11 @@ Layout (the contract `vggfeat.evaluation` reads):
   scales, flip, preprocessing (JSON), reader_options (JSON), precision, dtype, config (JSON
   of everything that determines the numbers) and config_key (its hash); once complete,
   descriptor_variation (`stats`).
+- Several layers (``--layer conv5_3,fc7``): the first layer's rows stay in
+  ``descriptors``; each further layer's are ``layers/<name>`` (N, S, D_layer) in the same
+  row group, and the attribute ``layers`` (JSON) lists them all in order (absent from a
+  one-layer cache, which is written exactly as before). ``done`` covers every layer of a
+  row. Attribute ``pool`` is written when positions are max-pooled (absent: average).
 - Caches written by the Python API with labels: ``labels`` (N, K) int8, optional
   ``splits``, and the class names in attribute ``classes``.
 
@@ -44,10 +49,12 @@ from vggfeat.features.cache.layout import (
     final_path,
     is_partial,
     is_vggfeat_cache,
+    layer_rows,
     lock_path,
     partial_path,
     shard_path,
     shard_paths,
+    stored_layers,
 )
 from vggfeat.features.cache.messages import evaluation_problem, unfinished_message
 from vggfeat.features.cache.reader import (
@@ -83,10 +90,10 @@ __all__ = [
     "CacheError", "CacheInUseError", "ConfigMismatchError", "FeatureDataset",
     "NotACacheError", "Overview", "RowWriter", "aggregate_scales", "cache_attributes",
     "create_shard", "describe_difference", "descriptor_variation", "evaluation_problem",
-    "final_path", "finalize", "is_partial", "is_vggfeat_cache", "l2_normalize",
+    "final_path", "finalize", "is_partial", "is_vggfeat_cache", "l2_normalize", "layer_rows",
     "load_features", "lock_path", "low_variation_warning", "merge_shards",
     "open_for_writing", "partial_path", "pending", "read_descriptors", "read_done_rows",
     "read_failed", "read_labels", "read_overview", "read_variation", "record_failures",
-    "rewriting", "shard_path", "shard_paths", "store_variation", "unfinished_message",
-    "variation_and_source", "write_labels",
+    "rewriting", "shard_path", "shard_paths", "store_variation", "stored_layers",
+    "unfinished_message", "variation_and_source", "write_labels",
 ]

@@ -14,6 +14,8 @@ from vggfeat.features.cache.layout import (
     LABELS,
     ROOT_GROUP,
     SPLITS,
+    layer_rows,
+    stored_layers,
     text,
 )
 
@@ -34,6 +36,8 @@ class Overview:
         for groups with a done flag, and only when asked for.
     has_splits: `write_labels` stored train/val/test splits.
     failed_examples: (id, reason) of the first images of the root group that failed.
+    layer_dims: layer -> descriptor length per scale, for every layer the file holds (only
+        when counts are asked for).
     """
 
     attrs: dict
@@ -42,12 +46,18 @@ class Overview:
     counts: dict = field(default_factory=dict)
     has_splits: bool = False
     failed_examples: list = field(default_factory=list)
+    layer_dims: dict = field(default_factory=dict)
 
     @property
     def classes(self) -> list | None:
         """The class names stored by `write_labels`, or None."""
         stored = self.attrs.get(CLASSES_ATTR)
         return None if stored is None else json.loads(text(stored))
+
+    @property
+    def layers(self) -> list[str]:
+        """The layers the cache holds, in order (one, except ``--layer a,b`` caches)."""
+        return stored_layers(self.attrs)
 
     @property
     def rows(self) -> int:
@@ -73,7 +83,14 @@ def read_overview(path: str | os.PathLike, *, counts: bool = True,
             has_rows="ids" in f and "descriptors" in f,
             counts=_counts(f) if counts else {}, has_splits=SPLITS in f,
             failed_examples=[(text(i), text(r)) for i, r in f["failed"][:failed_examples]]
-            if failed_examples and "failed" in f else [])
+            if failed_examples and "failed" in f else [],
+            layer_dims=_layer_dims(f) if counts and "descriptors" in f else {})
+
+
+def _layer_dims(f: h5py.File) -> dict:
+    names = stored_layers(f.attrs) or [""]
+    return {name: int(layer_rows(f, ROOT_GROUP, name if k else None).shape[2])
+            for k, name in enumerate(names)}
 
 
 def _counts(f: h5py.File) -> dict:

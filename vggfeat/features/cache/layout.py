@@ -26,6 +26,11 @@ FORMAT = "vggfeat-feature-cache/1"
 # Labels stored by the Python API (`write_labels`).
 LABELS, SPLITS, CLASSES_ATTR = "labels", "splits", "classes"
 PARTIAL_SUFFIX = ".partial"
+# Several layers in one file: the first layer's rows stay in ``descriptors`` (so a
+# one-layer cache is written, and every cache read, as before); each further layer's rows
+# are the dataset ``layers/<name>`` of the same row group, and the root attribute
+# ``layers`` (JSON) lists all of them in order.
+LAYERS_GROUP, LAYERS_ATTR = "layers", "layers"
 
 
 class CacheError(InputError):
@@ -87,7 +92,10 @@ def cache_attributes(config: DescriptorConfig, *, dataset: str, root: str | None
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     record = {**config.as_dict(), "dataset": dataset, "reader_options": reader_options or {},
               "dtype": dtype}
-    return {
+    extra = {"pool": config.pool} if config.pool != "avg" else {}
+    if config.extra_layers:
+        extra[LAYERS_ATTR] = json.dumps(list(config.layers))
+    return {**extra,
         "vggfeat_format": FORMAT, "vggfeat_version": __version__, "dataset": dataset,
         "root": str(root or ""),
         "arch": config.arch, "layer": config.layer, "weights_sha256": config.weights_sha256,
@@ -97,6 +105,25 @@ def cache_attributes(config: DescriptorConfig, *, dataset: str, root: str | None
         "reader_options": json.dumps(reader_options or {}, sort_keys=True),
         "config": json.dumps(record, sort_keys=True), "config_key": config_key(record),
     }
+
+
+def stored_layers(attrs) -> list[str]:
+    """The layers a cache holds, in order (the first in ``descriptors``)."""
+    if LAYERS_ATTR in attrs:
+        return json.loads(text(attrs[LAYERS_ATTR]))
+    return [text(attrs["layer"])] if "layer" in attrs else []
+
+
+def layer_rows(f: h5py.File, group: str, layer: str | None) -> h5py.Dataset:
+    """The (N, S, D) rows of `layer` (None: the first) in row group `group` of `f`."""
+    names = stored_layers(f.attrs)
+    if layer is None or (names and layer == names[0]):
+        return f[group]["descriptors"]
+    if layer not in names:
+        raise CacheError(f"{f.filename} holds no layer {layer!r}; it holds "
+                         f"{', '.join(names) or 'one unnamed layer'}: choose one of those "
+                         "(--layer), or extract that layer")
+    return f[group][LAYERS_GROUP][layer]
 
 
 def is_vggfeat_cache(stored_attrs) -> bool:

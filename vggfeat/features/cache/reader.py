@@ -8,30 +8,31 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from vggfeat.features.cache.layout import ROOT_GROUP, CacheError, text
+from vggfeat.features.cache.layout import ROOT_GROUP, CacheError, layer_rows, text
 from vggfeat.features.cache.messages import unfinished_message
 
 
 def read_done_rows(path: str | os.PathLike, group: str | None = None,
-                   ) -> tuple[list[str], np.ndarray, int]:
+                   layer: str | None = None) -> tuple[list[str], np.ndarray, int]:
     """(ids, (n, S, D) float32, rows without a descriptor) of the rows that are done, from
-    a finished cache or a ``.partial`` alike."""
+    a finished cache or a ``.partial`` alike; `layer` picks one of a multi-layer cache's
+    layers (None: its first, the only one of most caches)."""
     with h5py.File(path, "r") as f:
         g = f[group or ROOT_GROUP]
         done = g["done"][()]
         ids = [text(i) for i in g["ids"][()][done]]
-        descriptors = g["descriptors"][()][done].astype(np.float32)
+        descriptors = layer_rows(f, group or ROOT_GROUP, layer)[()][done].astype(np.float32)
     return ids, descriptors, int((~done).sum())
 
 
 def read_descriptors(path: str | os.PathLike, group: str | None = None,
-                     ) -> tuple[list[str], np.ndarray]:
-    """(ids, (n, S, D) float32) of the rows that are done."""
+                     layer: str | None = None) -> tuple[list[str], np.ndarray]:
+    """(ids, (n, S, D) float32) of the rows that are done (of `layer`, see `read_done_rows`)."""
     path = Path(path)
     unfinished = unfinished_message(path)  # the one description of an interrupted run
     if not path.exists():
         raise CacheError(unfinished or f"{path}: no such feature file")
-    ids, descriptors, missing = read_done_rows(path, group)
+    ids, descriptors, missing = read_done_rows(path, group, layer)
     if missing:
         why = unfinished or "see its `failed` table"
         warnings.warn(f"{path}: {missing} rows have no descriptor ({why}); they are left out",
@@ -55,7 +56,7 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 def load_features(path_or_paths, aggregate: str = "avg", l2: bool = True,
                   group: str | None = None, *, block_l2: bool = False,
-                  ) -> tuple[list[str], np.ndarray]:
+                  layer: str | None = None) -> tuple[list[str], np.ndarray]:
     """Descriptors from one or several caches, aggregated over scales, as rows.
 
     Parameters
@@ -71,6 +72,9 @@ def load_features(path_or_paths, aggregate: str = "avg", l2: bool = True,
         ``"boxes"`` for the person boxes of voc2012-action.
     block_l2 : bool
         Also L2-normalise each file's block before stacking.
+    layer : str, optional
+        Which layer of a cache holding several (``vggfeat extract --layer conv5_3,fc7``);
+        None: each file's first (the only one of a one-layer cache).
 
     Returns
     -------
@@ -81,7 +85,7 @@ def load_features(path_or_paths, aggregate: str = "avg", l2: bool = True,
     Raises
     ------
     CacheError
-        A file is missing or the files hold different sets of ids.
+        A file is missing, holds no `layer`, or the files hold different sets of ids.
     """
     paths = [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) \
         else list(path_or_paths)
@@ -89,7 +93,7 @@ def load_features(path_or_paths, aggregate: str = "avg", l2: bool = True,
         raise ValueError("load_features needs at least one path")
     ids, blocks = None, []
     for path in paths:
-        these, descriptors = read_descriptors(path, group)
+        these, descriptors = read_descriptors(path, group, layer)
         block = aggregate_scales(descriptors, aggregate)
         if ids is None:
             ids = these
@@ -114,14 +118,18 @@ class FeatureDataset:
     """Rows of a cache as a map-style dataset: item k -> (id, (S, D) float32 descriptor).
 
     The file is opened lazily, once per process, so the dataset can be handed to
-    DataLoader workers (an h5py handle must not cross a fork).
+    DataLoader workers (an h5py handle must not cross a fork). `layer` picks one layer of a
+    multi-layer cache (None: its first).
     """
 
-    def __init__(self, path: str | os.PathLike, group: str | None = None):
+    def __init__(self, path: str | os.PathLike, group: str | None = None,
+                 layer: str | None = None):
         self.path = Path(path)
         self.group = group or ROOT_GROUP
+        self.layer = layer
         with h5py.File(self.path, "r") as f:
             self.rows = np.flatnonzero(f[self.group]["done"][()])
+            layer_rows(f, self.group, layer)  # an unknown layer is refused now
         self._file = None
         self._pid = None
 
@@ -132,7 +140,8 @@ class FeatureDataset:
         if self._file is None or self._pid != os.getpid():
             self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
         g, row = self._file[self.group], int(self.rows[k])
-        return text(g["ids"][row]), g["descriptors"][row].astype(np.float32)
+        rows = layer_rows(self._file, self.group, self.layer)
+        return text(g["ids"][row]), rows[row].astype(np.float32)
 
     def __getstate__(self):
         return {**self.__dict__, "_file": None, "_pid": None}

@@ -17,6 +17,7 @@ import numpy as np
 
 from vggfeat.features.cache.layout import (
     FAILED_DTYPE,
+    LAYERS_GROUP,
     ROOT_GROUP,
     CacheInUseError,
     ConfigMismatchError,
@@ -27,9 +28,10 @@ from vggfeat.features.cache.layout import (
     open_file,
     partial_path,
     shard_paths,
+    stored_layers,
     text,
 )
-from vggfeat.features.cache.writer import create_rows, merge_shards
+from vggfeat.features.cache.writer import create_rows, layer_dims, merge_shards
 from vggfeat.utils import atomic
 
 
@@ -53,7 +55,7 @@ def open_for_writing(out: str | os.PathLike, attrs: dict, groups: dict[str, Sequ
         out: the final file path.
         attrs: from `cache_attributes`.
         groups: ids per group (`ROOT_GROUP`, and `BOXES_GROUP` for voc2012-action).
-        dim: descriptor length D.
+        dim: descriptor length D, or {layer: D} in the configuration's layer order.
     """
     out = Path(out)
     partial = partial_path(out)
@@ -84,7 +86,9 @@ def _inspect(path: Path, attrs: dict, groups: dict) -> tuple[str, str]:
             stored = dict(f.attrs)
             stored_ids = {g: [text(i) for i in f[g]["ids"][()]] for g in groups
                           if g in f and "ids" in f[g]}
-            complete = all(g in f and "done" in f[g] and "descriptors" in f[g] for g in groups)
+            complete = all(g in f and "done" in f[g] and "descriptors" in f[g]
+                           and all(name in f[g].get(LAYERS_GROUP, {})
+                                   for name in stored_layers(stored)[1:]) for g in groups)
     except OSError as error:
         if is_lock_error(error):
             raise CacheInUseError(
@@ -149,13 +153,14 @@ def _id_difference(stored_ids: dict, groups: dict) -> str:
     return ""
 
 
-def _create(path: Path, attrs: dict, groups: dict, n_scales: int, dim: int) -> None:
+def _create(path: Path, attrs: dict, groups: dict, n_scales: int, dim) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Never a half-created partial file; the whole file is allocated here, so a full disk
     # shows now (DiskFullError), not in the middle of the rows. The space is checked before
     # HDF5 writes anything: an HDF5 file that cannot be written cannot be closed either.
     n_rows = sum(len(ids) for ids in groups.values())
-    atomic.check_space(path, n_rows * (n_scales * dim * np.dtype(attrs["dtype"]).itemsize
+    width = sum(layer_dims(dim).values())
+    atomic.check_space(path, n_rows * (n_scales * width * np.dtype(attrs["dtype"]).itemsize
                                        + 256) + (1 << 20))
     with atomic.replacing(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(attrs)

@@ -20,6 +20,7 @@ from vggfeat.features.cache.layout import (
     CLASSES_ATTR,
     FAILED_DTYPE,
     LABELS,
+    LAYERS_GROUP,
     ROOT_GROUP,
     SPLITS,
     STRING,
@@ -29,6 +30,7 @@ from vggfeat.features.cache.layout import (
     partial_path,
     shard_path,
     shard_paths,
+    stored_layers,
     text,
 )
 from vggfeat.utils import atomic
@@ -38,7 +40,8 @@ class RowWriter:
     """Writes finished rows (and remembers failures) into a cache file or a shard.
 
     In the main file a row's index is its position; in a shard, `rows` maps dataset index
-    to the shard's row. Failures are written by `close`.
+    to the shard's row. Failures are written by `close`. A row of several layers (their
+    descriptors side by side, in the file's layer order) is split over their datasets.
     """
 
     def __init__(self, path: Path, group: str = ROOT_GROUP, flush_every: int = 1):
@@ -46,6 +49,7 @@ class RowWriter:
         self.group = self.file[group]
         index = self.group.get("index")
         self.rows = None if index is None else {int(i): r for r, i in enumerate(index[()])}
+        self.parts = _layer_parts(self.group)
         self.failures: dict[int, str] = {}
         self.written: set[int] = set()
         self.flush_every = flush_every
@@ -53,7 +57,8 @@ class RowWriter:
 
     def put(self, index: int, descriptor: np.ndarray) -> None:
         row = index if self.rows is None else self.rows[index]
-        self.group["descriptors"][row] = descriptor
+        for rows, start, stop in self.parts:
+            rows[row] = descriptor[..., start:stop]
         self.group["done"][row] = True  # only after the descriptor (see module docstring)
         self.written.add(index)
         self._unflushed += 1
@@ -82,6 +87,19 @@ class RowWriter:
         if _merged_failures(before, new, drop) != before:  # the table's structure changes
             with rewriting(path) as f:
                 record_failures(f[group], new, drop)
+
+
+def _layer_parts(group: h5py.Group) -> list[tuple[h5py.Dataset, int, int]]:
+    """(dataset, first column, end column) of each layer within a concatenated row."""
+    datasets = [group["descriptors"]]
+    if LAYERS_GROUP in group:
+        names = stored_layers(group.file.attrs)[1:]  # the first is ``descriptors``
+        datasets += [group[LAYERS_GROUP][name] for name in names]
+    parts, start = [], 0
+    for rows in datasets:
+        parts.append((rows, start, start + rows.shape[2]))
+        start += rows.shape[2]
+    return parts
 
 
 @contextlib.contextmanager
@@ -120,10 +138,13 @@ def record_failures(group: h5py.Group, new: dict[str, str], drop: set[str] = fro
 
 
 def create_shard(out: Path, rank: int, group: str, attrs: dict, ids: Sequence[str],
-                 indices: Sequence[int], dim: int) -> Path:
-    """A shard for `rank`'s rows of `group` (`indices` into the main file)."""
+                 indices: Sequence[int], dim) -> Path:
+    """A shard for `rank`'s rows of `group` (`indices` into the main file); `dim` as in
+    `create_rows`."""
     path = shard_path(out, rank, group)
-    atomic.check_space(path, len(indices) * (len(attrs["scales"]) * dim * 4 + 256) + (1 << 20))
+    width = sum(layer_dims(dim).values())
+    atomic.check_space(path, len(indices) * (len(attrs["scales"]) * width * 4 + 256)
+                       + (1 << 20))
     with atomic.replacing(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(attrs)
         f.attrs["group"] = group
@@ -172,8 +193,9 @@ def _merge_one(shard: Path, f: h5py.File) -> int:
         index = s["index"][()][done]
         order = np.argsort(index)  # h5py fancy indexing wants increasing indices
         if len(index):
-            target["descriptors"][index[order]] = s["descriptors"][()][done][order].astype(
-                target["descriptors"].dtype)
+            for (rows, _, _), (shard_rows, _, _) in zip(_layer_parts(target),
+                                                         _layer_parts(s["/"]), strict=True):
+                rows[index[order]] = shard_rows[()][done][order].astype(rows.dtype)
             target["done"][index[order]] = True
         new = {text(i): text(r) for i, r in s["failed"][()]}
         done_ids = {text(i) for i in s["ids"][()][done]}
@@ -195,11 +217,25 @@ def finalize(out: Path) -> bool:
     return True
 
 
-def create_rows(g: h5py.Group, ids: list[str], n_scales: int, dim: int, dtype: str) -> None:
-    """A group's ids, and its descriptors and done flags allocated in full (never resized)."""
+def layer_dims(dim) -> dict:
+    """{layer: D} from a dict of them (several layers), or {None: D} from one int."""
+    return dict(dim) if isinstance(dim, dict) else {None: int(dim)}
+
+
+def create_rows(g: h5py.Group, ids: list[str], n_scales: int, dim, dtype: str) -> None:
+    """A group's ids, and its descriptors and done flags allocated in full (never resized).
+
+    `dim`: the descriptor length, or {layer: length} in the cache's layer order; the first
+    layer goes to ``descriptors``, each other to ``layers/<name>``.
+    """
     n = len(ids)
+    (_, first), *extra = layer_dims(dim).items()
     g.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STRING)
-    _early(g, "descriptors", (n, n_scales, dim), np.dtype(dtype), np.nan)
+    _early(g, "descriptors", (n, n_scales, first), np.dtype(dtype), np.nan)
+    if extra:
+        extras = g.require_group(LAYERS_GROUP)
+        for name, width in extra:
+            _early(extras, name, (n, n_scales, width), np.dtype(dtype), np.nan)
     _early(g, "done", (n,), np.dtype(bool), False)
 
 
