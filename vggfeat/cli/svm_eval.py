@@ -144,8 +144,8 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
     """
     from vggfeat.data.readers import DatasetLayoutError
     from vggfeat.evaluation.inputs import EvaluationInputError
-    from vggfeat.evaluation.protocols import C_GRID, Settings
     from vggfeat.evaluation.learning_curve import run_evaluation
+    from vggfeat.evaluation.protocols import C_GRID, Settings
 
     require_device(device)
     settings = Settings(

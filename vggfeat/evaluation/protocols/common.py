@@ -58,9 +58,10 @@ class Result:
 
     ``rows``: one dict per class and split (results.csv). ``headline``: the dataset's
     metric(s). ``chosen_C``: split -> class -> the chosen value of the probe's
-    hyper-parameter (``hyperparameter``: C, or k for ``probe`` "knn"). ``scores``: one dict per test sample and
-    split with the decision value of each class (scores.csv). ``curves``: split -> class ->
-    (precision, recall). ``files``: server submission files and split lists written.
+    hyper-parameter (``hyperparameter``: C, or k for ``probe`` "knn"). ``scores``: one
+    dict per test sample and split with the decision value of each class (scores.csv).
+    ``curves``: split -> class -> (precision, recall). ``files``: server submission files
+    and split lists written.
     """
 
     dataset: str
