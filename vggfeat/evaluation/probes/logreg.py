@@ -45,6 +45,8 @@ class LogisticRegressionProbe(SelectedProbe):
         As `LinearSVMProbe.cv_scores_`.
     coef_ : ndarray of shape (n_columns, n_features)
     intercept_ : ndarray of shape (n_columns,)
+    n_iter_ : ndarray of shape (n_columns,)
+        lbfgs iterations of each column's final model.
     classes_ : ndarray
     multi_label_ : bool
 
@@ -77,37 +79,39 @@ class LogisticRegressionProbe(SelectedProbe):
     def _fold_scores(self, X_train, Y_train, X_val, grid, progress=None):
         scores = []
         for c in grid:
-            W, b = self._fit_columns(X_train, Y_train, np.full(Y_train.shape[1], c))
+            W, b, _ = self._fit_columns(X_train, Y_train, np.full(Y_train.shape[1], c))
             scores.append(X_val @ W.T + b)
         return scores
 
     def _refit(self, X, Y, chosen):
-        self.coef_, self.intercept_ = self._fit_columns(X, Y, chosen)
+        self.coef_, self.intercept_, self.n_iter_ = self._fit_columns(X, Y, chosen)
 
     def _scores(self, X):
         return X @ self.coef_.T + self.intercept_
 
     def _fit_columns(self, X, Y, C):
-        """(W, b) with one row per column of Y: one multinomial model for single-label
-        data (C all equal), one binary model per column for multi-label data."""
+        """(W, b, lbfgs iterations) with one row per column of Y: one multinomial model for
+        single-label data (C all equal), one binary model per column for multi-label data."""
         if not self.multi_label_:
             return self._multinomial(X, single_labels(Y), float(C[0]), Y.shape[1])
         W, b = np.zeros((Y.shape[1], X.shape[1])), np.zeros(Y.shape[1])
+        n_iter = np.zeros(Y.shape[1], dtype=np.int64)
         for k in range(Y.shape[1]):
             rows = Y[:, k] != 0
             y = Y[rows, k] == 1
             if y.all() or not y.any():  # a fold without both kinds: no information
                 continue
             model = self._model(C[k]).fit(X[rows], y)
-            W[k], b[k] = model.coef_[0], model.intercept_[0]
-        return W, b
+            W[k], b[k], n_iter[k] = model.coef_[0], model.intercept_[0], model.n_iter_[0]
+        return W, b, n_iter
 
     def _multinomial(self, X, labels, C, n_columns):
         """Scores for every class; a class absent from a fold's training rows scores -inf
         (never the argmax), as it cannot be predicted."""
         model = self._model(C).fit(X, labels)
+        n_iter = np.full(n_columns, int(model.n_iter_[0]))
         if n_columns == 1:  # two classes: one column, class 1 vs class 0
-            return model.coef_, model.intercept_
+            return model.coef_, model.intercept_, n_iter
         W = np.zeros((n_columns, X.shape[1]))
         b = np.full(n_columns, -np.inf)
         if len(model.classes_) == 2:  # binary model: class 1's score against class 0's zero
@@ -115,7 +119,7 @@ class LogisticRegressionProbe(SelectedProbe):
             W[model.classes_[1]], b[model.classes_[1]] = model.coef_[0], model.intercept_[0]
         else:
             W[model.classes_], b[model.classes_] = model.coef_, model.intercept_
-        return W, b
+        return W, b, n_iter
 
     def _model(self, C):
         from sklearn.linear_model import LogisticRegression

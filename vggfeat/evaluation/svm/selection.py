@@ -28,7 +28,8 @@ def holdout_split(y, fraction, random_state) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cv_folds(n, strata, cv, random_state) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train rows, validation rows) pairs; ``strata`` are class ids for stratification."""
+    """(train rows, validation rows) pairs; ``strata`` are class ids for stratification
+    (unstratified folds when a class has fewer than ``cv`` rows; at most one fold per row)."""
     if isinstance(cv, float):
         if not 0 < cv < 1:
             raise ValueError(f"a held-out fraction must be in (0, 1), got {cv}")
@@ -43,7 +44,9 @@ def cv_folds(n, strata, cv, random_state) -> list[tuple[np.ndarray, np.ndarray]]
     if strata is not None and np.bincount(strata).min() >= cv:
         folds = StratifiedKFold(int(cv), shuffle=True, random_state=random_state)
         return list(folds.split(dummy, strata))
-    return list(KFold(int(cv), shuffle=True, random_state=random_state).split(dummy))
+    # Fewer rows than folds (a learning curve's 1 or 2 images per class): one row per fold.
+    folds = min(int(cv), n)
+    return list(KFold(folds, shuffle=True, random_state=random_state).split(dummy))
 
 
 def svm_fold_scores(X_train, Y_train, X_val, C_grid, *, progress=None, **fit_kwargs):
