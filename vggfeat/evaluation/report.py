@@ -103,7 +103,9 @@ def format_table(result: Result, paper: dict | None = None) -> str:
         lines.append(f"{headline}: ours {ours} | paper (Net-{paper['net']}) {theirs}"
                      f"  [{paper['note']}]")
     else:
-        lines.append(f"{headline}: ours {ours} (no paper figure for this dataset/net)")
+        why = "no paper figure for this dataset/net" if result.probe == "svm" else \
+            "the paper's figures are SVMs'"
+        lines.append(f"{headline}: ours {ours} ({why})")
     return "\n".join(lines)
 
 
