@@ -202,3 +202,41 @@ def test_the_library_call_is_the_whole_cli_run(voc, tmp_path):
     assert run.result.headline["headline"] == "mAP_voc07" and run.paper["net"] == "D"
     with pytest.raises(OutputFolderError, match="other options"):
         run_svm_eval([d], Settings(C=(1.0,)), out=tmp_path / "lib")
+
+
+def test_probe_svm_is_the_default_and_changes_nothing(voc, tmp_path):
+    """`--probe svm` writes the very files of a run without --probe (summary.json too: no
+    probe key, the SVM's chosen C as before); a folder written before the other probes
+    existed takes the rerun."""
+    _, _, _, d, _ = voc
+    for name, extra in (("plain", ()), ("svm", ("--probe", "svm"))):
+        result = _invoke(d, "--out", tmp_path / name, *FAST, *extra)
+        assert result.exit_code == 0, result.output
+    for name in ("results.csv", "scores.csv", "summary.json", "comp1_cls_test_cat.txt"):
+        if (tmp_path / "plain" / name).exists():
+            assert (tmp_path / "plain" / name).read_bytes() == \
+                (tmp_path / "svm" / name).read_bytes(), name
+    summary = json.loads((tmp_path / "svm" / "summary.json").read_text())
+    assert "probe" not in summary and "chosen" not in summary and "chosen_C" in summary
+    assert not {"probe", "k", "test_from"} & set(summary["settings"])
+    assert _invoke(d, "--out", tmp_path / "plain", "--probe", "svm", *FAST).exit_code == 0
+
+
+def test_other_probes_record_their_choice_and_refuse_bad_lists(voc, tmp_path):
+    _, _, _, d, _ = voc
+    result = _invoke(d, "--probe", "knn", "--out", tmp_path / "knn", "-q")
+    assert result.exit_code == 0, result.output
+    assert "kNN on trainval" in result.output
+    assert "(the paper's figures are SVMs')" in result.output
+    summary = json.loads((tmp_path / "knn" / "summary.json").read_text())
+    assert summary["probe"] == "knn" and summary["paper"] is None
+    assert all(set(v) == {"k"} for v in summary["chosen"]["test"].values())
+    assert summary["settings"]["k"] == [1, 5, 10, 20, 50, 100] and "C" not in summary["settings"]
+    # Another probe's results are another run: the folder is not mixed.
+    result = _invoke(d, "--probe", "logreg", "--out", tmp_path / "knn", "-q")
+    assert result.exit_code == 2 and "probe" in result.output
+    for option, bad in (("--probe", "svm,forest"), ("--probe", ""), ("--train-per-class", "0,2"),
+                        ("--train-per-class", "1,two")):
+        result = _invoke(d, option, bad, "--out", tmp_path / "bad")
+        assert result.exit_code == 2 and option in result.output, (option, bad)
+    assert not (tmp_path / "bad").exists()

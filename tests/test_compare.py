@@ -73,6 +73,8 @@ def test_table_shows_each_run_as_its_folder_says(runs, tmp_path):
     with (tmp_path / "cmp" / "compare.csv").open() as fh:
         table = list(csv.DictReader(fh))
     assert [r["run"] for r in table] == ["clean", "noisy"]
+    # A folder without "probe" (every one written before the other probes) is the SVM's.
+    assert [(r["probe"], r["arch"], r["layer"]) for r in table] == [("svm", "vgg16", "fc7")] * 2
     assert float(table[0]["value"]) > float(table[1]["value"])  # the noise shows
     image = Image.open(tmp_path / "cmp" / "compare.png")
     assert image.size[0] >= 1000

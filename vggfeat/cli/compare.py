@@ -18,7 +18,9 @@ from vggfeat.cli.options import StrictCommand
 @click.option("--overwrite", is_flag=True, help="Replace compare.csv/compare.png in --out.")
 def compare(results, out, per_class, overwrite):
     """Print (and with --out, plot) the results of several `svm-eval` runs side by side:
-    headline metric, its spread over splits, descriptor, and each class's figure.
+    probe, net, layer, training images per class, headline metric, its spread over
+    splits, descriptor, and each class's figure. A folder holding a learning curve
+    (svm-eval with several --train-per-class sizes or probes) stands for all its runs.
 
     Runs are comparable when they are on the same dataset with the same splits; a warning
     (stderr) says when they are not.
@@ -27,6 +29,7 @@ def compare(results, out, per_class, overwrite):
     Example:
         vggfeat compare results/c101-D results/c101-E results/c101-DE
         vggfeat compare runs/*-svm --out comparison/
+        vggfeat compare c101-resnet50-layer4 c101-vgg16-fc7-curve
     """
     from vggfeat.evaluation.compare import (
         CompareError,

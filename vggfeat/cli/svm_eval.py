@@ -41,6 +41,23 @@ def parse_cv(ctx, param, value):
     raise click.BadParameter(f"{value!r}: give a number of folds >= 2 or a fraction in (0, 1)")
 
 
+def parse_list(kind, allowed=None):
+    """A click callback for 'a,b,c' -> tuple (None when not given), each item checked."""
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            items = tuple(kind(v) for v in value.replace(",", " ").split())
+        except ValueError:
+            items = ()
+        if not items or any(v not in allowed if allowed else v < 1 for v in items):
+            raise click.BadParameter(f"{value!r}: give " + (
+                f"one or more of {', '.join(allowed)}, e.g. svm,knn" if allowed
+                else "positive integers, e.g. 5 or 1,2,5,10"))
+        return tuple(dict.fromkeys(items))
+    return parse
+
+
 def check_splits_file(ctx, param, value):
     """A splits.csv written by an earlier svm-eval: its header names split, id and subset."""
     if value is None:
@@ -83,9 +100,18 @@ def check_splits_file(ctx, param, value):
 @click.option("--splits-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, callback=check_splits_file,
               help="Reuse the splits.csv of an earlier run.")
-@click.option("--train-per-class", type=click.IntRange(1), default=None,
+@click.option("--probe", "probes", default="svm", show_default=True,
+              callback=parse_list(str, ("svm", "logreg", "knn")),
+              help="svm: the paper's linear SVMs; logreg: L2 logistic regression (C by the "
+                   "SVM's cross-validation; multinomial for single-label data); knn: cosine "
+                   "kNN, similarity-weighted vote, k from 1,5,10,20,50,100 by the same "
+                   "cross-validation. Several (svm,knn): one folder each, OUT/<probe>.")
+@click.option("--train-per-class", "train_sizes", default=None, callback=parse_list(int),
               help="Training images per class [Caltech: 30 / 60; folder/csv: given, "
-                   "Caltech-style splits instead of 25% of each class as test].")
+                   "Caltech-style splits instead of 25% of each class as test]. Several "
+                   "(1,2,5,10): a learning curve, each size in OUT/n<size> (OUT/<probe>/"
+                   "n<size> with several probes) on the same test images, and "
+                   "OUT/learning_curve.csv/.png.")
 @click.option("--test-per-class", type=click.IntRange(1), default=None,
               help="Test images per class with --train-per-class [Caltech: 50 / the rest].")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
@@ -102,7 +128,7 @@ def check_splits_file(ctx, param, value):
                    "them) [default: each cache's first].")
 @quiet_option()
 def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, seed, n_splits,
-             splits_file, train_per_class, test_per_class, root, out, quiet, overwrite,
+             splits_file, probes, train_sizes, test_per_class, root, out, quiet, overwrite,
              strict, layer):
     """Train one-vs-rest linear SVMs on FEATURES (HDF5 caches from `vggfeat extract`) and
     evaluate them with the dataset's protocol.
@@ -111,30 +137,30 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
     of the same images (e.g. Net-D and Net-E) are stacked. C is chosen on the training
     data only: per class by AP for VOC, one C for all classes of a split by mean class
     recall for Caltech and multi-class folder/csv data. Writes results.csv, summary.json,
-    scores.csv and PR plots.
+    scores.csv and PR plots. --probe logreg or knn fits another probe the same way.
 
     \b
     Example:
         vggfeat svm-eval voc2007-vgg16-fc7.h5 --out results/voc07
         vggfeat svm-eval caltech101-vgg16-fc7.h5 caltech101-vgg19-fc7.h5 --C 0.1,1,10
+        vggfeat svm-eval caltech101-vgg16-fc7.h5 --probe svm,knn --train-per-class 1,5,30
         vggfeat svm-eval voc2007-vgg16-conv5_3+fc7.h5 --layer conv5_3 --out results/c53
     """
     from vggfeat.data.readers import DatasetLayoutError
-    from vggfeat.evaluation.inputs import EvaluationInputError, layer_choice
+    from vggfeat.evaluation.inputs import EvaluationInputError
+    from vggfeat.evaluation.learning_curve import run_evaluation
     from vggfeat.evaluation.protocols import C_GRID, Settings
-    from vggfeat.evaluation.run import run_svm_eval
 
     require_device(device)
     settings = Settings(
         C=C or C_GRID, cv=cv, solver=solver, device=device, difficult=difficult, seed=seed,
-        n_splits=n_splits, train_per_class=train_per_class, test_per_class=test_per_class,
-        splits_file=splits_file, verbose=not quiet,
+        n_splits=n_splits, train_per_class=train_sizes[0] if train_sizes else None,
+        test_per_class=test_per_class, splits_file=splits_file, verbose=not quiet,
     )
     try:
-        with layer_choice(layer):
-            run = run_svm_eval(features, settings, out=out, aggregate=aggregate,
-                               block_l2=block_l2, root=root, overwrite=overwrite,
-                               strict=strict, echo=click.echo)
+        run = run_evaluation(features, settings, layer=layer, probes=probes, train_sizes=train_sizes,
+                             out=out, aggregate=aggregate, block_l2=block_l2, root=root,
+                             overwrite=overwrite, strict=strict, echo=click.echo)
     except (EvaluationInputError, DatasetLayoutError) as exc:
         raise input_error(exc) from None
     click.echo(f"wrote {len(run.files)} files to {run.out}")

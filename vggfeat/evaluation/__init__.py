@@ -8,10 +8,12 @@ descriptors already in memory.
 """
 from vggfeat.evaluation.inputs import EvaluationInputError, Features
 from vggfeat.evaluation.metrics import mean_class_recall, voc07_ap, voc_ap
+from vggfeat.evaluation.probes import KNNProbe, LogisticRegressionProbe
 from vggfeat.evaluation.protocols import Result, Settings, run_protocol
 from vggfeat.evaluation.run import SvmEvalRun, evaluate_features, run_svm_eval
 from vggfeat.evaluation.svm import C_GRID, LinearSVMProbe
 
-__all__ = ["C_GRID", "EvaluationInputError", "Features", "LinearSVMProbe", "Result", "Settings",
+__all__ = ["C_GRID", "EvaluationInputError", "Features", "KNNProbe", "LinearSVMProbe",
+           "LogisticRegressionProbe", "Result", "Settings",
            "SvmEvalRun", "evaluate_features", "mean_class_recall", "run_protocol",
            "run_svm_eval", "voc07_ap", "voc_ap"]

@@ -1,10 +1,14 @@
 """Several `svm-eval` result folders side by side (`vggfeat compare`).
 
-Each folder's ``summary.json`` gives the run's dataset, inputs, settings and headline;
-its ``results.csv`` the per-class figures (recall, or AP in the headline's variant),
-averaged over splits. Runs are only comparable on the same dataset and test images:
-`comparability_warnings` says when they are not (other dataset, other metric, other
-splits).
+Each folder's ``summary.json`` gives the run's dataset, inputs (each cache's net and
+layer), probe (``probe``; the SVM when absent, as in every folder written before the other
+probes), settings and headline; its ``results.csv`` the per-class figures (recall, or AP
+in the headline's variant), averaged over splits. A learning-curve folder (svm-eval with
+several ``--train-per-class`` sizes or probes: its ``learning_curve.json``) stands for its
+runs. So backbones x layers x probes (x sizes) go into one table, with probe, net, layer
+and training size as columns. Runs are only comparable on the same dataset and test
+images: `comparability_warnings` says when they are not (other dataset, other metric,
+other test images).
 """
 from __future__ import annotations
 
@@ -45,6 +49,18 @@ class Run:
     def std(self) -> float | None:
         std = self.summary["headline"].get(f"{self.headline}_std")
         return None if std is None else 100 * float(std)
+
+    @property
+    def probe(self) -> str:
+        return self.summary.get("probe", "svm")
+
+    def inputs_field(self, key: str) -> str:
+        """Each stacked cache's `key` (arch or layer), joined by '+'."""
+        return "+".join(str(s.get(key, "?")) for s in self.summary.get("inputs", [])) or "?"
+
+    @property
+    def train_per_class(self):
+        return self.summary.get("settings", {}).get("train_per_class")
 
     @property
     def n_splits(self) -> int:
@@ -108,9 +124,33 @@ def load_run(folder) -> Run:
     return Run(folder, folder.name, summary, rows)
 
 
+def expand_curves(folders) -> list[Path]:
+    """Each folder, or the run folders a learning-curve folder lists (in its order)."""
+    expanded = []
+    for folder in map(Path, folders):
+        record = folder / "learning_curve.json"
+        if not (folder / "summary.json").is_file() and record.is_file():
+            try:
+                runs = json.loads(record.read_text())["runs"]
+                expanded += [folder / r["folder"] for r in runs]
+                continue
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise CompareError(f"{record}: not a vggfeat learning curve ({error})") \
+                    from None
+        expanded.append(folder)
+    return expanded
+
+
 def load_runs(folders) -> list[Run]:
-    """Runs named by their folder's name, or by their path where two names are equal."""
-    runs = [load_run(f) for f in folders]
+    """Runs named by their folder's name, or by their path where two names are equal (a
+    learning curve's runs by the curve's folder and their own, e.g. ``curve/knn/n5``)."""
+    runs = []
+    for folder in map(Path, folders):
+        for path in expand_curves([folder]):
+            run = load_run(path)
+            if path != folder:
+                run.name = f"{folder.name}/{path.relative_to(folder)}"
+            runs.append(run)
     names = [r.name for r in runs]
     for run in runs:
         if names.count(run.name) > 1:
@@ -119,8 +159,14 @@ def load_runs(folders) -> list[Run]:
 
 
 def _splits_digest(run: Run) -> str | None:
+    """A digest of each split's test images (a learning curve's sizes share them)."""
     path = run.folder / "splits.csv"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    if not path.is_file():
+        return None
+    with path.open(newline="") as fh:
+        tests = sorted((r.get("split", ""), r.get("id", "")) for r in csv.DictReader(fh)
+                       if r.get("subset") == "test")
+    return hashlib.sha256(json.dumps(tests).encode()).hexdigest()
 
 
 def comparability_warnings(runs: list[Run]) -> list[str]:
@@ -134,17 +180,21 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
             warnings.append(f"{run.name} reports {run.headline}, {first.name} {first.headline}")
         elif _splits_digest(run) != _splits_digest(first):
             warnings.append(f"{run.name} and {first.name} used different train/test splits "
-                            "(their splits.csv differ; rerun with --splits-file to share them)")
+                            "(their splits.csv test other images; rerun with --splits-file "
+                            "to share them)")
     return [f"warning: {w}" for w in warnings]
 
 
 def headline_rows(runs: list[Run]) -> list[dict]:
-    """One dict per run: name, dataset, descriptor, metric, value, std, splits, paper."""
+    """One dict per run: name, dataset, probe, net(s), layer(s), training images per class,
+    descriptor, metric, value, std, splits, paper."""
     rows = []
     for run in runs:
         paper = run.summary.get("paper") or {}
         rows.append({
-            "run": run.name, "dataset": run.summary.get("dataset", ""),
+            "run": run.name, "dataset": run.summary.get("dataset", ""), "probe": run.probe,
+            "arch": run.inputs_field("arch"), "layer": run.inputs_field("layer"),
+            "train_per_class": run.train_per_class,
             "descriptor": run.descriptor(), "metric": run.headline,
             "value": round(run.value, 2),
             "std": None if run.std is None else round(run.std, 2),
@@ -167,12 +217,17 @@ def format_comparison(runs: list[Run], per_class: bool = True) -> str:
     lines = []
     heads = headline_rows(runs)
     width = max(len(h["run"]) for h in heads) + 2
-    lines.append(f"{'run':<{width}}{'metric':<24}{'value':>16}{'splits':>8}  descriptor")
+    arch = max(6, *(len(h["arch"]) + 2 for h in heads))
+    layer = max(7, *(len(h["layer"]) + 2 for h in heads))
+    lines.append(f"{'run':<{width}}{'probe':<8}{'arch':<{arch}}{'layer':<{layer}}{'n/class':>8}"
+                 f"  {'metric':<24}{'value':>16}{'splits':>8}  descriptor")
     for h in heads:
         value = f"{h['value']:.1f}" + (f" +- {h['std']:.1f}" if h["std"] is not None else "")
         metric = h["metric"] + (f" (paper {h['paper']})" if h["paper"] is not None else "")
-        lines.append(f"{h['run']:<{width}}{metric:<24}{value:>16}{h['n_splits']:>8}  "
-                     f"{h['descriptor']}")
+        size = "-" if h["train_per_class"] is None else str(h["train_per_class"])
+        lines.append(f"{h['run']:<{width}}{h['probe']:<8}{h['arch']:<{arch}}"
+                     f"{h['layer']:<{layer}}{size:>8}  {metric:<24}{value:>16}"
+                     f"{h['n_splits']:>8}  {h['descriptor']}")
     if per_class:
         classes, per = class_table(runs)
         names = [r.name for r in runs]
@@ -224,6 +279,15 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+def plot_labels(runs: list[Run]) -> list[str]:
+    """Each run's name, with its probe, net and layer where the runs differ in them."""
+    keys = [(r.probe, r.inputs_field("arch"), r.inputs_field("layer")) for r in runs]
+    if len(set(keys)) == 1:
+        return [r.name for r in runs]
+    return [f"{r.name} ({probe}, {arch} {layer})" for r, (probe, arch, layer)
+            in zip(runs, keys, strict=True)]
+
+
 def plot_comparison(runs: list[Run], path: Path) -> Path:
     """Left: each run's headline with its spread over splits. Right: each class's figure
     per run (one marker per run), classes in the first run's order."""
@@ -245,7 +309,7 @@ def plot_comparison(runs: list[Run], path: Path) -> Path:
     for k, run in enumerate(runs):
         label = f"{run.value:.1f}" + (f" ± {run.std:.1f}" if run.std is not None else "")
         left.text(values[k] + errors[k] + 1, k, label, va="center", fontsize=9)
-    left.set_yticks(y, [r.name for r in runs], fontsize=9)
+    left.set_yticks(y, plot_labels(runs), fontsize=9)
     left.invert_yaxis()
     left.set_xlim(0, 115)
     left.set_xlabel(f"{runs[0].headline} (%)" + (", ± std over splits"

@@ -6,8 +6,6 @@ message naming the file and the fix.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,23 +27,6 @@ from vggfeat.utils.errors import InputError
 
 class EvaluationInputError(InputError):
     """Input that cannot be evaluated; the message names the file and the fix."""
-
-
-# The layer read from caches holding several (`vggfeat extract --layer conv5_3,fc7`) when a
-# caller does not name one: set by `layer_choice` around a whole evaluation (svm-eval
-# --layer), so every step that reads a cache reads the same layer. None: each cache's first.
-_LAYER: contextvars.ContextVar[str | None] = contextvars.ContextVar("layer", default=None)
-
-
-@contextlib.contextmanager
-def layer_choice(layer: str | None):
-    """Within the block, `read_cache_info` and `load` read `layer` of every cache (None:
-    each cache's first layer, the only one of a one-layer cache)."""
-    token = _LAYER.set(layer)
-    try:
-        yield
-    finally:
-        _LAYER.reset(token)
 
 
 # Paper Table 11 nets: the cache's `arch` attribute -> the paper's name.
@@ -95,9 +76,8 @@ class CacheInfo:
 
 def read_cache_info(path, layer: str | None = None) -> CacheInfo:
     """The attributes the evaluation needs from one feature cache; `layer` (default: the
-    `layer_choice`, else the cache's first) must be one the cache holds."""
+    cache's first) must be one the cache holds."""
     path = Path(path)
-    layer = layer or _LAYER.get()
     if not path.is_file():
         raise EvaluationInputError(
             f"{path}: no such feature file; create it with `vggfeat extract`"
@@ -175,7 +155,6 @@ def load(paths, aggregate: str, *, block_l2: bool = False, layer: str | None = N
     paths = [Path(p) for p in paths]
     infos = [read_cache_info(p, layer) for p in paths]
     check_same_dataset(infos)
-    layer = layer or _LAYER.get()
     try:
         ids, X = load_features(paths, aggregate=aggregate, l2=True, block_l2=block_l2,
                                layer=layer)

@@ -3,8 +3,11 @@ JSON files, and precision-recall plots.
 
 Files written to the output folder:
 
-- ``results.csv``: one row per class and split (AP variants or recall, chosen C, counts).
-- ``summary.json``: settings, inputs, chosen C per class, headline metric, paper figure,
+- ``results.csv``: one row per class and split (AP variants or recall, the chosen C, or k
+  for the kNN probe, counts).
+- ``summary.json``: settings, inputs, chosen C per class (``chosen_C``; another probe than
+  the SVM: ``probe`` and ``chosen``, split -> class -> {"C" or "k": value}), headline
+  metric, paper figure (SVMs only),
   the number of splits evaluated (``n_splits``; ``settings.n_splits`` is what was asked
   for), every file written (``files``, relative to the folder) and the images left out
   for want of a descriptor (``left_out``, only when there are some).
@@ -44,6 +47,8 @@ PAPER_ACTION = {"image": 79.2, "image+box": 84.0}  # D & E only
 def paper_figure(result: Result, archs, layers) -> dict | None:
     """The paper's number for this dataset and net(s), or None where it has none."""
     nets = [PAPER_NETS.get(a) for a in archs]
+    if result.probe != "svm":  # the paper's figures are linear SVMs'
+        return None
     if None in nets or any(layer != "fc7" for layer in layers) or len(set(nets)) != len(nets):
         return None
     net = "D&E" if sorted(nets) == ["D", "E"] else nets[0] if len(nets) == 1 else None
@@ -69,11 +74,11 @@ def _pct(x) -> str:
 def format_table(result: Result, paper: dict | None = None) -> str:
     """A plain-text table of the result."""
     lines = [f"{result.dataset}: {result.protocol}"]
-    h = result.headline
+    h, param = result.headline, result.hyperparameter
     if "ap_voc07" in (result.rows[0] if result.rows else {}):
-        lines.append(f"{'split':<18}{'class':<20}{'C':>8}{'AP07':>8}{'AP10':>8}")
+        lines.append(f"{'split':<18}{'class':<20}{param:>8}{'AP07':>8}{'AP10':>8}")
         for r in result.rows:
-            lines.append(f"{str(r['split']):<18}{r['class']:<20}{r['C']:>8g}"
+            lines.append(f"{str(r['split']):<18}{r['class']:<20}{r[param]:>8g}"
                          f"{_pct(r['ap_voc07']):>8}{_pct(r['ap_voc10']):>8}")
         for key in sorted(k for k in h if k.startswith("mAP") and not k.endswith("std")):
             name = key.replace("mAP_voc07", "mAP (VOC07 11-point)").replace(
@@ -98,7 +103,9 @@ def format_table(result: Result, paper: dict | None = None) -> str:
         lines.append(f"{headline}: ours {ours} | paper (Net-{paper['net']}) {theirs}"
                      f"  [{paper['note']}]")
     else:
-        lines.append(f"{headline}: ours {ours} (no paper figure for this dataset/net)")
+        why = "no paper figure for this dataset/net" if result.probe == "svm" else \
+            "the paper's figures are SVMs'"
+        lines.append(f"{headline}: ours {ours} ({why})")
     return "\n".join(lines)
 
 
@@ -293,7 +300,7 @@ def write_report(result: Result, out, settings: dict, inputs: list[dict],
         "dataset": result.dataset, "protocol": result.protocol, "inputs": inputs,
         "settings": settings, "classes": list(result.classes),
         "headline": {k: v for k, v in result.headline.items()},
-        "chosen_C": result.chosen_C, "paper": paper,
+        **_chosen(result), "paper": paper,
         "n_splits": splits_evaluated(result),
         "files": sorted({_relative(p, out) for p in listed}),
     }
@@ -303,6 +310,17 @@ def write_report(result: Result, out, settings: dict, inputs: list[dict],
     atomic.write_text(path, json.dumps(summary, indent=2, default=jsonable) + "\n")
     files["summary"] = path
     return files
+
+
+def _chosen(result: Result) -> dict:
+    """The SVM's chosen C as summary.json has always held it (``chosen_C``); another probe's
+    under ``probe`` and ``chosen``: split -> class -> {hyper-parameter: value}."""
+    if result.probe == "svm":
+        return {"chosen_C": result.chosen_C}
+    param = result.hyperparameter
+    return {"probe": result.probe,
+            "chosen": {split: {c: {param: v} for c, v in per_class.items()}
+                       for split, per_class in result.chosen_C.items()}}
 
 
 def _relative(path, out: Path) -> str:

@@ -46,19 +46,21 @@ def default_out(first_cache) -> Path:
 
 def run_svm_eval(caches: Sequence, settings: Settings | None = None, *, out=None,
                  aggregate: str | None = None, block_l2: bool = False, root=None,
-                 overwrite: bool = False, strict: bool = False,
+                 overwrite: bool = False, strict: bool = False, layer: str | None = None,
                  echo: Echo | None = None) -> SvmEvalRun:
     """Evaluate feature caches (stacked when several) with their dataset's protocol.
 
     Args:
         caches: HDF5 caches written by `vggfeat extract` (or by the Python API with labels).
-        settings: how to fit and split; ``device="auto"`` picks the GPU when there is one.
+        settings: how to fit and split (``probe``: svm, logreg or knn); ``device="auto"``
+            picks the GPU when there is one.
         out: output folder [default: `default_out` of the first cache].
         aggregate: "avg" or "stack" for the scales [default: the dataset's].
         block_l2: L2-normalise each cache's block before stacking.
         root: the dataset's location, if it moved since the extraction.
         overwrite: replace results of another run (or files vggfeat did not write) in `out`.
         strict: refuse caches with images that have no descriptor, instead of leaving them out.
+        layer: the layer to read from caches holding several [default: each cache's first].
         echo: where messages go (see the module docstring).
 
     Raises:
@@ -66,26 +68,52 @@ def run_svm_eval(caches: Sequence, settings: Settings | None = None, *, out=None
             options, or an `out` holding another run's results: `OutputFolderError`).
         ForeignFileError: `out` holds output-named files that vggfeat did not write.
     """
-    echo = echo or _silent
     settings = _resolved(settings or Settings())
-    caches = [Path(p) for p in caches]
     out = Path(out) if out is not None else default_out(caches[0])
+    return run_plan(caches, {out: settings}, aggregate=aggregate, block_l2=block_l2,
+                    root=root, overwrite=overwrite, strict=strict, layer=layer, echo=echo)[0]
+
+
+def run_plan(caches: Sequence, plan: dict, *, aggregate=None, block_l2=False, root=None,
+             overwrite=False, strict=False, layer=None, echo: Echo | None = None,
+             check: Callable | None = None) -> list[SvmEvalRun]:
+    """Several evaluations of the same caches, loaded once: `plan` maps each output
+    folder to its (resolved) settings. Every folder is checked (and `check(reader)`
+    called) before anything is loaded or fitted; the runs go in the plan's order."""
+    echo = echo or _silent
+    caches = [Path(p) for p in caches]
     _refuse_unusable(caches)
-    infos = [inputs.read_cache_info(p) for p in caches]
+    infos = [inputs.read_cache_info(p, layer) for p in caches]
     inputs.check_same_dataset(infos)
     reader = _open_reader(infos[0], root)
+    if check is not None:
+        check(reader)
     aggregate = aggregate or reader.default_aggregate
     extra = {"aggregate": aggregate, "block_l2": block_l2, "root": str(reader.root)}
     sources = [{"path": str(i.path), "arch": i.arch, "layer": i.layer,
                 "scales": list(i.scales)} for i in infos]
-    recorded = {**dataclasses.asdict(settings), **extra}
-    output_folder.prepare(out, recorded, sources, overwrite=overwrite)  # before any loading
+    recorded = {out: {**recorded_settings(s), **extra} for out, s in plan.items()}
+    for out in plan:  # before any loading
+        output_folder.prepare(out, recorded[out], sources, overwrite=overwrite)
     _warn_low_variation(caches, echo)
-    _, features = inputs.load(caches, aggregate, block_l2=block_l2)
+    _, features = inputs.load(caches, aggregate, block_l2=block_l2, layer=layer)
     reader, left_out = inputs.leave_out_missing(reader, features, strict=strict)
     if left_out:
         echo(left_out.message(), err=True)
-    return _evaluate(out, reader, features, settings, recorded, sources, echo, left_out)
+    return [_evaluate(out, reader, features, settings, recorded[out], sources, echo, left_out)
+            for out, settings in plan.items()]
+
+
+def recorded_settings(settings: Settings) -> dict:
+    """The settings summary.json records (and a rerun compares): the SVM's exactly as
+    before the other probes existed; each other probe without the options it ignores."""
+    recorded = dataclasses.asdict(settings)
+    if recorded["test_from"] is None:
+        del recorded["test_from"]
+    ignored = {"svm": ("probe", "k"), "logreg": ("k", "solver"), "knn": ("C", "solver")}
+    for key in ignored[settings.probe]:
+        del recorded[key]
+    return recorded
 
 
 def evaluate_features(reader, features: Features, settings: Settings | None, out, *,
@@ -101,7 +129,7 @@ def evaluate_features(reader, features: Features, settings: Settings | None, out
         extra_settings: recorded in summary.json beside `settings` (and compared by a rerun).
     """
     settings = _resolved(settings or Settings())
-    recorded = {**dataclasses.asdict(settings), **(extra_settings or {})}
+    recorded = {**recorded_settings(settings), **(extra_settings or {})}
     out = Path(out)
     output_folder.prepare(out, recorded, sources, overwrite=overwrite)
     return _evaluate(out, reader, features, settings, recorded, sources, echo or _silent)
@@ -117,8 +145,8 @@ def _evaluate(out: Path, reader, features: Features, settings: Settings, recorde
     except BaseException:
         output_folder.unclaim_if_unused(out, made_folder)  # a refused run leaves no trace
         raise
-    for warning in (grid_edge_warning(result.chosen_C, settings.C),
-                    chance_warning(result.headline, result.rows, len(result.classes))):
+    edge = grid_edge_warning(result.chosen_C, settings.C) if result.hyperparameter == "C" else None
+    for warning in (edge, chance_warning(result.headline, result.rows, len(result.classes))):
         if warning:
             echo(warning, err=True)
     paper = report.paper_figure(result, [s["arch"] for s in sources],

@@ -1,7 +1,8 @@
 """The paper's transfer protocols (Appendix B; datasets/README.md), one function per benchmark.
 
 Each protocol takes a dataset reader, the descriptors and `Settings`, fits one-vs-rest
-linear SVMs on training data only and returns a `Result`: per-class rows, the headline
+linear SVMs (or the probe ``settings.probe`` names: `vggfeat.evaluation.probes`) on
+training data only and returns a `Result`: per-class rows, the headline
 metric, chosen C, test decision values and PR curves. Checks on the labels (a class
 without a positive training example, ids without a descriptor) run before anything is
 fitted.
@@ -32,6 +33,8 @@ from vggfeat.evaluation.protocols.splits import draw_splits, read_splits, write_
 from vggfeat.evaluation.protocols.voc import voc_action, voc_classification
 from vggfeat.evaluation.svm import C_GRID
 
+PROBE_LABELS = {"logreg": "logistic regression", "knn": "kNN"}
+
 PROTOCOLS = {
     "voc2007": voc_classification,
     "voc2012": voc_classification,
@@ -49,7 +52,10 @@ def run_protocol(reader: DatasetReader, features: Features, settings: Settings |
     reader may name another dataset's protocol in ``reader.protocol``, as labels stored in
     a cache by the Python API use the folder/csv one)."""
     protocol = PROTOCOLS[getattr(reader, "protocol", None) or reader.name]
-    return protocol(reader, features, settings or Settings(), None if out is None else Path(out))
+    result = protocol(reader, features, settings or Settings(), None if out is None else Path(out))
+    if result.probe != "svm":  # the protocols' descriptions name the paper's SVMs
+        result.protocol = result.protocol.replace("SVMs", PROBE_LABELS[result.probe])
+    return result
 
 
 __all__ = ["CALTECH_SPLITS", "CUSTOM_TEST_FRACTION", "C_GRID", "MULTICLASS_FOLDS", "PROTOCOLS",

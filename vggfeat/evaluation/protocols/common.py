@@ -1,5 +1,6 @@
 """What every protocol shares: its settings, its `Result`, and the steps from labels and
-descriptors to fitted SVMs and scored rows."""
+descriptors to fitted probes (SVMs, logistic regression or kNN: `fit_probe`) and scored
+rows."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,7 +11,8 @@ import numpy as np
 from vggfeat.data.readers import Labels
 from vggfeat.evaluation.inputs import EvaluationInputError
 from vggfeat.evaluation.metrics import precision_recall, voc07_ap, voc_ap
-from vggfeat.evaluation.svm import C_GRID, LinearSVMProbe
+from vggfeat.evaluation.probes import HYPERPARAMETER, K_GRID, chosen_values, make_probe
+from vggfeat.evaluation.svm import C_GRID
 from vggfeat.utils import atomic
 
 
@@ -18,7 +20,9 @@ from vggfeat.utils import atomic
 class Settings:
     """How to fit and split. ``cv=None`` uses the protocol's default (VOC: 3 folds of the
     training images, C per class; Caltech and custom multi-class: 5 stratified folds, one
-    C for all classes)."""
+    C for all classes). ``probe``: "svm", "logreg" (grid ``C``) or "knn" (grid ``k``).
+    ``test_from``: a learning curve's largest training size; each class's test images are
+    drawn after that many, so every size of the curve is tested on the same images."""
 
     C: tuple[float, ...] = C_GRID
     cv: int | float | None = None
@@ -31,13 +35,21 @@ class Settings:
     test_per_class: int | None = None
     splits_file: Path | None = None
     verbose: bool = False
+    probe: str = "svm"
+    k: tuple[int, ...] = K_GRID
+    test_from: int | None = None
 
-    def probe(self, default_cv) -> LinearSVMProbe:
-        return LinearSVMProbe(
-            C=self.C, cv=default_cv if self.cv is None else self.cv, solver=self.solver,
-            device=self.device, difficult=self.difficult, random_state=self.seed,
-            verbose=self.verbose,
+    def build_probe(self, default_cv):
+        return make_probe(
+            self.probe, C=self.C, k=self.k, cv=default_cv if self.cv is None else self.cv,
+            solver=self.solver, device=self.device, difficult=self.difficult,
+            random_state=self.seed, verbose=self.verbose,
         )
+
+    @property
+    def grid(self) -> tuple:
+        """The values the probe's hyper-parameter is chosen from."""
+        return self.k if self.probe == "knn" else self.C
 
 
 @dataclass
@@ -45,9 +57,11 @@ class Result:
     """What a protocol measured.
 
     ``rows``: one dict per class and split (results.csv). ``headline``: the dataset's
-    metric(s). ``chosen_C``: split -> class -> C. ``scores``: one dict per test sample and
-    split with the decision value of each class (scores.csv). ``curves``: split -> class ->
-    (precision, recall). ``files``: server submission files and split lists written.
+    metric(s). ``chosen_C``: split -> class -> the chosen value of the probe's
+    hyper-parameter (``hyperparameter``: C, or k for ``probe`` "knn"). ``scores``: one
+    dict per test sample and split with the decision value of each class (scores.csv).
+    ``curves``: split -> class -> (precision, recall). ``files``: server submission files
+    and split lists written.
     """
 
     dataset: str
@@ -59,6 +73,8 @@ class Result:
     scores: list[dict] = field(default_factory=list)
     curves: dict = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    probe: str = "svm"
+    hyperparameter: str = "C"
 
 
 def check_positives(y: np.ndarray, classes, where: str) -> None:
@@ -72,16 +88,28 @@ def check_positives(y: np.ndarray, classes, where: str) -> None:
         )
 
 
-def fit_probe(settings: Settings, X, y, default_cv) -> LinearSVMProbe:
+def new_result(dataset: str, protocol: str, classes, settings: Settings) -> Result:
+    """An empty `Result` that knows the probe it reports."""
+    return Result(dataset, protocol, classes, probe=settings.probe,
+                  hyperparameter=HYPERPARAMETER[settings.probe])
+
+
+def fit_probe(settings: Settings, X, y, default_cv):
     """The probe `settings` describe, fitted (`default_cv`: the protocol's folds)."""
     _check_folds(settings, y, default_cv)
-    return settings.probe(default_cv).fit(X, y)
+    return settings.build_probe(default_cv).fit(X, y)
+
+
+def record_chosen(result: Result, split: str, values) -> None:
+    """The chosen hyper-parameter of each class (k as an int, C as a float)."""
+    kind = int if result.hyperparameter == "k" else float
+    result.chosen_C[split] = dict(zip(result.classes, map(kind, values), strict=True))
 
 
 def _check_folds(settings: Settings, y, default_cv) -> None:
     """k-fold selection of C needs every class in every fold: at least k positives each."""
     cv = settings.cv  # the protocols' defaults fall back to unstratified folds instead
-    if cv is None or isinstance(cv, float) or len(settings.C) < 2:
+    if cv is None or isinstance(cv, float) or len(settings.grid) < 2:
         return
     y = np.asarray(y)
     counts = np.bincount(y) if y.ndim == 1 else (y == 1).sum(axis=0)
@@ -92,6 +120,11 @@ def _check_folds(settings: Settings, y, default_cv) -> None:
             f"--cv {cv}: a class has only {fewest} training example(s), too few for {cv} "
             f"folds; give {fewer}a held-out fraction such as --cv 0.2"
         )
+
+
+def result_value(result: Result, value):
+    """A chosen value as results.csv writes it (k an int, C a float)."""
+    return int(value) if result.hyperparameter == "k" else float(value)
 
 
 def _true_labels(y: np.ndarray, classes) -> list[str]:
@@ -115,7 +148,7 @@ def _ap_rows(result: Result, split: str, scores: np.ndarray, y: np.ndarray, C) -
     ap07, ap10 = [], []
     result.curves[split] = {}
     for k, name in enumerate(result.classes):
-        row = {"split": split, "class": name, "C": float(C[k]),
+        row = {"split": split, "class": name, result.hyperparameter: result_value(result, C[k]),
                "n_pos": int((y[:, k] == 1).sum()), "n_difficult": int((y[:, k] == 0).sum())}
         if row["n_pos"]:
             row["ap_voc07"] = voc07_ap(scores[:, k], y[:, k])
@@ -137,9 +170,9 @@ def multilabel_split(result, features, train: Labels, test: Labels, split, setti
     check_positives(train.y, result.classes, f"{result.dataset} {train_name} images")
     probe = fit_probe(settings, train_X, train.y, default_cv)
     scores = probe.decision_function(test_X)
-    result.chosen_C[split] = dict(zip(result.classes, map(float, probe.C_), strict=True))
+    record_chosen(result, split, chosen_values(probe))
     score_rows(result, split, test.ids, scores, _true_labels(test.y, result.classes))
-    return _ap_rows(result, split, scores, test.y, probe.C_)
+    return _ap_rows(result, split, scores, test.y, chosen_values(probe))
 
 
 def trainval_labels(reader) -> Labels:

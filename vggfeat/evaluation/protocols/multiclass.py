@@ -9,12 +9,16 @@ import numpy as np
 from vggfeat.data.readers import Labels
 from vggfeat.evaluation.inputs import Features
 from vggfeat.evaluation.metrics import mean_class_recall, per_class_recall
+from vggfeat.evaluation.probes import chosen_values
 from vggfeat.evaluation.protocols.common import (
     Result,
     Settings,
     check_positives,
     fit_probe,
     multilabel_split,
+    new_result,
+    record_chosen,
+    result_value,
     score_rows,
 )
 from vggfeat.evaluation.protocols.splits import draw_splits, read_splits, write_splits
@@ -52,13 +56,15 @@ def _multiclass_splits(result: Result, reader, features, settings, splits) -> No
             scores = np.concatenate([-scores, scores], axis=1)
         predicted = np.argmax(scores, axis=1)
         per_class = per_class_recall(y_test, predicted, range(len(labels.classes)))
-        C = probe.C_ if len(probe.C_) == len(labels.classes) else np.repeat(probe.C_, 2)
-        result.chosen_C[str(s)] = dict(zip(labels.classes, map(float, C), strict=True))
+        C = chosen_values(probe)
+        C = C if len(C) == len(labels.classes) else np.repeat(C, 2)
+        record_chosen(result, str(s), C)
         # One C for all classes (shared selection): one number per split (a single-C
         # per-class fit, e.g. --C with one value, is the same).
-        chosen.append(float(C[0]) if np.all(C == C[0]) else None)
+        chosen.append(result_value(result, C[0]) if np.all(C == C[0]) else None)
         for k, name in enumerate(labels.classes):
-            result.rows.append({"split": s, "class": name, "C": float(C[k]),
+            result.rows.append({"split": s, "class": name,
+                                result.hyperparameter: result_value(result, C[k]),
                                 "n_train": int((y_train == k).sum()),
                                 "n_test": int((y_test == k).sum()), "recall": per_class[k]})
         recalls.append(mean_class_recall(y_test, predicted))
@@ -72,7 +78,7 @@ def _multiclass_splits(result: Result, reader, features, settings, splits) -> No
         "accuracy": float(np.mean(accuracies)),
         "accuracy_std": float(np.std(accuracies, ddof=ddof)),
         "accuracy_per_split": accuracies,
-        "C_per_split": chosen,
+        f"{result.hyperparameter}_per_split": chosen,
         "headline": "mean_class_recall",
     }
 
@@ -85,14 +91,15 @@ def caltech(reader, features: Features, settings: Settings, out=None) -> Result:
     n_train, n_test = CALTECH_SPLITS[reader.name]
     n_train = settings.train_per_class or n_train
     n_test = settings.test_per_class or n_test
-    result = Result(reader.name, f"{settings.n_splits} splits, {n_train} train / "
-                    f"{n_test or 'rest'} test per class", reader.classes)
+    result = new_result(reader.name, f"{settings.n_splits} splits, {n_train} train / "
+                        f"{n_test or 'rest'} test per class", reader.classes, settings)
     labels = reader.labels()
     if settings.splits_file:
         splits = read_splits(settings.splits_file, labels)
         result.protocol += f" (read from {settings.splits_file})"
     else:
-        splits = draw_splits(labels, n_train, n_test, settings.n_splits, settings.seed)
+        splits = draw_splits(labels, n_train, n_test, settings.n_splits, settings.seed,
+                             test_from=settings.test_from)
     if out is not None:
         result.files.append(write_splits(Path(out) / "splits.csv", splits, labels))
     _multiclass_splits(result, reader, features, settings, splits)
@@ -105,7 +112,7 @@ def custom(reader, features: Features, settings: Settings, out=None) -> Result:
     class as Caltech does when given, 25% of each class as test otherwise. Multi-class: mean class
     recall and accuracy; multi-label: AP per class and mAP."""
     labels = reader.labels()
-    result = Result(reader.name, "", reader.classes)
+    result = new_result(reader.name, "", reader.classes, settings)
     if {"train", "test"} <= set(reader.splits()):
         assign = {i: "test" for i in reader.split_ids("test")}
         for split in ("train", "val"):
@@ -131,7 +138,8 @@ def custom(reader, features: Features, settings: Settings, out=None) -> Result:
         result.protocol = f"{settings.n_splits} seeded splits, 25% test"
     elif settings.train_per_class:  # the Caltech protocol on one's own data
         n_train, n_test = settings.train_per_class, settings.test_per_class
-        splits = draw_splits(labels, n_train, n_test, settings.n_splits, settings.seed)
+        splits = draw_splits(labels, n_train, n_test, settings.n_splits, settings.seed,
+                             test_from=settings.test_from)
         result.protocol = (f"{settings.n_splits} seeded splits, {n_train} train / "
                            f"{n_test or 'rest'} test per class")
     else:

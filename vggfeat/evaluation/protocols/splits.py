@@ -12,12 +12,16 @@ from vggfeat.utils import atomic
 
 
 def draw_splits(labels: Labels, n_train, n_test, n_splits: int, seed: int,
-                test_fraction: float | None = None) -> list[dict[str, str]]:
+                test_fraction: float | None = None,
+                test_from: int | None = None) -> list[dict[str, str]]:
     """Seeded per-class random splits: ``[{id: "train" | "test"}, ...]``, one per split.
 
     Split s shuffles each class with seed ``seed + s``; the first ``n_train`` images train,
     the next ``n_test`` (all the rest when None) test. With ``test_fraction``, that
-    fraction of each class (at least one image) is the test set instead.
+    fraction of each class (at least one image) is the test set instead. With
+    ``test_from`` (a learning curve's largest training size), the test images are drawn
+    after that many of each class instead of after ``n_train``: every size of the curve
+    then trains on the first images of the same order and tests on the same images.
     """
     y = labels.single_label()
     ids = np.asarray(labels.ids)
@@ -32,13 +36,14 @@ def draw_splits(labels: Labels, n_train, n_test, n_splits: int, seed: int,
                 n_te = max(1, int(round(test_fraction * len(order))))
                 train_part, test_part = order[n_te:], order[:n_te]
             else:
-                if len(order) <= n_train:
+                first = n_train if test_from is None else max(test_from, n_train)
+                if len(order) <= first:
                     raise EvaluationInputError(
                         f"class {name} has {len(order)} images, but the protocol trains on "
-                        f"{n_train} per class and needs at least one more to test"
+                        f"{first} per class and needs at least one more to test"
                     )
                 train_part = order[:n_train]
-                test_part = order[n_train:] if n_test is None else order[n_train:n_train + n_test]
+                test_part = order[first:] if n_test is None else order[first:first + n_test]
             if len(train_part) == 0:
                 raise EvaluationInputError(f"class {name} has too few images to train on")
             assign.update({i: "train" for i in train_part})

@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from vggfeat.evaluation.inputs import Features
+from vggfeat.evaluation.probes import chosen_values
 from vggfeat.evaluation.protocols.common import (
     Result,
     Settings,
     check_positives,
     fit_probe,
     multilabel_split,
+    new_result,
+    record_chosen,
     score_rows,
     trainval_labels,
     write_server_files,
@@ -24,7 +27,7 @@ from vggfeat.evaluation.protocols.common import (
 def voc_classification(reader, features: Features, settings: Settings, out=None) -> Result:
     """VOC 2007: trainval -> test. VOC 2012: train -> val, and trainval -> test server files
     ``comp1_cls_test_<class>.txt`` when the test images are present."""
-    result = Result(reader.name, "", reader.classes)
+    result = new_result(reader.name, "", reader.classes, settings)
     if reader.name == "voc2007":
         train_split, eval_split = "trainval", "test"
     else:
@@ -46,7 +49,7 @@ def voc_classification(reader, features: Features, settings: Settings, out=None)
     if server:
         probe = fit_probe(settings, features.rows(full.ids, "trainval"), full.y, 3)
         scores = probe.decision_function(features.rows(test_ids, "split test"))
-        result.chosen_C["trainval"] = dict(zip(result.classes, map(float, probe.C_), strict=True))
+        record_chosen(result, "trainval", chosen_values(probe))
         score_rows(result, "test", test_ids, scores)
         result.files += write_server_files(
             out, "comp1_cls_test_{}.txt", result.classes, test_ids, scores,
@@ -78,8 +81,8 @@ def voc_action(reader, features: Features, settings: Settings, out=None) -> Resu
     best variant available.
     """
     variants = ["image"] + (["image+box"] if features.box_ids is not None else [])
-    result = Result(reader.name, f"SVMs on train, AP on val; variants: {', '.join(variants)}",
-                    reader.classes)
+    result = new_result(reader.name, f"SVMs on train, AP on val; variants: "
+                        f"{', '.join(variants)}", reader.classes, settings)
     train, val = reader.labels("train"), reader.labels("val")
     server = "test" in reader.splits()
     inputs = {}

@@ -1,5 +1,9 @@
 """Choosing C on training data only: folds, then held-out AP per class or the
-cross-validated mean class recall of the argmax (one C for all classes)."""
+cross-validated mean class recall of the argmax (one C for all classes).
+
+The same selection serves every probe (`vggfeat.evaluation.probes`): ``fold_scores`` says
+how a probe scores held-out rows at each value of its grid (default: the SVMs' path of C);
+the logistic regression passes its own path of C, the kNN its grid of k."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +28,8 @@ def holdout_split(y, fraction, random_state) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cv_folds(n, strata, cv, random_state) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train rows, validation rows) pairs; ``strata`` are class ids for stratification."""
+    """(train rows, validation rows) pairs; ``strata`` are class ids for stratification
+    (unstratified folds when a class has fewer than ``cv`` rows; at most one fold per row)."""
     if isinstance(cv, float):
         if not 0 < cv < 1:
             raise ValueError(f"a held-out fraction must be in (0, 1), got {cv}")
@@ -39,12 +44,25 @@ def cv_folds(n, strata, cv, random_state) -> list[tuple[np.ndarray, np.ndarray]]
     if strata is not None and np.bincount(strata).min() >= cv:
         folds = StratifiedKFold(int(cv), shuffle=True, random_state=random_state)
         return list(folds.split(dummy, strata))
-    return list(KFold(int(cv), shuffle=True, random_state=random_state).split(dummy))
+    # Fewer rows than folds (a learning curve's 1 or 2 images per class): one row per fold.
+    folds = min(int(cv), n)
+    return list(KFold(folds, shuffle=True, random_state=random_state).split(dummy))
+
+
+def svm_fold_scores(X_train, Y_train, X_val, C_grid, *, progress=None, **fit_kwargs):
+    """The SVMs' held-out decision values at each C of the grid (one (n_val, m) array per
+    C), fitted along the path of C (`fit_path`)."""
+    path = fit_path(X_train, Y_train, C_grid, progress=progress, **fit_kwargs)
+    return [X_val @ W.T + b for W, b in path]
 
 
 def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
-             **fit_kwargs):
+             fold_scores=svm_fold_scores, **fit_kwargs):
     """Held-out VOC AP of every class at every C, averaged over folds of the training data.
+
+    ``fold_scores(X_train, Y_train, X_val, grid, progress=..., **fit_kwargs)``: the probe's
+    held-out scores at each grid value (default: the SVMs'); ``C_grid`` may be any
+    ascending grid of the probe's hyper-parameter (kNN: k).
 
     Returns
     -------
@@ -58,9 +76,8 @@ def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
     totals = np.zeros((n_classes, n_C))
     counts = np.zeros((n_classes, n_C))
     for train, val in cv_folds(len(Y), strata, cv, random_state):
-        path = fit_path(X[train], Y[train], C_grid, progress=progress, **fit_kwargs)
-        for p, (W, b) in enumerate(path):
-            scores = X[val] @ W.T + b
+        path = fold_scores(X[train], Y[train], X[val], C_grid, progress=progress, **fit_kwargs)
+        for p, scores in enumerate(path):
             for k in range(n_classes):
                 if (Y[val, k] == 1).any():
                     totals[k, p] += voc_ap(scores[:, k], Y[val, k])
@@ -74,7 +91,7 @@ def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
 
 
 def select_shared_C(X, Y, C_grid, *, strata, cv=5, random_state=0, progress=None,
-                    **fit_kwargs):
+                    fold_scores=svm_fold_scores, **fit_kwargs):
     """One C for all classes: cross-validated mean class recall of the argmax prediction.
 
     Every training image is predicted once by the SVMs fitted without its fold (out-of-fold
@@ -91,6 +108,8 @@ def select_shared_C(X, Y, C_grid, *, strata, cv=5, random_state=0, progress=None
         Class index of each image (also stratifies the folds).
     cv : int or float
         Folds, or a held-out fraction (then only the held-out images are predicted).
+    fold_scores : callable
+        The probe's held-out scores at each grid value (see `select_C`).
 
     Returns
     -------
@@ -102,9 +121,8 @@ def select_shared_C(X, Y, C_grid, *, strata, cv=5, random_state=0, progress=None
     predicted = np.full((len(C_grid), len(Y)), -1)
     held = np.zeros(len(Y), dtype=bool)
     for train, val in cv_folds(len(Y), strata, cv, random_state):
-        path = fit_path(X[train], Y[train], C_grid, progress=progress, **fit_kwargs)
-        for p, (W, b) in enumerate(path):
-            scores = X[val] @ W.T + b
+        path = fold_scores(X[train], Y[train], X[val], C_grid, progress=progress, **fit_kwargs)
+        for p, scores in enumerate(path):
             predicted[p, val] = (scores[:, 0] > 0) if scores.shape[1] == 1 else scores.argmax(1)
         held[val] = True
     recalls = np.array([mean_class_recall(strata[held], predicted[p, held])
