@@ -158,9 +158,9 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
         test_per_class=test_per_class, splits_file=splits_file, verbose=not quiet,
     )
     try:
-        run = run_evaluation(features, settings, layer=layer, probes=probes, train_sizes=train_sizes,
+        run = run_evaluation(features, settings, probes=probes, train_sizes=train_sizes,
                              out=out, aggregate=aggregate, block_l2=block_l2, root=root,
-                             overwrite=overwrite, strict=strict, echo=click.echo)
+                             overwrite=overwrite, strict=strict, layer=layer, echo=click.echo)
     except (EvaluationInputError, DatasetLayoutError) as exc:
         raise input_error(exc) from None
     click.echo(f"wrote {len(run.files)} files to {run.out}")
