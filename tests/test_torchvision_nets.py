@@ -274,3 +274,32 @@ def test_feature_extractor_takes_an_arch(tmp_path):
     rows = extractor.fit_transform([image])
     assert rows.shape == (1, 512) and extractor.config_.layer == "features"
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1, rtol=1e-5)
+
+
+def test_folded_batch_norms_give_the_same_maps_and_leave_the_net_alone():
+    """The engine's copy (vggfeat.models.inference): every conv -> batch norm pair folded,
+    module names kept (any layer still readable), the caller's net unchanged."""
+    from torch import nn
+
+    from vggfeat.models.inference import inference_copy
+
+    net = random_net("resnet18")
+    with torch.no_grad():  # statistics far from 0/1, so that folding matters
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    copy = inference_copy(net, torch.device("cpu"))
+    # all but bn1, whose input is a readable layer (conv1), are folded
+    assert [n for n, m in copy.named_modules() if isinstance(m, nn.BatchNorm2d)] == ["bn1"]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 20
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    x = torch.rand(2, 3, 96, 128)
+    with torch.inference_mode():
+        want = net.eval().dense_layers(x, ["conv1", "layer2", "layer4"])
+        got = copy.dense_layers(x.contiguous(memory_format=torch.channels_last),
+                                ["conv1", "layer2", "layer4"])
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5 *
+                                   want[name].abs().max().item())
