@@ -303,3 +303,34 @@ def test_folded_batch_norms_give_the_same_maps_and_leave_the_net_alone():
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5 *
                                    want[name].abs().max().item())
+
+
+@pytest.mark.parametrize("arch, layer, node", [
+    ("resnet18", "layer3", "layer3"), ("resnet18", "layer2.1", "layer2.1"),
+    pytest.param("efficientnet_b0", "features.5", "features.5", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_layer_descriptor_equals_float64_torchvision(arch, layer, node, pool, tmp_path):
+    """An intermediate layer, pooled by mean or max, against torchvision's own module in
+    float64, read with torchvision's create_feature_extractor (independent of vggfeat's
+    stage runner and of the engine's folded batch norms)."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = random_net(arch, seed=5)
+    pixels = random_rgb(40, 56, seed=6)
+    config = DescriptorConfig.from_model(model, (224,), layer=layer, pool=pool)
+    (result,) = Engine(model, config, device="cpu").run([(0, write_png(tmp_path / "a.png",
+                                                                       pixels))])
+    net = torchvision_model(model.arch, model.meta["num_classes"], init=False)
+    net.load_state_dict(model.state_dict())
+    extractor = create_feature_extractor(net.double().eval(), [node])
+    pre = model.meta["preprocessing"]
+    x = (reference_resize(pixels, 224) - np.array(pre["mean"])[:, None, None]) \
+        / np.array(pre["std"])[:, None, None]
+    x = torch.from_numpy(np.ascontiguousarray(x))[None]
+    with torch.no_grad():
+        maps = extractor(torch.cat([x, x.flip(-1)]))[node]
+    pooled = maps.mean((2, 3)) if pool == "avg" else maps.amax((2, 3))
+    expected = pooled.mean(0).numpy()
+    assert np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(result.descriptor[0], expected, rtol=1e-4,
+                               atol=2e-5 * np.abs(expected).max())
