@@ -157,8 +157,14 @@ def test_caltech_splits_file_repeats_a_run(tmp_path):
     again = _invoke(path, "--out", tmp_path / "b", "--splits-file", tmp_path / "a" / "splits.csv",
                     *FAST)
     assert again.exit_code == 0, again.output
-    results = [(tmp_path / run / "results.csv").read_text() for run in ("a", "b")]
-    assert results[0] == results[1]
+    # The same file as a spreadsheet saves it: a byte-order mark and CRLF line ends.
+    saved = tmp_path / "saved.csv"
+    saved.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "a" / "splits.csv").read_text()
+                      .replace("\r\n", "\n").replace("\n", "\r\n").encode())
+    again = _invoke(path, "--out", tmp_path / "c", "--splits-file", saved, *FAST)
+    assert again.exit_code == 0, again.output
+    results = [(tmp_path / run / "results.csv").read_text() for run in ("a", "b", "c")]
+    assert results[0] == results[1] == results[2]
 
 
 def test_bad_options_are_refused(voc, tmp_path):
