@@ -131,22 +131,9 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
 
 
-def plot_pr(result: Result, out: Path, echo=None) -> list[Path]:
-    """One PNG per evaluated split: a grid with each class's precision-recall curve. A
-    split's plot that cannot be drawn is a warning through `echo` (`draw_plot`)."""
-    written = []
-    for split, curves in result.curves.items():
-        if not curves:
-            continue
-        path = out / f"pr_{_safe(split)}.png"
-        if draw_plot(lambda s=split, c=curves, p=path: plot_pr_split(result, s, c, p),
-                     path, echo):
-            written.append(path)
-    return written
-
-
 def plot_pr_split(result: Result, split: str, curves: dict, path: Path) -> Path:
-    """`path`: a grid with each class's precision-recall curve on one split."""
+    """`path` (``pr_<split>.png``): a grid with each class's precision-recall curve on
+    one split."""
     plt = pyplot()
     ap = {(str(r["split"]), r["class"]): r.get("ap_voc10") for r in result.rows}
     cols = min(5, len(curves))
@@ -299,19 +286,32 @@ def write_report(result: Result, out, settings: dict, inputs: list[dict],
     if counts is not None:
         files["confusion_csv"] = _write_confusion_csv(out / "confusion.csv", result.classes,
                                                       counts)
+    plots = _plots(result, counts, out)
     summary = _summary(result, out, settings, inputs, paper, left_out)
-    _write_summary(summary, result, out, files)  # the results are whole before any plot
-    plots = {f"pr{k}": path for k, path in enumerate(plot_pr(result, out, echo))}
-    if counts is not None:
-        plots["recall"] = draw_plot(lambda: plot_recall(result, out), out / "recall.png",
-                                    echo)
-        plots["confusion"] = draw_plot(lambda: plot_confusion(result, counts, out),
-                                       out / "confusion.png", echo)
-    files.update({key: path for key, path in plots.items() if path is not None})
-    if any(path is not None for path in plots.values()):  # list the plots drawn
-        _write_summary(summary, result, out, files)
+    # The results are whole before any plot is drawn; summary.json lists the plots to come
+    # (so a run's files are the same whether or not it was killed while drawing them) and
+    # is written again only without a plot that could not be drawn.
+    _write_summary(summary, result, out, [*files.values(), *plots])
+    drawn = {path: draw_plot(draw, path, echo) for path, draw in plots.items()}
+    files.update({path.stem: path for path in drawn.values() if path is not None})
+    if None in drawn.values():
+        _write_summary(summary, result, out, files.values())
     files["summary"] = out / "summary.json"
     return files
+
+
+def _plots(result: Result, counts: np.ndarray | None, out: Path) -> dict:
+    """Each plot's path -> a function that draws it: a precision-recall grid per split
+    with curves, and for multi-class data the recall per class and the confusion matrix."""
+    plots = {}
+    for split, curves in result.curves.items():
+        if curves:
+            path = out / f"pr_{_safe(split)}.png"
+            plots[path] = (lambda s=split, c=curves, p=path: plot_pr_split(result, s, c, p))
+    if counts is not None:
+        plots[out / "recall.png"] = lambda: plot_recall(result, out)
+        plots[out / "confusion.png"] = lambda: plot_confusion(result, counts, out)
+    return plots
 
 
 def _summary(result: Result, out: Path, settings: dict, inputs: list[dict],
@@ -330,8 +330,8 @@ def _summary(result: Result, out: Path, settings: dict, inputs: list[dict],
     return summary
 
 
-def _write_summary(summary: dict, result: Result, out: Path, files: dict) -> None:
-    listed = [*files.values(), *result.files, out / "summary.json"]
+def _write_summary(summary: dict, result: Result, out: Path, files) -> None:
+    listed = [*files, *result.files, out / "summary.json"]
     summary["files"] = sorted({_relative(p, out) for p in listed})
     atomic.write_text(out / "summary.json",
                       json.dumps(summary, indent=2, default=jsonable) + "\n")
