@@ -157,8 +157,14 @@ def test_caltech_splits_file_repeats_a_run(tmp_path):
     again = _invoke(path, "--out", tmp_path / "b", "--splits-file", tmp_path / "a" / "splits.csv",
                     *FAST)
     assert again.exit_code == 0, again.output
-    results = [(tmp_path / run / "results.csv").read_text() for run in ("a", "b")]
-    assert results[0] == results[1]
+    # The same file as a spreadsheet saves it: a byte-order mark and CRLF line ends.
+    saved = tmp_path / "saved.csv"
+    saved.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "a" / "splits.csv").read_text()
+                      .replace("\r\n", "\n").replace("\n", "\r\n").encode())
+    again = _invoke(path, "--out", tmp_path / "c", "--splits-file", saved, *FAST)
+    assert again.exit_code == 0, again.output
+    results = [(tmp_path / run / "results.csv").read_text() for run in ("a", "b", "c")]
+    assert results[0] == results[1] == results[2]
 
 
 def test_bad_options_are_refused(voc, tmp_path):
@@ -240,3 +246,32 @@ def test_other_probes_record_their_choice_and_refuse_bad_lists(voc, tmp_path):
         result = _invoke(d, option, bad, "--out", tmp_path / "bad")
         assert result.exit_code == 2 and option in result.output, (option, bad)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_plot_that_cannot_be_drawn_is_a_warning_not_a_failed_run(tmp_path, monkeypatch):
+    """The results are written before any plot; a plot that raises (here after leaving
+    half a file) is one warning naming it, is not left behind, and is not listed."""
+    from vggfeat.evaluation import report
+
+    data = make_caltech(tmp_path / "data", "101", per_class=8)
+    x = class_descriptors(data.labels["all"], dim=16, scales=1, noise=0.4)
+    path = write_feature_cache(tmp_path / "c.h5", dataset="caltech101", root=data.root,
+                               ids=data.ids["all"], descriptors=x)
+
+    def broken_plot(result, out):
+        (out / "recall.png").write_bytes(b"\x89PNG half")  # what a crash mid-write leaves
+        raise ValueError("'xerr' must not contain negative values")
+
+    monkeypatch.setattr(report, "plot_recall", broken_plot)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["svm-eval", str(path), "--out", str(out),
+                                      "--train-per-class", "5", *FAST])
+    assert result.exit_code == 0, result.output
+    assert "warning: recall.png was not drawn (ValueError: 'xerr' must not contain" \
+        in result.output
+    assert not (out / "recall.png").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert "recall.png" not in summary["files"]
+    for name in ("results.csv", "scores.csv", "splits.csv", "confusion.csv",
+                 "confusion.png"):
+        assert name in summary["files"] and (out / name).stat().st_size > 0

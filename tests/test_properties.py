@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -204,3 +204,117 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+# -- plots over degenerate figures ----------------------------------------------------------
+# A plot is drawn after the results are written, and must not fail on figures a real run
+# makes: every class with the same recall on every split, all zero, one split, one class,
+# and extreme but finite values (the smallest subnormal, one ulp below 1).
+
+EXTREMES = (0.0, 1.0, 5e-324, 1e-300, 1 - 2 ** -53, 0.1, 1 / 3)
+PLOTS = settings(max_examples=12, deadline=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                        HealthCheck.too_slow])
+
+
+@st.composite
+def figures(draw, max_rows=5, max_cols=4):
+    """(rows, cols) values in [0, 1]: all equal, all zero, extremes, or any."""
+    shape = (draw(st.integers(1, max_rows)), draw(st.integers(1, max_cols)))
+    kind = draw(st.sampled_from(["equal", "zero", "extreme", "any"]))
+    if kind == "zero":
+        return np.zeros(shape)
+    if kind == "equal":
+        return np.full(shape, draw(st.sampled_from(EXTREMES) | st.floats(0, 1)))
+    elements = st.sampled_from(EXTREMES) if kind == "extreme" else st.floats(0, 1)
+    values = draw(st.lists(elements, min_size=shape[0] * shape[1],
+                           max_size=shape[0] * shape[1]))
+    return np.array(values).reshape(shape)
+
+
+def _png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _recall_result(table):
+    """A multi-class Result: class k's recall on split s is table[k, s]."""
+    from vggfeat.evaluation.protocols import Result
+
+    classes = tuple(f"class {k}" for k in range(table.shape[0]))
+    rows = [{"split": s, "class": c, "C": 1.0, "recall": float(table[k, s])}
+            for s in range(table.shape[1]) for k, c in enumerate(classes)]
+    return Result("folder", "", classes, rows=rows,
+                  headline={"mean_class_recall": float(table.mean())})
+
+
+@PLOTS
+@given(figures())
+@example(np.full((2, 3), 0.1))  # the mean of three 0.1s is not 0.1: no negative error bar
+def test_recall_plot_draws_any_recalls(tmp_path, table):
+    from vggfeat.evaluation import report
+
+    assert _png(report.plot_recall(_recall_result(table), tmp_path))
+
+
+@PLOTS
+@given(st.integers(1, 6), st.sampled_from(["zero", "equal", "huge", "any"]), st.data())
+def test_confusion_plot_draws_any_counts(tmp_path, k, kind, data):
+    from vggfeat.evaluation import report
+
+    if kind == "zero":
+        counts = np.zeros((k, k), np.int64)
+    elif kind == "equal":
+        counts = np.full((k, k), data.draw(st.integers(0, 2 ** 40)), np.int64)
+    else:
+        top = 2 ** 40 if kind == "huge" else 50
+        counts = data.draw(arrays(np.int64, (k, k), elements=st.integers(0, top)))
+    result = _recall_result(np.full((k, 2), 0.5))
+    assert _png(report.plot_confusion(result, counts, tmp_path))
+
+
+@PLOTS
+@given(figures(max_rows=4, max_cols=6), st.data())
+def test_precision_recall_plot_draws_any_curves(tmp_path, table, data):
+    """One curve per row of `table` (as precision and recall, cut to a drawn length)."""
+    from vggfeat.evaluation import report
+    from vggfeat.evaluation.protocols import Result
+
+    classes = tuple(f"c{k}" for k in range(table.shape[0]))
+    curves = {}
+    for k, c in enumerate(classes):
+        n = data.draw(st.integers(0, table.shape[1]))
+        curves[c] = (table[k, :n], np.sort(table[k, :n]))
+    rows = [{"split": "test", "class": c, "ap_voc10": float(table[k].mean())}
+            for k, c in enumerate(classes)]
+    result = Result("voc2007", "", classes, rows=rows, curves={"test": curves})
+    assert _png(report.plot_pr_split(result, "test", curves, tmp_path / "pr.png"))
+
+
+@PLOTS
+@given(figures(max_rows=3, max_cols=4), st.lists(st.sampled_from([1, 2, 5, 10 ** 6]),
+                                                  min_size=1, max_size=3, unique=True))
+def test_learning_curve_plot_draws_any_figures(tmp_path, table, sizes):
+    """Row s of `table`: the metric on split s, the same at every size and probe."""
+    from vggfeat.evaluation.learning_curve import plot_curve
+
+    rows = [{"probe": probe, "train_per_class": n, "split": s, "mean_class_recall": v}
+            for probe in ("svm", "knn") for n in sorted(sizes)
+            for s, v in enumerate(table[:, 0])]
+    assert _png(plot_curve(rows, "mean_class_recall", tmp_path / "curve.png"))
+
+
+@PLOTS
+@given(figures(max_rows=4, max_cols=3))
+def test_comparison_plot_draws_any_runs(tmp_path, table):
+    """Column r of `table`: run r's recall of each class (row) and its headline."""
+    from vggfeat.evaluation.compare import Run, plot_comparison
+
+    runs = []
+    for r in range(table.shape[1]):
+        summary = {"dataset": "folder", "headline": {
+            "headline": "mean_class_recall", "mean_class_recall": float(table[:, r].mean()),
+            "mean_class_recall_std": float(table[:, r].std())}}
+        rows = [{"split": "0", "class": f"c{k}", "recall": str(v)}
+                for k, v in enumerate(table[:, r])]
+        runs.append(Run(tmp_path / f"run{r}", f"run{r}", summary, rows))
+    assert _png(plot_comparison(runs, tmp_path / "compare.png"))

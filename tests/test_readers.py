@@ -249,6 +249,69 @@ def test_csv_repeated_rows_give_multi_label_and_errors_name_line(tmp_path):
         open_dataset("csv", tmp_path)
 
 
+def _spreadsheet_csv(path, rows) -> None:
+    """`rows` as a spreadsheet's "CSV UTF-8": a byte-order mark, CRLF line ends, and
+    fields with commas or spaces quoted."""
+    import csv
+    import io
+
+    text = io.StringIO(newline="")
+    csv.writer(text, lineterminator="\r\n").writerows(rows)
+    path.write_bytes(b"\xef\xbb\xbf" + text.getvalue().encode("utf-8"))
+
+
+def test_a_spreadsheet_csv_with_bom_crlf_and_commas_in_paths_is_read(tmp_path):
+    names = ["pets, 2024/cat one.jpg", "pets, 2024/dog, big.jpg", "café plain.jpg"]
+    for k, name in enumerate(names):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (40 * k, 0, 0)).save(tmp_path / name)
+    _spreadsheet_csv(tmp_path / "labels.csv", [["path", "label", "split"],
+                                               [names[0], "cat", "train"],
+                                               [names[1], "dog", "train"],
+                                               [names[2], "cat", "test"]])
+    assert (tmp_path / "labels.csv").read_bytes().startswith(b"\xef\xbb\xbfpath,")
+    assert b'"pets, 2024/dog, big.jpg",dog,train\r\n' in (tmp_path / "labels.csv").read_bytes()
+    reader = open_dataset("csv", tmp_path)
+    assert [s.id for s in reader.images()] == sorted(names)
+    assert all(s.path.is_file() for s in reader.images())
+    assert reader.classes == ("cat", "dog") and reader.splits() == ("train", "test")
+    assert reader.labels("test").ids == [names[2]]
+
+
+def test_a_csv_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    from vggfeat.utils.errors import InputError
+
+    (tmp_path / "labels.csv").write_bytes("path,label\ncaf\u00e9.jpg,cat\n".encode("latin-1"))
+    with pytest.raises(InputError, match="labels.csv: not UTF-8.*CSV UTF-8"):
+        open_dataset("csv", tmp_path)
+
+
+def test_a_spreadsheet_csv_of_localisation_boxes_is_read(tmp_path):
+    from vggfeat.data.readers.ilsvrc import read_localisation
+
+    for name in ("a, 1.jpg", "b.jpg"):
+        Image.new("RGB", (20, 20)).save(tmp_path / name)
+    _spreadsheet_csv(tmp_path / "boxes.csv",
+                     [["path", "label", "xmin", "ymin", "xmax", "ymax", "split"],
+                      ["a, 1.jpg", "cat", "1", "2", "10", "12", "train"],
+                      ["b.jpg", "dog", "0", "0", "5.5", "6", "train"]])
+    boxes = read_localisation(tmp_path / "boxes.csv", "train")
+    assert boxes.paths == ("a, 1.jpg", "b.jpg") and boxes.classes == ("cat", "dog")
+    np.testing.assert_array_equal(boxes.boxes[1], [[0, 0, 5.5, 6]])
+
+
+def test_a_spreadsheet_splits_file_is_read(tmp_path):
+    from vggfeat.data.readers import Labels
+    from vggfeat.evaluation.protocols.splits import read_splits
+
+    labels = Labels(["a, 1.jpg", "b.jpg"], ("cat", "dog"), np.array([[1, -1], [-1, 1]]))
+    _spreadsheet_csv(tmp_path / "splits.csv", [["split", "id", "class", "subset"],
+                                               ["0", "a, 1.jpg", "cat", "train"],
+                                               ["0", "b.jpg", "dog", "test"]])
+    assert read_splits(tmp_path / "splits.csv", labels) == [{"a, 1.jpg": "train",
+                                                              "b.jpg": "test"}]
+
+
 def test_open_dataset_rejects_unknown_names_and_options(tmp_path):
     assert len(DATASETS) == 7
     with pytest.raises(ValueError, match="voc2007"):

@@ -49,7 +49,7 @@ def compare(results, out, per_class, overwrite):
     if out is None:
         return
     try:
-        written = write_comparison(runs, out, overwrite=overwrite)
+        written = write_comparison(runs, out, overwrite=overwrite, echo=click.echo)
     except CompareError as error:  # compare.csv or compare.png already there
         raise input_error(error) from None
     for path in written:

@@ -1,7 +1,6 @@
 """`vggfeat svm-eval`: linear SVMs on cached descriptors, with the dataset's protocol."""
 from __future__ import annotations
 
-import csv
 import math
 import sys
 from pathlib import Path
@@ -62,10 +61,12 @@ def check_splits_file(ctx, param, value):
     """A splits.csv written by an earlier svm-eval: its header names split, id and subset."""
     if value is None:
         return None
+    from vggfeat.utils.tables import TableEncodingError, csv_rows
+
     try:
-        with open(value, newline="", encoding="utf-8") as handle:
-            header = next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError) as error:
+        with csv_rows(value) as reader:  # a spreadsheet's byte-order mark and CRLF too
+            header = reader.fieldnames or []
+    except (OSError, TableEncodingError) as error:
         raise click.BadParameter(f"{value}: cannot be read as CSV ({error})") from None
     if not {"split", "id", "subset"} <= {h.strip() for h in header}:
         raise click.BadParameter(

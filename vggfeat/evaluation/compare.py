@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vggfeat.evaluation.plotting import draw_plot, pyplot
 from vggfeat.utils import atomic
 
 
@@ -251,8 +252,10 @@ def format_comparison(runs: list[Run], per_class: bool = True) -> str:
 COMPARISON_FILES = ("compare.csv", "compare.png")
 
 
-def write_comparison(runs: list[Run], out, *, overwrite: bool = False) -> list[Path]:
-    """compare.csv and compare.png in `out`; existing ones are replaced only on `overwrite`."""
+def write_comparison(runs: list[Run], out, *, overwrite: bool = False,
+                     echo=None) -> list[Path]:
+    """compare.csv and compare.png in `out`; existing ones are replaced only on `overwrite`.
+    A compare.png that cannot be drawn is a warning through `echo` (`draw_plot`)."""
     out = Path(out)
     targets = [out / name for name in COMPARISON_FILES]
     existing = [str(t) for t in targets if t.exists()]
@@ -260,7 +263,9 @@ def write_comparison(runs: list[Run], out, *, overwrite: bool = False) -> list[P
         raise CompareError(f"{', '.join(existing)} exists; choose another --out, or "
                            "--overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
-    return [write_comparison_csv(runs, targets[0]), plot_comparison(runs, targets[1])]
+    written = [write_comparison_csv(runs, targets[0])]
+    drawn = draw_plot(lambda: plot_comparison(runs, targets[1]), targets[1], echo)
+    return written + ([drawn] if drawn else [])
 
 
 def write_comparison_csv(runs: list[Run], path: Path) -> Path:
@@ -291,11 +296,7 @@ def plot_labels(runs: list[Run]) -> list[str]:
 def plot_comparison(runs: list[Run], path: Path) -> Path:
     """Left: each run's headline with its spread over splits. Right: each class's figure
     per run (one marker per run), classes in the first run's order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     classes, per = class_table(runs)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     height = max(3.5, 0.25 * len(classes) + 1.5)

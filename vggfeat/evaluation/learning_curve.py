@@ -27,6 +27,7 @@ import numpy as np
 
 from vggfeat.evaluation import run as single
 from vggfeat.evaluation.inputs import EvaluationInputError
+from vggfeat.evaluation.plotting import draw_plot, pyplot
 from vggfeat.evaluation.protocols import Settings
 from vggfeat.utils import atomic
 from vggfeat.utils.atomic import ForeignFileError
@@ -81,7 +82,7 @@ def run_evaluation(caches: Sequence, settings: Settings, *, probes: Sequence[str
                                   for s, r in zip(plan.values(), runs, strict=True)})
     result.files = sorted(f for r in runs for f in r.files)
     if curve:
-        result.files += [str(p) for p in write_curve(result, out, plan)]
+        result.files += [str(p) for p in write_curve(result, out, plan, echo)]
     return result
 
 
@@ -131,8 +132,9 @@ def curve_rows(result: EvaluationRuns) -> list[dict]:
     return rows
 
 
-def write_curve(result: EvaluationRuns, out: Path, plan: dict) -> list[Path]:
-    """learning_curve.json (first: it claims the other two), .csv and .png in `out`."""
+def write_curve(result: EvaluationRuns, out: Path, plan: dict, echo=None) -> list[Path]:
+    """learning_curve.json (first: it claims the other two), .csv and .png in `out`; a
+    .png that cannot be drawn is a warning through `echo` (`draw_plot`), not an error."""
     rows = curve_rows(result)
     metric = list(rows[0])[-1]
     record = {"kind": CURVE_KIND, "metric": metric,
@@ -145,17 +147,14 @@ def write_curve(result: EvaluationRuns, out: Path, plan: dict) -> list[Path]:
         writer.writeheader()
         writer.writerows(rows)
     written.append(out / "learning_curve.csv")
-    written.append(plot_curve(rows, metric, out / "learning_curve.png"))
-    return written
+    png = out / "learning_curve.png"
+    drawn = draw_plot(lambda: plot_curve(rows, metric, png), png, echo)
+    return written + ([drawn] if drawn else [])
 
 
 def plot_curve(rows: list[dict], metric: str, path: Path) -> Path:
     """Mean +- std (over splits) of the metric per training size, one line per probe."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     sizes = sorted({r["train_per_class"] for r in rows})
     for probe in dict.fromkeys(r["probe"] for r in rows):

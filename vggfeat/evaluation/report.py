@@ -18,6 +18,9 @@ Files written to the output folder:
 - ``recall.png``, ``confusion.png``, ``confusion.csv`` (multi-class data): recall of each
   class (mean and spread over splits) and the confusion matrix summed over splits.
 - plus the protocol's own files (``splits.csv``, VOC server submission files).
+
+The results (CSV files, summary.json) are written first; a plot that cannot be drawn is
+then a warning naming it, never a failed run, and summary.json does not list it.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from vggfeat.evaluation.inputs import PAPER_NETS
+from vggfeat.evaluation.plotting import draw_plot, pyplot
 from vggfeat.evaluation.protocols import Result
 from vggfeat.utils import atomic
 
@@ -127,49 +131,37 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_pr(result: Result, out: Path) -> list[Path]:
-    """One PNG per evaluated split: a grid with each class's precision-recall curve."""
-    plt = _pyplot()
-    written = []
+def plot_pr_split(result: Result, split: str, curves: dict, path: Path) -> Path:
+    """`path` (``pr_<split>.png``): a grid with each class's precision-recall curve on
+    one split."""
+    plt = pyplot()
     ap = {(str(r["split"]), r["class"]): r.get("ap_voc10") for r in result.rows}
-    for split, curves in result.curves.items():
-        if not curves:
-            continue
-        cols = min(5, len(curves))
-        rows = math.ceil(len(curves) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.8 * rows + 0.5),
-                                 squeeze=False, sharex=True, sharey=True)
-        for ax in axes.flat[len(curves):]:
-            ax.axis("off")
-        for ax, (name, (precision, recall)) in zip(axes.flat, curves.items(), strict=False):
-            ax.plot(np.concatenate([[0], recall]), np.concatenate([[1], precision]), lw=1.5)
-            ax.set_title(f"{name}: AP {100 * ap[(split, name)]:.1f}", fontsize=10)
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1.02)
-            ax.grid(alpha=0.3)
-            ax.tick_params(labelsize=8)
-        for ax in axes[-1]:
-            ax.set_xlabel("recall", fontsize=9)
-        for ax in axes[:, 0]:
-            ax.set_ylabel("precision", fontsize=9)
-        where = f"split {split}" if split.isdigit() else split
-        fig.suptitle(f"{result.dataset}, {where}: precision-recall per class "
-                     "(AP: VOC 2010+ area under the curve)", fontsize=11)
-        fig.tight_layout()
-        path = out / f"pr_{_safe(split)}.png"
-        _savefig(fig, path)
-        plt.close(fig)
-        written.append(path)
-    return written
+    cols = min(5, len(curves))
+    rows = math.ceil(len(curves) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.8 * rows + 0.5),
+                             squeeze=False, sharex=True, sharey=True)
+    for ax in axes.flat[len(curves):]:
+        ax.axis("off")
+    for ax, (name, (precision, recall)) in zip(axes.flat, curves.items(), strict=False):
+        ax.plot(np.concatenate([[0], recall]), np.concatenate([[1], precision]), lw=1.5)
+        value = ap.get((split, name))
+        shown = "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+        ax.set_title(f"{name}: AP {shown}", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("recall", fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("precision", fontsize=9)
+    where = f"split {split}" if split.isdigit() else split
+    fig.suptitle(f"{result.dataset}, {where}: precision-recall per class "
+                 "(AP: VOC 2010+ area under the curve)", fontsize=11)
+    fig.tight_layout()
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
 
 
 def confusion_matrix(result: Result) -> np.ndarray | None:
@@ -197,7 +189,7 @@ def plot_recall(result: Result, out: Path) -> Path | None:
     the mean class recall as a line. None for results without per-class recall."""
     if not result.rows or "recall" not in result.rows[0]:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     classes = list(result.classes)
     per = {c: [r["recall"] for r in result.rows if r["class"] == c] for c in classes}
     mean = np.array([np.mean(per[c]) for c in classes]) * 100
@@ -231,7 +223,7 @@ def plot_recall(result: Result, out: Path) -> Path | None:
 def plot_confusion(result: Result, counts: np.ndarray, out: Path) -> Path:
     """The confusion matrix, each row divided by its class's test images (so the diagonal
     is each class's recall), with the counts written in the cells when they fit."""
-    plt = _pyplot()
+    plt = pyplot()
     classes = list(result.classes)
     k = len(classes)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -277,8 +269,11 @@ def splits_evaluated(result: Result) -> int:
 
 
 def write_report(result: Result, out, settings: dict, inputs: list[dict],
-                 paper: dict | None = None, left_out: dict | None = None) -> dict[str, Path]:
-    """Write results.csv, summary.json, scores.csv and the PR plots to `out`.
+                 paper: dict | None = None, left_out: dict | None = None,
+                 echo=None) -> dict[str, Path]:
+    """Write results.csv, scores.csv, confusion.csv and summary.json to `out`, then the
+    plots, each through `draw_plot`: one that cannot be drawn is a warning through `echo`
+    (``err=True``), never a failed run, and summary.json lists only the plots drawn.
 
     `left_out`: the images left out for want of a descriptor, kept in summary.json apart
     from ``settings`` (which a rerun compares with its own).
@@ -287,29 +282,59 @@ def write_report(result: Result, out, settings: dict, inputs: list[dict],
     out.mkdir(parents=True, exist_ok=True)
     files = {"results": _write_csv(out / "results.csv", result.rows),
              "scores": _write_csv(out / "scores.csv", result.scores)}
-    for k, path in enumerate(plot_pr(result, out)):
-        files[f"pr{k}"] = path
     counts = confusion_matrix(result)
     if counts is not None:
-        files["recall"] = plot_recall(result, out)
-        files["confusion"] = plot_confusion(result, counts, out)
         files["confusion_csv"] = _write_confusion_csv(out / "confusion.csv", result.classes,
                                                       counts)
-    listed = [*files.values(), *result.files, out / "summary.json"]
+    plots = _plots(result, counts, out)
+    summary = _summary(result, out, settings, inputs, paper, left_out)
+    # The results are whole before any plot is drawn; summary.json lists the plots to come
+    # (so a run's files are the same whether or not it was killed while drawing them) and
+    # is written again only without a plot that could not be drawn.
+    _write_summary(summary, result, out, [*files.values(), *plots])
+    drawn = {path: draw_plot(draw, path, echo) for path, draw in plots.items()}
+    files.update({path.stem: path for path in drawn.values() if path is not None})
+    if None in drawn.values():
+        _write_summary(summary, result, out, files.values())
+    files["summary"] = out / "summary.json"
+    return files
+
+
+def _plots(result: Result, counts: np.ndarray | None, out: Path) -> dict:
+    """Each plot's path -> a function that draws it: a precision-recall grid per split
+    with curves, and for multi-class data the recall per class and the confusion matrix."""
+    plots = {}
+    for split, curves in result.curves.items():
+        if curves:
+            path = out / f"pr_{_safe(split)}.png"
+            plots[path] = (lambda s=split, c=curves, p=path: plot_pr_split(result, s, c, p))
+    if counts is not None:
+        plots[out / "recall.png"] = lambda: plot_recall(result, out)
+        plots[out / "confusion.png"] = lambda: plot_confusion(result, counts, out)
+    return plots
+
+
+def _summary(result: Result, out: Path, settings: dict, inputs: list[dict],
+             paper: dict | None, left_out: dict | None) -> dict:
+    """summary.json's content but its ``files`` (see the module docstring)."""
     summary = {
         "dataset": result.dataset, "protocol": result.protocol, "inputs": inputs,
         "settings": settings, "classes": list(result.classes),
         "headline": {k: v for k, v in result.headline.items()},
         **_chosen(result), "paper": paper,
         "n_splits": splits_evaluated(result),
-        "files": sorted({_relative(p, out) for p in listed}),
+        "files": [],
     }
     if left_out:
         summary["left_out"] = left_out
-    path = out / "summary.json"
-    atomic.write_text(path, json.dumps(summary, indent=2, default=jsonable) + "\n")
-    files["summary"] = path
-    return files
+    return summary
+
+
+def _write_summary(summary: dict, result: Result, out: Path, files) -> None:
+    listed = [*files, *result.files, out / "summary.json"]
+    summary["files"] = sorted({_relative(p, out) for p in listed})
+    atomic.write_text(out / "summary.json",
+                      json.dumps(summary, indent=2, default=jsonable) + "\n")
 
 
 def _chosen(result: Result) -> dict:

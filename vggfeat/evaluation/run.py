@@ -154,7 +154,7 @@ def _evaluate(out: Path, reader, features: Features, settings: Settings, recorde
     table = report.format_table(result, paper)
     echo(table)  # before the files: the figures are seen even if writing fails
     files = report.write_report(result, out, recorded, sources, paper,
-                                left_out=left_out.record() if left_out else None)
+                                left_out=left_out.record() if left_out else None, echo=echo)
     output_folder.release_outputs(out)
     written = sorted(str(p) for p in list(files.values()) + result.files)
     return SvmEvalRun(result, out, paper, table, written, left_out)

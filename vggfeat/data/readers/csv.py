@@ -1,7 +1,6 @@
 """Labels given as tables: a CSV file of paths and labels, or the labels stored in a cache."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -15,6 +14,7 @@ from vggfeat.data.readers.base import (
     one_hot_labels,
     require_file,
 )
+from vggfeat.utils.tables import csv_rows
 
 
 class CSVReader(DatasetReader):
@@ -46,8 +46,7 @@ class CSVReader(DatasetReader):
         self.multi_label = any(len(v) != 1 for v in self._label_of.values())
 
     def _read(self) -> None:
-        with self.csv_path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
+        with csv_rows(self.csv_path) as reader:  # a spreadsheet's BOM and CRLF too
             header = [h.strip() for h in (reader.fieldnames or [])]
             label_col = "labels" if "labels" in header else "label"
             if "path" not in header or label_col not in header:

@@ -17,7 +17,6 @@ boxes of it. Problems a user can fix raise `LocalisationDataError` naming the fi
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from vggfeat.data.images import is_image_file
 from vggfeat.data.readers.base import DatasetLayoutError
 from vggfeat.data.readers.folders import class_folders
 from vggfeat.data.readers.voc import parse_voc_objects
+from vggfeat.utils.tables import csv_rows
 
 SPLITS = ("train", "val")
 CSV_COLUMNS = ("path", "label", "xmin", "ymin", "xmax", "ymax")
@@ -178,8 +178,7 @@ def read_csv(path: Path, split: str) -> LocImages:
 
 
 def _csv_rows(path: Path) -> list[tuple[int, dict]]:
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
+    with csv_rows(path) as reader:  # a spreadsheet's BOM and CRLF too
         header = [h.strip() for h in reader.fieldnames or []]
         if not set(CSV_COLUMNS) <= set(header):
             raise LocalisationDataError(f"{path}: expected columns {','.join(CSV_COLUMNS)}"

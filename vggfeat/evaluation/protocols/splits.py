@@ -9,6 +9,7 @@ import numpy as np
 from vggfeat.data.readers import Labels
 from vggfeat.evaluation.inputs import EvaluationInputError
 from vggfeat.utils import atomic
+from vggfeat.utils.tables import csv_rows
 
 
 def draw_splits(labels: Labels, n_train, n_test, n_splits: int, seed: int,
@@ -72,8 +73,8 @@ def read_splits(path: Path, labels: Labels) -> list[dict[str, str]]:
     """Splits written by `write_splits`, checked against the dataset's images."""
     known = set(labels.ids)
     splits: dict[int, dict[str, str]] = {}
-    with Path(path).open(newline="") as fh:
-        for lineno, row in enumerate(csv.DictReader(fh), start=2):
+    with csv_rows(path) as reader:  # a spreadsheet's BOM and CRLF too
+        for lineno, row in enumerate(reader, start=2):
             if row.get("subset") not in ("train", "test") or row.get("id") not in known \
                     or not str(row.get("split", "")).strip().isdigit():
                 raise EvaluationInputError(
