@@ -55,7 +55,8 @@ def test_stack_aggregation(tiny_weights, pictures):
 
 def test_bad_image_in_transform_names_the_file(tiny_weights, tmp_path):
     (tmp_path / "bad.jpg").write_text("no")
-    extractor = FeatureExtractor(weights=tiny_weights, scales=(64,), device="cpu").fit([0.5])
+    extractor = FeatureExtractor(weights=tiny_weights, scales=(64,), device="cpu").fit(
+        [tmp_path / "bad.jpg"])  # fit only loads the weights
     with pytest.raises(BadImageError, match="bad.jpg"):
         extractor.transform([tmp_path / "bad.jpg"])
 
