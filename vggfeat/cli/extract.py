@@ -175,7 +175,7 @@ def extract(dataset, root, weights, arch, download, scales, layer, pool, flip, b
             boxes=boxes, batch_size=batch_size,
             max_pixels=max_pixels or DEFAULT_MAX_PIXELS, workers=workers, device=device,
             precision=precision, dtype=dtype, overwrite=overwrite, dataset=dataset,
-            root=reader.root, reader_options=reader.options, progress=not quiet,
+            root=reader.root, reader_options=reader.options, progress=not quiet, cli=True,
             log=lambda message: click.echo(message, err=True))
     except (WeightsError, CacheError, ValueError) as error:
         raise input_error(error) from None

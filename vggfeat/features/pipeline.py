@@ -7,6 +7,7 @@ file, the others write shards that rank 0 merges), and bad images never stop the
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -17,10 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from vggfeat.features import cache
+from vggfeat.features.api_checks import (
+    array_image,
+    checked_device,
+    is_backbone,
+    refuse_one_rgb_array,
+)
 from vggfeat.features.descriptor import DescriptorConfig, layer_dims
 from vggfeat.features.engine import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, Engine
 from vggfeat.utils import distributed, locking
-from vggfeat.utils.devices import resolve_device
+from vggfeat.utils.errors import InputError, VggfeatError
 from vggfeat.utils.progress import progress_bar
 
 
@@ -51,6 +58,51 @@ def item_id(item) -> str:
     return str(getattr(item, "id", item))
 
 
+def python_ids(items: list, ids: Sequence | None, root) -> list[str]:
+    """The row ids of `extract_to_cache`'s items: `ids` when given (one per item), a
+    sample's id, a path relative to `root` when it lies under it (the CLI's folder ids,
+    e.g. "cat/001.jpg"), else the path as given. An in-memory image without `ids` is
+    refused: its repr is no id (and differs in the next process)."""
+    if ids is not None:
+        ids = [str(i) for i in ids]
+        if len(ids) != len(items):
+            raise InputError(f"ids has {len(ids)} entries for {len(items)} items; give one "
+                             "per item")
+        return ids
+    out = []
+    for k, item in enumerate(items):
+        if hasattr(item, "id"):
+            out.append(str(item.id))
+        elif isinstance(item, str | os.PathLike):
+            out.append(_relative_id(Path(item), root) or os.fspath(item))
+        else:
+            raise InputError(f"items[{k}] is an in-memory image ({type(item).__name__}): "
+                             "give ids=[...], one name per item (the cache's row ids)")
+    return out
+
+
+def _relative_id(path: Path, root) -> str | None:
+    if root is None:
+        return None
+    try:
+        return path.resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:  # not under root
+        return None
+
+
+def python_terms(message: str) -> str:
+    """A library message worded for the CLI (--out, --overwrite) in extract_to_cache's
+    arguments (path, overwrite=True)."""
+    names = {"out": "path", "overwrite": "overwrite=True", "weights": "weights"}
+    return re.sub(r"--([a-z][a-z0-9-]*)",
+                  lambda m: names.get(m.group(1), m.group(1).replace("-", "_")), message)
+
+
+def _engine_items(items: list) -> list:
+    """Arrays -> the engine's (3, H, W) tensors (checked ranges); the rest as they are."""
+    return [array_image(x) if isinstance(x, np.ndarray) else x for x in items]
+
+
 def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, model=None,
                      arch: str | None = None, download: bool = False,
                      scales: Sequence[int] = (256, 384, 512),
@@ -61,13 +113,16 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
                      root: str | os.PathLike | None = None, reader_options: dict | None = None,
                      progress: bool = True, log: Callable[[str], None] | None = None,
                      labels: Sequence | None = None, splits: Sequence[str] | None = None,
+                     ids: Sequence[str] | None = None, cli: bool = False,
                      ) -> ExtractSummary:
     """Compute the descriptors of `items` into the HDF5 cache at `path` (the CLI's file).
 
     Args:
         items: samples (objects with ``id``, ``path`` and optional ``box``, as
-            `vggfeat.data.readers.Sample`) or image paths (the id is the path as given).
-            Ids must be unique.
+            `vggfeat.data.readers.Sample`), image paths (the id is the path relative to
+            `root` when under it, as the CLI's folder ids, else the path as given), or
+            in-memory images (PIL images, (H, W[, 3]) arrays, an (n, H, W, 3) array) with
+            `ids`. Ids must be unique.
         path: the output file; ``path.partial`` while incomplete.
         weights: weights file or torchvision name (see `load_backbone`); or give `model`.
         model: an already loaded backbone instead of `weights`.
@@ -93,6 +148,9 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
             Stored in the file, so `vggfeat svm-eval FILE` can evaluate it (folder/csv
             protocol: 3 seeded splits, or the given `splits`).
         splits: optional, one per item: "train", "val" (joins training) or "test".
+        ids: optional, one per item: the row ids (required for in-memory images).
+        cli: internal: the CLI's wording of errors (--out) and its own report of bad
+            images; the Python default says `path=`/`overwrite=True` and logs bad images.
 
     Returns:
         ExtractSummary (the same on every rank).
@@ -104,18 +162,51 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
         vggfeat.utils.locking.LockedError: another process is writing `path`.
     """
     log = log or (lambda message: print(message, file=sys.stderr))
+    try:
+        summary = _extract(items, path, log, weights=weights, model=model, arch=arch,
+                           download=download, scales=scales, layer=layer, pool=pool, flip=flip,
+                           boxes=boxes, batch_size=batch_size, max_pixels=max_pixels,
+                           workers=workers, device=device, precision=precision, dtype=dtype,
+                           overwrite=overwrite, dataset=dataset, root=root,
+                           reader_options=reader_options, progress=progress, labels=labels,
+                           splits=splits, ids=ids)
+    except VggfeatError as error:
+        if not cli and len(error.args) == 1 and isinstance(error.args[0], str):
+            error.args = (python_terms(error.args[0]),)
+        raise
+    if not cli and distributed.rank() == 0:  # the docstring's promise: warnings on stderr
+        for image_id, reason in summary.failed:
+            log(f"bad image {image_id}: {reason}")
+    return summary
+
+
+def _extract(items, path, log, *, weights, model, arch, download, scales, layer, pool, flip,
+             boxes, batch_size, max_pixels, workers, device, precision, dtype, overwrite,
+             dataset, root, reader_options, progress, labels, splits, ids) -> ExtractSummary:
     start = time.perf_counter()
-    sources = {cache.ROOT_GROUP: list(items)}
+    if isinstance(items, str | os.PathLike):
+        raise InputError("items must be a sequence of images; wrap a single path in a list")
+    if isinstance(items, np.ndarray):
+        refuse_one_rgb_array(items)
+    items = list(items)
+    groups = {cache.ROOT_GROUP: python_ids(items, ids, root)}
+    sources = {cache.ROOT_GROUP: _engine_items(items)}
     if boxes:
         sources[cache.BOXES_GROUP] = list(boxes)
-    groups = {g: [item_id(s) for s in samples] for g, samples in sources.items()}
+        groups[cache.BOXES_GROUP] = [item_id(s) for s in boxes]
     for g, ids in groups.items():
         _check_unique(ids, g)
     table = None if labels is None else label_table(labels, splits, len(groups[cache.ROOT_GROUP]))
 
     check_out_is_not_an_input(Path(path), weights, [s for v in sources.values() for s in v])
-    device = distributed.init(resolve_device(device))
+    device = distributed.init(checked_device(device))
     rank, world = distributed.rank(), distributed.world_size()
+    if model is None and not isinstance(weights, str | os.PathLike):
+        raise InputError(f"weights={weights!r}: give weights (a weights file or a torchvision "
+                         "name such as 'vgg16') or model (a backbone from load_backbone)")
+    if model is not None and not is_backbone(model):
+        raise InputError(f"model is a {type(model).__name__}, not a backbone loaded by "
+                         "vggfeat.models.load_backbone: load it there, or give weights=")
     if model is None:
         from vggfeat.models import load_backbone
 

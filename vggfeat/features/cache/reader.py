@@ -32,12 +32,23 @@ def read_descriptors(path: str | os.PathLike, group: str | None = None,
     unfinished = unfinished_message(path)  # the one description of an interrupted run
     if not path.exists():
         raise CacheError(unfinished or f"{path}: no such feature file")
+    refuse_non_cache(path)
     ids, descriptors, missing = read_done_rows(path, group, layer)
     if missing:
         why = unfinished or "see its `failed` table"
         warnings.warn(f"{path}: {missing} rows have no descriptor ({why}); they are left out",
                       stacklevel=3)
     return ids, descriptors
+
+
+def refuse_non_cache(path: Path) -> None:
+    """A file that is not HDF5 (weights, an image): say what to give, not h5py's
+    "file signature not found"."""
+    if path.is_dir() or not h5py.is_hdf5(path):
+        looks = " (it looks like weights: they go to FeatureExtractor(weights=...))" \
+            if path.suffix.lower() in (".pth", ".pt", ".ckpt", ".bin") else ""
+        raise CacheError(f"{path} is not a vggfeat feature cache{looks}; give the .h5 file "
+                         "written by extract_to_cache or vggfeat extract")
 
 
 def aggregate_scales(descriptors: np.ndarray, aggregate: str = "avg") -> np.ndarray:
@@ -56,7 +67,7 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 def load_features(path_or_paths, aggregate: str = "avg", l2: bool = True,
                   group: str | None = None, *, block_l2: bool = False,
-                  layer: str | None = None) -> tuple[list[str], np.ndarray]:
+                  layer: str | None = None, return_labels: bool = False):
     """Descriptors from one or several caches, aggregated over scales, as rows.
 
     Parameters
@@ -75,12 +86,17 @@ def load_features(path_or_paths, aggregate: str = "avg", l2: bool = True,
     layer : str, optional
         Which layer of a cache holding several (``vggfeat extract --layer conv5_3,fc7``);
         None: each file's first (the only one of a one-layer cache).
+    return_labels : bool
+        Also return the labels stored in the (first) cache by ``extract_to_cache(...,
+        labels=...)``, aligned with `ids`.
 
     Returns
     -------
     ids : list of str
         Row ids, in the first file's order (rows without a descriptor are left out).
     X : ndarray of shape (n, D), (n, S*D) or their stack over files, float32
+    labels : list, only with ``return_labels=True``
+        One class name per row, or a list of names per row for a multi-label cache.
 
     Raises
     ------
@@ -101,7 +117,28 @@ def load_features(path_or_paths, aggregate: str = "avg", l2: bool = True,
             block = _align(block, these, ids, path, paths[0])
         blocks.append(l2_normalize(block) if block_l2 else block)
     x = np.concatenate(blocks, axis=1)
-    return ids, (l2_normalize(x) if l2 else x).astype(np.float32)
+    x = (l2_normalize(x) if l2 else x).astype(np.float32)
+    if return_labels:
+        return ids, x, stored_labels(paths[0], ids)
+    return ids, x
+
+
+def stored_labels(path, ids: list[str]) -> list:
+    """The labels `write_labels` stored, one per id: a class name, or a list of names when
+    some image has several; CacheError naming the fix when the file holds none."""
+    from vggfeat.features.cache.header import read_labels
+
+    stored = read_labels(path)
+    if stored is None:
+        raise CacheError(f"{path} holds no labels: extract it with extract_to_cache(..., "
+                         "labels=[...]) (one class name per item), or take the labels from "
+                         "your own list, in the order of the returned ids")
+    stored_ids, classes, y, _ = stored
+    row = {i: k for k, i in enumerate(stored_ids)}
+    names = [[classes[c] for c in np.flatnonzero(y[row[i]] > 0)] for i in ids]
+    if all(len(n) == 1 for n in names):
+        return [n[0] for n in names]
+    return names
 
 
 def _align(block: np.ndarray, these: list[str], ids: list[str], path, first) -> np.ndarray:

@@ -24,6 +24,7 @@ from vggfeat.features.cache.layout import (
     ROOT_GROUP,
     SPLITS,
     STRING,
+    CacheError,
     CacheInUseError,
     group_names,
     open_file,
@@ -58,6 +59,8 @@ class RowWriter:
     def put(self, index: int, descriptor: np.ndarray) -> None:
         row = index if self.rows is None else self.rows[index]
         for rows, start, stop in self.parts:
+            check_storable(descriptor[..., start:stop], rows.dtype,
+                           lambda: text(self.group["ids"][row]))
             rows[row] = descriptor[..., start:stop]
         self.group["done"][row] = True  # only after the descriptor (see module docstring)
         self.written.add(index)
@@ -87,6 +90,23 @@ class RowWriter:
         if _merged_failures(before, new, drop) != before:  # the table's structure changes
             with rewriting(path) as f:
                 record_failures(f[group], new, drop)
+
+
+def check_storable(values: np.ndarray, dtype, image_id: Callable[[], str]) -> None:
+    """Refuse float16 storage of descriptors it cannot hold (issue 21): they are stored
+    unnormalised, and float16 keeps its ~3 digits only between 6.1e-05 and 65504; a row
+    below reads back as (nearly) zeros, above as infinity."""
+    if np.dtype(dtype) != np.float16 or values.size == 0:
+        return
+    peak = float(np.max(np.abs(values)))
+    info = np.finfo(np.float16)
+    if peak > info.max or 0 < peak < info.tiny:
+        what = "infinity" if peak > info.max else "zeros (float16 underflow)"
+        raise CacheError(
+            f"image {image_id()}: its descriptor's largest value is {peak:.3g}, outside "
+            f"float16's range ({float(info.tiny):.2g} .. {float(info.max):g}); stored as float16 "
+            f"it would read back as {what}. Store float32 instead (--dtype float32); "
+            "the weights are not the cause.")
 
 
 def _layer_parts(group: h5py.Group) -> list[tuple[h5py.Dataset, int, int]]:
