@@ -23,6 +23,7 @@ from vggfeat.features.api_checks import (
     checked_device,
     checked_scales,
     image_sources,
+    in_python_terms,
     is_backbone,
     is_table,
     refuse_unknown_arguments,
@@ -186,9 +187,12 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         device = checked_device(self.device)
         model = _load(self.weights, self.arch)
         self._images(X, reset=True)
-        self.config_ = DescriptorConfig.from_model(
-            model, scales or default_scales(model), layer=self.layer, flip=self.flip,
-            pool=self.pool)
+        try:
+            self.config_ = DescriptorConfig.from_model(
+                model, scales or default_scales(model), layer=self.layer, flip=self.flip,
+                pool=self.pool)
+        except InputError as error:  # worded for the CLI's --layer
+            raise in_python_terms(error) from None
         if self.config_.weights_sha256 == "unknown":  # a model object: key memory by content
             self.config_ = replace(self.config_, weights_sha256=weights_digest(model))
         if self.config_.extra_layers:

@@ -9,6 +9,7 @@ CLI option, never an error from deep inside numpy, torch or pathlib).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -204,6 +205,16 @@ def pixel_scale(array: np.ndarray) -> float:
             "e.g. -1..1 or mean-subtracted?): give the image's own 0..1 pixels; vggfeat "
             "applies the net's normalisation itself")
     return 1.0
+
+
+def in_python_terms(error: BaseException) -> BaseException:
+    """Reword a library message written for the CLI (--out, --overwrite, --layer) in the
+    Python API's arguments (path, overwrite=True, layer), in place; returns `error`."""
+    if len(error.args) == 1 and isinstance(error.args[0], str):
+        names = {"out": "path", "overwrite": "overwrite=True"}
+        error.args = (re.sub(r"--([a-z][a-z0-9-]*)", lambda m: names.get(
+            m.group(1), m.group(1).replace("-", "_")), error.args[0]),)
+    return error
 
 
 def is_table(X) -> bool:

@@ -136,7 +136,7 @@ def check_scales(scales, crop_size: int) -> None:
     """Dense evaluation needs images at least one crop wide: Q >= crop_size."""
     small = [q for q in scales if q < crop_size]
     if small:
-        raise ValueError(f"scales {small} are below this net's crop size {crop_size}; "
+        raise InputError(f"scales {small} are below this net's crop size {crop_size}; "
                          f"use scales >= {crop_size}")
 
 

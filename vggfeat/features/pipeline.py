@@ -7,7 +7,6 @@ file, the others write shards that rank 0 merges), and bad images never stop the
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -21,6 +20,8 @@ from vggfeat.features import cache
 from vggfeat.features.api_checks import (
     array_image,
     checked_device,
+    checked_scales,
+    in_python_terms,
     is_backbone,
     refuse_one_rgb_array,
 )
@@ -88,14 +89,6 @@ def _relative_id(path: Path, root) -> str | None:
         return path.resolve().relative_to(Path(root).resolve()).as_posix()
     except ValueError:  # not under root
         return None
-
-
-def python_terms(message: str) -> str:
-    """A library message worded for the CLI (--out, --overwrite) in extract_to_cache's
-    arguments (path, overwrite=True)."""
-    names = {"out": "path", "overwrite": "overwrite=True", "weights": "weights"}
-    return re.sub(r"--([a-z][a-z0-9-]*)",
-                  lambda m: names.get(m.group(1), m.group(1).replace("-", "_")), message)
 
 
 def _engine_items(items: list) -> list:
@@ -171,8 +164,8 @@ def extract_to_cache(items: Sequence, path: str | os.PathLike, *, weights=None, 
                            reader_options=reader_options, progress=progress, labels=labels,
                            splits=splits, ids=ids)
     except VggfeatError as error:
-        if not cli and len(error.args) == 1 and isinstance(error.args[0], str):
-            error.args = (python_terms(error.args[0]),)
+        if not cli:
+            in_python_terms(error)
         raise
     if not cli and distributed.rank() == 0:  # the docstring's promise: warnings on stderr
         for image_id, reason in summary.failed:
@@ -217,8 +210,8 @@ def _extract(items, path, log, *, weights, model, arch, download, scales, layer,
                 download_release(weights, log)
             distributed.barrier()
         model = load_backbone(weights, arch)
-    config = DescriptorConfig.from_model(model, scales, layer=layer, pool=pool, flip=flip,
-                                         precision=precision)
+    config = DescriptorConfig.from_model(model, checked_scales(scales) or (256, 384, 512),
+                                         layer=layer, pool=pool, flip=flip, precision=precision)
     dims = layer_dims(model, config)
     attrs = cache.cache_attributes(config, dataset=dataset, root=root,
                                    reader_options=reader_options, dtype=dtype)
@@ -262,14 +255,14 @@ def label_table(labels: Sequence, splits: Sequence[str] | None, n: int):
     a length mismatch, an empty label, a single class or an unknown split name."""
     labels = list(labels)
     if len(labels) != n:
-        raise ValueError(f"labels has {len(labels)} entries for {n} items; give one per item")
+        raise InputError(f"labels has {len(labels)} entries for {n} items; give one per item")
     names = [[str(x) for x in lab] if isinstance(lab, list | tuple | set | frozenset)
              else [str(lab)] for lab in labels]
     if any(not row for row in names):
-        raise ValueError("every item needs at least one label (an empty list was given)")
+        raise InputError("every item needs at least one label (an empty list was given)")
     classes = sorted({c for row in names for c in row})
     if len(classes) < 2:
-        raise ValueError(f"labels name {len(classes)} class; an SVM needs at least two")
+        raise InputError(f"labels name {len(classes)} class; an SVM needs at least two")
     index = {c: k for k, c in enumerate(classes)}
     y = -np.ones((n, len(classes)), dtype=np.int8)
     for i, row in enumerate(names):
@@ -277,7 +270,7 @@ def label_table(labels: Sequence, splits: Sequence[str] | None, n: int):
     if splits is not None:
         splits = [str(s) for s in splits]
         if len(splits) != n or not set(splits) <= {"train", "val", "test"}:
-            raise ValueError("splits needs one of 'train', 'val', 'test' per item "
+            raise InputError("splits needs one of 'train', 'val', 'test' per item "
                              f"({len(splits)} given for {n} items)")
     return classes, y, splits
 
@@ -285,7 +278,7 @@ def label_table(labels: Sequence, splits: Sequence[str] | None, n: int):
 def _check_unique(ids: list[str], group: str) -> None:
     dupes = [i for i, n in Counter(ids).items() if n > 1]
     if dupes:
-        raise ValueError(f"ids must be unique; {len(dupes)} repeated in group {group} "
+        raise InputError(f"ids must be unique; {len(dupes)} repeated in group {group} "
                          f"(e.g. {dupes[:3]})")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from vggfeat.features.cache.layout import ROOT_GROUP, CacheError, layer_rows, text
 from vggfeat.features.cache.messages import unfinished_message
+from vggfeat.utils.errors import InputError
 
 
 def read_done_rows(path: str | os.PathLike, group: str | None = None,
@@ -57,7 +58,7 @@ def aggregate_scales(descriptors: np.ndarray, aggregate: str = "avg") -> np.ndar
         return descriptors.mean(axis=1, dtype=np.float64)
     if aggregate == "stack":
         return descriptors.reshape(len(descriptors), -1).astype(np.float64)
-    raise ValueError(f"aggregate must be 'avg' or 'stack', got {aggregate!r}")
+    raise InputError(f"aggregate must be 'avg' or 'stack', got {aggregate!r}")
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -106,7 +107,7 @@ def load_features(path_or_paths, aggregate: str = "avg", l2: bool = True,
     paths = [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) \
         else list(path_or_paths)
     if not paths:
-        raise ValueError("load_features needs at least one path")
+        raise InputError("load_features needs at least one path")
     ids, blocks = None, []
     for path in paths:
         these, descriptors = read_descriptors(path, group, layer)
