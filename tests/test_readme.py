@@ -1,7 +1,7 @@
 """The README's Python example runs as written, on a generated dataset and a tiny net.
 
-Only its two input lines (`weights = ...`, `image_folder = ...`) are pointed at test
-files; every other line runs verbatim.
+Only its three input lines (`weights = ...`, `image_folder = ...`, `memory = ...`) are
+pointed at test files; every other line runs verbatim.
 """
 import re
 from pathlib import Path
@@ -25,7 +25,9 @@ def test_readme_python_example_runs(tmp_path, tiny_weights, capsys):
                                   flags=re.M)
     code, found_folder = re.subn(r'^image_folder = .*$',
                                  f'image_folder = Path(r"{tmp_path / "photos"}")', code, flags=re.M)
-    assert found_weights == found_folder == 1
+    code, found_memory = re.subn(r'^memory = .*$', f'memory = Path(r"{tmp_path / "memory"}")',
+                                 code, flags=re.M)  # not the user's own cache folder
+    assert found_weights == found_folder == found_memory == 1
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny nets: threads only add overhead on a busy 2-core machine
     try:
