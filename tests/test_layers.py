@@ -226,7 +226,7 @@ def test_feature_extractor_describes_the_named_layer(tiny_weights, caches, folde
 def test_a_wrong_layer_is_refused_before_any_file_is_made(folder, tiny_weights, tmp_path):
     out = tmp_path / "run" / "x.h5"
     for layer in ("conv6_1", "fc7,fc7", "pool4"):
-        with pytest.raises(InputError, match="--layer"):
+        with pytest.raises(InputError, match="^layer: "):  # Python's words, not --layer
             _extract(folder, out, tiny_weights, layer)
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
     result = CliRunner().invoke(cli, [
