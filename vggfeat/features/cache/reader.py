@@ -165,6 +165,7 @@ class FeatureDataset:
         self.path = Path(path)
         self.group = group or ROOT_GROUP
         self.layer = layer
+        refuse_non_cache(self.path)
         with h5py.File(self.path, "r") as f:
             self.rows = np.flatnonzero(f[self.group]["done"][()])
             layer_rows(f, self.group, layer)  # an unknown layer is refused now
