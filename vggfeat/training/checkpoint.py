@@ -87,10 +87,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         _check_recorded(path, recorded, digest)  # bytes changed since saved: say so instead
         raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}. "
                               "Delete it to start over, or restore it from a backup.") from None
+    _check_recorded(path, recorded, digest)
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise CheckpointError(f"{path} is not a vggfeat training checkpoint (it has no model "
                               "and epoch); give the run folder written by train-backbone.")
-    _check_recorded(path, recorded, digest)
     return state
 
 

@@ -6,6 +6,9 @@ beside other work: `vggfeat extract` starts it before importing torch (about 1.8
 core while the other idles), and `load_backbone` then takes the finished digest instead of
 hashing beside the first batch, which wants both cores. No torch here, so starting early
 costs nothing.
+
+The checkpoints and backbone files vggfeat writes also get their sha256 recorded beside
+them (`writing_with_sum`), which their loaders check (`recorded_sha256`, `check_recorded`).
 """
 from __future__ import annotations
 
