@@ -1,13 +1,19 @@
 """The bad-input sweep: every command, each option and input file, given the wrong kind.
 
-Each case runs as a real `python -m vggfeat ...` process (what a user types) and must end
-with its documented exit status (1 failed, 2 bad usage or input, 3 bad images), a message
-that names the option or file, and no Python traceback. The bad files are made once per
-session: damaged HDF5 caches (bytes flipped at several offsets), truncated and foreign
-checkpoints, a pickle that runs code, bad caffemodels, malformed CSV and VOC XML.
+Each case must end with its documented exit status (1 failed, 2 bad usage or input, 3 bad
+images), a message that names the option or file, and no Python traceback. The bad files
+are made once per module: damaged HDF5 caches (bytes flipped at several offsets),
+truncated and foreign checkpoints, a pickle that runs code, bad caffemodels, malformed CSV
+and VOC XML.
 
-The cases run concurrently (each still its own process) so the sweep takes about a minute
-on two cores; it is marked slow.
+A case's subject is its message, so most run in this process through click's CliRunner
+(the same `cli` group and error handling as the console command, without ~2 s of
+interpreter and torch start per case). The cases whose subject is the process itself run
+as real `python -m vggfeat ...` processes (`IN_A_PROCESS`):
+`python -m vggfeat` itself and a real out-of-memory failure; the cases that need the GPUs
+hidden, a fresh interpreter (a pickle that would run code) or HDF5 reading damaged files
+outside pytest share one other process (`IN_A_SHARED_PROCESS`). Both run beside the
+in-process ones.
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ import re
 import shutil
 import subprocess
 import sys
+import traceback
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +37,7 @@ from conftest import make_tiny_backbone
 from helpers_datasets import make_csv_dataset, make_folder_dataset, make_voc, write_feature_cache
 
 from vggfeat.models import save_backbone
+from vggfeat.utils.threads import torch_threads
 
 # A path no one may write to, even root: sysfs refuses new files.
 READ_ONLY = "/sys/vggfeat-out"
@@ -354,6 +363,34 @@ def _fill(text: str, paths: dict) -> str:
     return re.sub(r"\{([^{}]+)\}", lambda m: str(paths[m.group(1)]), text)
 
 
+# Cases run as real `python -m vggfeat` processes, one each: their subject is the process.
+IN_A_PROCESS = {
+    "unknown-command",  # `python -m vggfeat`: the entry point and the lazy command group
+    "extract-absurd-scale",  # a real allocation failure, which must not take pytest along
+}
+# Cases run in one other, fresh process with the GPUs hidden (CUDA_VISIBLE_DEVICES="",
+# which cannot change once this process has looked at CUDA: "no GPU" must be said on a
+# machine that has one too), each through click's runner; what that process prints
+# outside the runner (HDF5's C library on a damaged file) is added to every case's output.
+IN_A_SHARED_PROCESS = {
+    "extract-device-cuda", "svm-device-cuda", "train-device-cuda", "doctor-device-missing",
+    "extract-weights-code",  # a pickle that would run code, in an interpreter of its own
+    "svm-damaged-byte-0", "doctor-cache-damaged",  # HDF5 on damaged files, outside pytest
+    "train-out-read-only",
+}
+
+# The process that runs the IN_A_SHARED_PROCESS cases: reads [[args, cwd], ...] as JSON on stdin,
+# writes [[status, stdout, stderr], ...].
+BATCH = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from test_bad_inputs import _invoke
+cases = json.load(sys.stdin)
+done = [_invoke(args, cwd, {"VGGFEAT_DEBUG": None}) for args, cwd in cases]
+print(json.dumps([[d.returncode, d.stdout, d.stderr] for d in done]))
+"""
+
+
 def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "vggfeat", *args]
     try:
@@ -363,24 +400,71 @@ def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(command, -1, "", f"TIMEOUT ({expired})")
 
 
+def _invoke(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """The case in this process: click's runner on the `cli` group, in the case's folder
+    (relative outputs land there), with the sweep's environment and warnings off (as
+    PYTHONWARNINGS=ignore does for a process). An exception that escapes the group is put
+    into stderr with its traceback, so the case fails as a process would."""
+    from click.testing import CliRunner
+
+    from vggfeat.cli import cli
+
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with warnings.catch_warnings(), torch_threads(1):
+            warnings.simplefilter("ignore")
+            result = CliRunner().invoke(cli, args, env=env, catch_exceptions=True)
+    finally:
+        os.chdir(before)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
+
+
+def _shared_process(jobs: list[tuple[str, list[str], Path]], env: dict) -> dict:
+    """Run the cases `jobs` (name, args, folder) in one process with no GPU visible."""
+    import json
+
+    cases = [[args, str(cwd)] for _, args, cwd in jobs]
+    done = subprocess.run([sys.executable, "-c", BATCH, str(Path(__file__).parent)],
+                          input=json.dumps(cases), env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    if done.returncode:  # the shared process itself failed: every case in it fails with its output
+        return {name: done for name, *_ in jobs}
+    return {name: subprocess.CompletedProcess(args, status, stdout, stderr + done.stderr)
+            for (name, args, _), (status, stdout, stderr) in zip(jobs, json.loads(done.stdout),
+                                                                 strict=True)}
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """Run every case once, a few processes at a time; case id -> (process, paths)."""
+    """Run every case once: the in-process ones one after another here, the processes
+    meanwhile; case id -> (process, paths)."""
     base = tmp_path_factory.mktemp("bad")
     paths = make_bad_files(base)
     env = {k: v for k, v in os.environ.items() if k != "VGGFEAT_DEBUG"}
     env.update(TORCH_HOME=str(base / "torch-home"), OMP_NUM_THREADS="1",
                CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
 
-    def one(case):
+    def job(case):
         name, line, *_ = case
         work = base / "runs" / name
         work.mkdir(parents=True)
-        args = [_fill(a, paths) for a in line.split()]
-        return name, _run(args, work, env)
+        return name, [_fill(a, paths) for a in line.split()], work
 
+    jobs = [job(case) for case in CASES]
     with ThreadPoolExecutor(max_workers=3) as pool:
-        results = dict(pool.map(one, CASES))
+        shared = pool.submit(_shared_process, [j for j in jobs if j[0] in IN_A_SHARED_PROCESS],
+                             env)
+        processes = {name: pool.submit(_run, args, work, env)
+                     for name, args, work in jobs if name in IN_A_PROCESS}
+        results = {name: _invoke(args, work, {"TORCH_HOME": env["TORCH_HOME"],
+                                              "VGGFEAT_DEBUG": None})
+                   for name, args, work in jobs if name not in IN_A_PROCESS | IN_A_SHARED_PROCESS}
+        results.update((name, future.result()) for name, future in processes.items())
+        results.update(shared.result())
     return results, paths, base
 
 
@@ -407,6 +491,7 @@ def test_sweep_is_large_and_covers_every_command():
     from vggfeat.cli import COMMANDS
 
     assert len(CASES) >= 60
+    assert IN_A_PROCESS | IN_A_SHARED_PROCESS <= {c[0] for c in CASES}  # each names a case
     lines = [c[1] for c in CASES]
     for command in COMMANDS:
         assert any(line.startswith(command) for line in lines), command

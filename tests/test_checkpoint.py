@@ -46,7 +46,9 @@ def test_save_is_atomic_and_weights_only(tmp_path):
     state = {"model": {"w": torch.arange(3.0)}, "epoch": 2, "config": {"arch": "vgg11"},
              "rng": rng_state(), "classes": ["a", "b"]}
     path = save_checkpoint(state, tmp_path / "checkpoint.pth")
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]  # no temporary left
+    # no temporary left; the sha256 recorded beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth",
+                                                          "checkpoint.pth.sha256"]
     loaded = torch.load(path, weights_only=True)
     assert loaded["epoch"] == 2 and loaded["classes"] == ["a", "b"]
     assert torch.equal(loaded["model"]["w"], torch.arange(3.0))
@@ -186,3 +188,36 @@ def test_a_second_run_on_one_folder_is_refused_and_a_dead_ones_lock_taken_over(d
     assert third.exit_code == 0, third.output  # ... and taken over, with a note
     assert f"taking over the lock {out / 'train.lock'} of process {first.pid}" in third.output
     assert not (out / "train.lock").exists()
+
+
+def _stalled_training(images, out, epochs, resume=False) -> str:
+    """A real run that learns nothing (lr 0, std-0.01 init); returns its stderr."""
+    import contextlib
+    import io
+
+    from vggfeat.training import train as train_api
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        train_api(data=images, out=out, arch="A", width=0.125, crop_size=64, init="normal",
+                  lr=0.0, epochs=epochs, batch_size=8, workers=0, device="cpu", quiet=True,
+                  resume=resume)
+    return buffer.getvalue()
+
+
+def test_stall_warning_counts_across_resume_as_an_uninterrupted_run(tmp_path):
+    images = make_image_folder(tmp_path / "data", n_train=2, n_val=2)
+    out = tmp_path / "run"
+    assert "learnt nothing" not in _stalled_training(images, out, epochs=2)
+    # Epoch 3 is the third at ln(C): an uninterrupted run warns there, so must this one.
+    resumed = _stalled_training(images, out, epochs=4, resume=True)
+    assert resumed.count("learnt nothing in 3 epochs") == 1, resumed
+    assert resumed.count("learnt nothing") == 1
+    # Said once per run: a second resume does not say it again.
+    assert "learnt nothing" not in _stalled_training(images, out, epochs=5, resume=True)
+    # A checkpoint written before the state was carried resumes counting from zero.
+    state = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert len(state["stall"]["records"]) == 5 and state["stall"]["warned"]
+    del state["stall"]
+    save_checkpoint(state, out / "checkpoint.pth")
+    assert "learnt nothing" not in _stalled_training(images, out, epochs=6, resume=True)

@@ -219,4 +219,5 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         assert a["val_top1_err"] == b["val_top1_err"]
     # Only rank 0 wrote: one log line per epoch, no stray temporary files.
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
-        "backbone.pth", "checkpoint.pth", "config.json", "log.jsonl"]
+        "backbone.pth", "backbone.pth.sha256", "checkpoint.pth", "checkpoint.pth.sha256",
+        "config.json", "log.jsonl"]

@@ -149,6 +149,9 @@ def test_truncated_file(tmp_path):
     path = tmp_path / "cut.pth"
     save_backbone(make_tiny_backbone(), path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(WeightsError, match=r"cut\.pth is damaged.*incomplete"):
+        load_backbone(path)  # its recorded sha256 says so first
+    path.with_name("cut.pth.sha256").unlink()  # a file without one: torch's reading says it
     with pytest.raises(WeightsError, match=r"cannot read .*cut\.pth.*truncated"):
         load_backbone(path)
 

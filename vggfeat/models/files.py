@@ -12,10 +12,12 @@ import pickle
 import re
 import warnings
 import zipfile
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
 
+from vggfeat.utils import hashing
 from vggfeat.utils.errors import InputError
 
 CHECKPOINT_FORMAT = "vggfeat-backbone"
@@ -183,10 +185,44 @@ def _all_finite(tensor: torch.Tensor) -> bool:
 
 def _atomic_save(obj: object, path: Path) -> Path:
     """torch.save through the one atomic writer: a kill or a full disk never leaves a
-    half-written weight file under `path`."""
-    from vggfeat.utils import atomic
-
+    half-written weight file under `path`; its sha256 is recorded in `<path>.sha256`
+    (`read_weights` checks it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.replacing(path) as tmp:
-        torch.save(obj, tmp)
+    with hashing.writing_with_sum(path) as handle:
+        torch.save(obj, handle)
     return path
+
+
+# What to do about a file vggfeat wrote that no longer has the bytes it wrote.
+DAMAGED_WEIGHTS_FIX = ("Copy it again from a good copy, or write it again (train-backbone, "
+                       "convert-caffe, export-torchvision or vggfeat.save_backbone).")
+
+
+def read_weights(path: Path, digest: Future) -> tuple[dict, dict]:
+    """(state_dict, meta) of a weights file, checked against the sha256 vggfeat recorded
+    beside it when it wrote it (files without one, e.g. torchvision's, load unchecked).
+
+    `digest` is the file's sha256 being computed beside the read (the loaders need it for
+    the cache's record anyway), so the check adds no read of the file. A damaged file is
+    reported as damaged, not with the unpickling error its bytes may cause.
+    """
+    try:
+        recorded = hashing.recorded_sha256(path)
+    except hashing.RecordedSumError as error:
+        raise WeightsError(str(error)) from None
+    try:
+        loaded = read_checkpoint(path)
+    except WeightsError:
+        if recorded is not None:
+            _check_recorded(path, recorded, digest.result())
+        raise
+    if recorded is not None:  # before any tensor is used (they are memory-mapped)
+        _check_recorded(path, recorded, digest.result())
+    return split_checkpoint(loaded, path)
+
+
+def _check_recorded(path: Path, recorded: str, actual: str) -> None:
+    try:
+        hashing.check_recorded(path, recorded, actual, DAMAGED_WEIGHTS_FIX)
+    except hashing.RecordedSumError as error:
+        raise WeightsError(str(error)) from None

@@ -27,8 +27,7 @@ from vggfeat.models.files import (
     check_release_hash,
     describe_mismatch,
     hub_checkpoint_dir,
-    read_checkpoint,
-    split_checkpoint,
+    read_weights,
 )
 from vggfeat.models.preprocessing import validate
 from vggfeat.models.torchvision_nets import TorchvisionNet, build_torchvision, check_arch
@@ -142,7 +141,7 @@ def load_torchvision(weights, arch: str | None = None) -> TorchvisionNet:
     hashing = sha256_future(path)
     if entry is not None:
         check_release_hash(path, hashing.result())
-    state_dict, meta = split_checkpoint(read_checkpoint(path), path)
+    state_dict, meta = read_weights(path, hashing)
     return model_from(path, state_dict, meta, hashing.result(), arch, entry)
 
 

@@ -27,6 +27,7 @@ from vggfeat.models.files import (  # noqa: F401 - names this module has always 
     describe_mismatch,
     hub_checkpoint_dir,
     read_checkpoint,
+    read_weights,
     split_checkpoint,
 )
 from vggfeat.models.preprocessing import TORCHVISION_IMAGENET, validate
@@ -186,7 +187,7 @@ def load_backbone(weights: str | os.PathLike, arch: str | None = None, *,
     hashing = sha256_future(path)  # beside reading the file (or started earlier); in meta
     if entry is not None:
         check_release_hash(path, hashing.result())
-    state_dict, meta = split_checkpoint(read_checkpoint(path), path)
+    state_dict, meta = read_weights(path, hashing)
     if torchvision_load.wants_torchvision(path, meta.get("arch")):  # saved by vggfeat
         return torchvision_load.model_from(path, state_dict, meta, hashing.result(), arch,
                                               None)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vggfeat.utils import atomic
+from vggfeat.utils import atomic, hashing
 from vggfeat.utils import distributed as D
 from vggfeat.utils.errors import InputError
 
@@ -40,12 +40,13 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write `state` atomically: temporary file, flush, fsync, rename, fsync the folder.
 
     A crash at any moment leaves either the previous checkpoint or the new one; so does a
-    full disk, reported as `vggfeat.utils.atomic.DiskFullError`.
+    full disk, reported as `vggfeat.utils.atomic.DiskFullError`. Its sha256, hashed as it
+    is written, goes to `<path>.sha256` (`load_checkpoint` checks it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.check_space(path, _tensor_bytes(state) * 1.05 + (1 << 20))
-    with atomic.replacing(path) as tmp, open(tmp, "wb") as handle:
+    with hashing.writing_with_sum(path) as handle:
         torch.save(state, handle)  # a full disk: DiskFullError, the old checkpoint kept
     return path
 
@@ -61,20 +62,45 @@ def _tensor_bytes(value) -> int:
     return 0
 
 
+# What to do about a checkpoint whose bytes are no longer those vggfeat wrote.
+DAMAGED_CHECKPOINT_FIX = ("Resume from a good copy of it (a backup), or start the run again "
+                          "in a new --out; the weights of a finished run are in backbone.pth.")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """`torch.load(weights_only=True)` with an error naming the file and the fix."""
+    """`torch.load(weights_only=True)` with an error naming the file and the fix; a file
+    whose sha256 differs from the one recorded when it was saved is refused as damaged
+    (one written before sums were recorded loads unchecked)."""
     path = Path(path)
+    try:
+        recorded = hashing.recorded_sha256(path)
+        digest = hashing.sha256_future(path) if recorded else None  # beside torch.load
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}; start without --resume.") from None
+    except hashing.RecordedSumError as error:
+        raise CheckpointError(str(error)) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}; start without --resume.") from None
     except Exception as error:  # damaged, truncated or unsafe files all need the same fix
+        _check_recorded(path, recorded, digest)  # bytes changed since saved: say so instead
         raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}. "
                               "Delete it to start over, or restore it from a backup.") from None
+    _check_recorded(path, recorded, digest)
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise CheckpointError(f"{path} is not a vggfeat training checkpoint (it has no model "
                               "and epoch); give the run folder written by train-backbone.")
     return state
+
+
+def _check_recorded(path: Path, recorded: str | None, digest) -> None:
+    if recorded is None:
+        return
+    try:
+        hashing.check_recorded(path, recorded, digest.result(), DAMAGED_CHECKPOINT_FIX)
+    except hashing.RecordedSumError as error:
+        raise CheckpointError(str(error)) from None
 
 
 # -- RNG states as plain data ---------------------------------------------------------
@@ -167,12 +193,17 @@ def apply_optimizer_options(saved: dict, cfg: dict, optimizer, scheduler) -> lis
 
 # -- a run's objects in and out ---------------------------------------------------------
 
-def checkpoint_state(model, optimizer, scheduler, scaler, epoch, step, cfg) -> dict:
-    """Everything --resume needs, as tensors and plain containers (weights_only loadable)."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": epoch, "step": step, "rng": rng_state(), "config": cfg,
-            "classes": list(cfg["classes"])}
+def checkpoint_state(model, optimizer, scheduler, scaler, epoch, step, cfg,
+                     stall: dict | None = None) -> dict:
+    """Everything --resume needs, as tensors and plain containers (weights_only loadable);
+    `stall` is the "learnt nothing" check's state (`vggfeat.training.stall.stall_state`)."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+             "epoch": epoch, "step": step, "rng": rng_state(), "config": cfg,
+             "classes": list(cfg["classes"])}
+    if stall is not None:
+        state["stall"] = stall
+    return state
 
 
 def restore_state(state, model, optimizer, scheduler, scaler, cfg) -> tuple[int, int]:

@@ -44,6 +44,7 @@ from vggfeat.training.run_folder import (
     save_epoch,
     start_or_resume,
 )
+from vggfeat.training.stall import resumed_stall_state, stall_state
 from vggfeat.utils import distributed as D
 from vggfeat.utils import locking
 from vggfeat.utils.progress import progress_bar
@@ -317,7 +318,7 @@ def _train(task: Task, cfg, device, resume, force_resume):
     writer = open_tensorboard(cfg, run_dir)
     bad = BadImageCounter(cfg["max_bad_fraction"], device)
     record = {}
-    records, warned = [], False  # for the task's "learnt nothing" check
+    records, warned = resumed_stall_state(state)  # the "learnt nothing" check, resumed
     for epoch in range(run.start_epoch, cfg["epochs"]):
         seed_everything(cfg["seed"], epoch, rank)
         loader.sampler.set_epoch(epoch)
@@ -335,15 +336,15 @@ def _train(task: Task, cfg, device, resume, force_resume):
                                    f"{task.divergence_hint}; the last good checkpoint (if any) "
                                    "is kept.")
         if main:
-            save_epoch(record, run_dir, writer, run.objects, cfg)
-            if not cfg["quiet"]:
-                print(task.format_record(record), file=sys.stderr)
-            records.append(record)
+            records.append(record)  # checked before saving: the checkpoint carries the state
             stalled = None if warned or task.stalled is None else \
                 task.stalled(records, cfg["num_classes"])
+            warned = warned or bool(stalled)
+            save_epoch(record, run_dir, writer, run.objects, cfg, stall_state(records, warned))
+            if not cfg["quiet"]:
+                print(task.format_record(record), file=sys.stderr)
             if stalled:  # said once, even with --quiet: the run is producing nothing
                 print(stalled, file=sys.stderr)
-                warned = True
     if main:
         _finish(run, run_dir, writer, cfg, fresh=state is None)
     return {**record, "run_dir": str(run_dir), "backbone": str(run_dir / "backbone.pth")}

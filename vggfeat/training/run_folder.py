@@ -1,7 +1,8 @@
 """The run folder (--out RUN_DIR): what a training run writes there, and when it may.
 
 RUN_DIR holds config.json (the resolved configuration, marked as vggfeat's), log.jsonl
-(one line per epoch), checkpoint.pth (--resume), backbone.pth (the result) and, with
+(one line per epoch), checkpoint.pth (--resume), backbone.pth (the result), the sha256 of
+each of those two in checkpoint.pth.sha256 and backbone.pth.sha256 and, with
 --tensorboard, TensorBoard scalars. A folder vggfeat did not make is never written into;
 a folder that holds a run is continued only with --resume.
 """
@@ -24,7 +25,8 @@ from vggfeat.utils import atomic
 from vggfeat.utils import distributed as D
 
 LOCK_NAME = "train.lock"  # held while a run writes its folder (vggfeat.utils.locking)
-RUN_FILES = ("config.json", "log.jsonl", CHECKPOINT_NAME, "backbone.pth")
+RUN_FILES = ("config.json", "log.jsonl", CHECKPOINT_NAME, "backbone.pth",
+             f"{CHECKPOINT_NAME}.sha256", "backbone.pth.sha256")  # the sums recorded beside
 # config.json of a run folder carries this key, so that a folder is known to be vggfeat's
 # before anything in it is replaced (a user's own config.json or log.jsonl never is).
 RUN_MARKER = "vggfeat"
@@ -122,10 +124,12 @@ def open_tensorboard(cfg, run_dir):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def save_epoch(record: dict, run_dir: Path, writer, objects: tuple, cfg: dict) -> None:
+def save_epoch(record: dict, run_dir: Path, writer, objects: tuple, cfg: dict,
+               stall: dict | None = None) -> None:
     """Log one finished epoch and checkpoint it (main process only).
 
-    `objects` is (model, optimizer, scheduler, scaler). The log line is appended atomically
+    `objects` is (model, optimizer, scheduler, scaler); `stall` the stall check's state,
+    carried in the checkpoint. The log line is appended atomically
     (never a half line if killed) before the checkpoint, and rewrite_log drops lines past a
     resumed checkpoint's epoch, so log and checkpoint always agree after a rerun.
     """
@@ -134,5 +138,5 @@ def save_epoch(record: dict, run_dir: Path, writer, objects: tuple, cfg: dict) -
         for key, value in record.items():
             if isinstance(value, float):
                 writer.add_scalar(key, value, record["epoch"])
-    save_checkpoint(checkpoint_state(*objects, record["epoch"], record["step"], cfg),
+    save_checkpoint(checkpoint_state(*objects, record["epoch"], record["step"], cfg, stall),
                     run_dir / CHECKPOINT_NAME)

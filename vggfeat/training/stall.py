@@ -5,6 +5,7 @@ are useless; the trainer says so once, in a warning line on stderr.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -43,3 +44,20 @@ def training_stalled(records: Sequence[dict], num_classes: int,
             f"{last_err:.1f}% ~ chance {chance_err:.1f}%. Its features will be useless. On small "
             "data try --arch vgg11-bn (batch norm), --init xavier, a lower or higher --lr "
             "(e.g. 0.005 or 0.02), or more images per class; stop this run if it persists.")
+
+
+def stall_state(records: Sequence[dict], warned: bool) -> dict:
+    """What the check has seen, for the checkpoint: a resumed run then warns exactly when
+    (and as often as) an uninterrupted one would, instead of counting again from zero."""
+    # Through JSON, as log.jsonl holds them: plain floats (not numpy's), which a
+    # weights_only load accepts.
+    return {"records": json.loads(json.dumps(list(records))), "warned": bool(warned)}
+
+
+def resumed_stall_state(checkpoint: dict | None) -> tuple[list[dict], bool]:
+    """(records, warned) carried by a checkpoint; nothing seen for a fresh run or for a
+    checkpoint written before the state was carried (it resumes counting from zero)."""
+    saved = (checkpoint or {}).get("stall")
+    if not isinstance(saved, dict) or not isinstance(saved.get("records"), list):
+        return [], False
+    return [dict(r) for r in saved["records"]], bool(saved.get("warned"))
