@@ -15,6 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from vggfeat.features.cache.inplace import repair
+from vggfeat.features.cache.integrity import DamagedCacheError, damage_message, damaged_ids
 from vggfeat.features.cache.layout import (
     FAILED_DTYPE,
     LAYERS_GROUP,
@@ -31,8 +33,6 @@ from vggfeat.features.cache.layout import (
     stored_layers,
     text,
 )
-from vggfeat.features.cache.inplace import repair
-from vggfeat.features.cache.integrity import DamagedCacheError, damage_message, damaged_ids
 from vggfeat.features.cache.writer import create_rows, layer_dims, merge_shards
 from vggfeat.utils import atomic
 
