@@ -225,3 +225,34 @@ def test_a_kill_during_finishing_leaves_a_partial_that_a_rerun_finishes(tmp_path
     _finishing(out, attrs, np.ones((len(IDS), 2), dtype=np.int8))
     assert cache.finalize(out) and cache.verify(out).ok
     assert killed_mid_change > 0  # some kills did land inside an in-place change
+
+
+def _finish_on_a_full_disk(out: Path, attrs: dict, limit: int):
+    import resource
+
+    from vggfeat.utils.atomic import DiskFullError
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        _finishing(out, attrs, np.ones((len(IDS), 2), dtype=np.int8))
+    except DiskFullError as error:
+        os._exit(7 if str(cache.partial_path(out)) in str(error) else 1)
+    os._exit(0)
+
+
+def test_a_full_disk_while_finishing_keeps_the_partial_whole(tmp_path):
+    import multiprocessing
+
+    out, attrs = tmp_path / "full.h5", _attrs()
+    partial = _partial(out, attrs)
+    before = partial.read_bytes()
+    # the partial may not grow (its journal, far smaller, may be written)
+    child = multiprocessing.get_context("fork").Process(
+        target=_finish_on_a_full_disk, args=(out, attrs, partial.stat().st_size))
+    child.start()
+    child.join()
+    assert child.exitcode == 7  # DiskFullError naming the partial
+    assert partial.read_bytes() == before and not journal_path(partial).exists()
+    _finishing(out, attrs, np.ones((len(IDS), 2), dtype=np.int8))  # space freed: it finishes
+    assert cache.finalize(out) and cache.verify(out).ok
