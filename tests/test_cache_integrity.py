@@ -256,3 +256,16 @@ def test_a_full_disk_while_finishing_keeps_the_partial_whole(tmp_path):
     assert partial.read_bytes() == before and not journal_path(partial).exists()
     _finishing(out, attrs, np.ones((len(IDS), 2), dtype=np.int8))  # space freed: it finishes
     assert cache.finalize(out) and cache.verify(out).ok
+
+
+def test_a_damaged_row_of_a_shard_is_not_merged(tmp_path):
+    out, attrs = tmp_path / "s.h5", _attrs()
+    partial = _partial(out, attrs)
+    shard = cache.create_shard(out, 1, "/", attrs, IDS, [5, 6], 1024)
+    writer = cache.RowWriter(shard)
+    writer.put(5, ROWS[5])
+    writer.put(6, ROWS[6])
+    writer.close()
+    assert flip_byte(shard, "descriptors", 0) == "img5"
+    assert cache.merge_shards(out, lambda m: None) == 1
+    assert cache.pending(partial) == [5] and cache.verify(partial).ok

@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from vggfeat.features.cache.inplace import repair
+from vggfeat.features.cache.inplace import journal_path, repair
 from vggfeat.features.cache.integrity import DamagedCacheError, damage_message, damaged_ids
 from vggfeat.features.cache.layout import (
     FAILED_DTYPE,
@@ -82,6 +82,7 @@ def open_for_writing(out: str | os.PathLike, attrs: dict, groups: dict[str, Sequ
     if not partial.exists():
         for shard in shard_paths(out):
             shard.unlink()
+            journal_path(shard).unlink(missing_ok=True)
         _create(partial, attrs, groups, len(attrs["scales"]), dim)
     if damaged:
         _mark_not_done(partial, damaged, log)

@@ -202,7 +202,7 @@ def _merge_one(shard: Path, f: h5py.File) -> int:
         if text(s.attrs["config_key"]) != text(f.attrs["config_key"]):
             raise ValueError("another configuration")
         target = f[text(s.attrs["group"])]
-        done = s["done"][()]
+        done = s["done"][()] & _intact(s["/"])  # a damaged shard row is computed again
         index = s["index"][()][done]
         order = np.argsort(index)  # h5py fancy indexing wants increasing indices
         if len(index):
@@ -219,6 +219,16 @@ def _merge_one(shard: Path, f: h5py.File) -> int:
         done_ids = {text(i) for i in s["ids"][()][done]}
         record_failures(target, new, drop=done_ids)
         return int(done.sum())
+
+
+def _intact(group: h5py.Group) -> np.ndarray:
+    """Per row of a shard: whether its bytes match its checksums (all True without any)."""
+    ok = np.ones(len(group["done"]), dtype=bool)
+    if CHECKSUMS in group:
+        sums = group[CHECKSUMS][()]
+        for column, rows in enumerate(layer_datasets(group)):
+            ok &= row_checksums(rows[()]) == sums[:, column]
+    return ok
 
 
 def is_complete(out: Path) -> bool:
