@@ -111,18 +111,30 @@ from pathlib import Path
 from vggfeat.features import cache
 out, rows = Path(sys.argv[1]), int(sys.argv[2])
 table = (["a", "b"], np.where(np.arange(rows)[:, None] % 2 == np.arange(2), 1, -1), None)
-begin = time.perf_counter()
+begin = last = time.perf_counter()
+laps = []
+def lap(name):
+    global last
+    now = time.perf_counter()
+    laps.append(f"{name} {now - last:.2f}")
+    last = now
 writer = cache.RowWriter(cache.partial_path(out))
 writer.fail(rows - 1, "cannot identify image file")
 writer.close()
+lap("failures")
 try:
     from vggfeat.features.pipeline import _finish
-    _finish(out, table, print)
 except ImportError:  # the base commit's end of a run
     cache.merge_shards(out, print)
     cache.write_labels(cache.partial_path(out), *table)
+    lap("labels")
     cache.finalize(out)
     cache.store_variation(out)
+    lap("rename+variation")
+else:
+    _finish(out, table, print)
+    lap("labels+variation+rename")
+print("; ".join(laps))
 print(f"{time.perf_counter() - begin:.2f}")
 """
 
@@ -145,10 +157,11 @@ def finish(args) -> None:
             env = {**os.environ, "PYTHONPATH": code, "PYTHONDONTWRITEBYTECODE": "1"}
             load = os.getloadavg()[0]
             done = subprocess.run([sys.executable, "-c", FINISH, str(out), str(args.rows)],
-                                  env=env, capture_output=True, text=True, check=True)
-            seconds = float(done.stdout.split()[-1])
-            print(f"finish {name:>6} ({code}): {seconds:8.2f} s (load {load:.2f}); "
-                  f"peak extra disk: see notes")
+                                  env=env, capture_output=True, text=True, check=True,
+                                  cwd=folder)  # not this checkout: `-c` puts cwd first
+            *_, steps, seconds = done.stdout.strip().splitlines()
+            print(f"finish {name:>6} ({code}): {float(seconds):8.2f} s (load {load:.2f}): "
+                  f"{steps}")
             assert out.exists() and not cache.partial_path(out).exists()
     finally:
         shutil.rmtree(folder)
