@@ -186,5 +186,8 @@ def assert_same_cache(a, b, atol: float = 1e-5) -> None:
             done = left[group + "done"]
             np.testing.assert_allclose(left[name][done], right[name][done], rtol=1e-4,
                                        atol=atol, err_msg=name)
+        elif name.endswith("checksums"):  # of rows equal only to float rounding: each file's
+            from vggfeat.features import cache  # checksums must match its own rows instead
+            assert cache.verify(a).ok and cache.verify(b).ok
         else:
             np.testing.assert_array_equal(left[name], right[name], err_msg=name)

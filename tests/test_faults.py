@@ -94,18 +94,19 @@ def test_kill_during_cache_finalisation_always_leaves_a_loadable_file(tmp_path):
     for k in range(len(IDS)):
         if k not in (5, 6):
             writer.put(k, rows[k])
-    writer.close()  # a 13 MB file: each rewrite copies it, so kills land mid-copy too
+    writer.close()  # a 13 MB file: kills land mid-journal and mid-change
     delays = np.random.default_rng(1).uniform(0.05, 0.6, 6)
     for _ in kill_at_random(_finalising_forever, delays, (out, attrs)):
-        with h5py.File(partial) as f:  # the previous state always opens ...
+        # the next run resumes it (undoing a change the kill cut short, `cache.inplace`);
+        # leftovers of the killed writer are cleared ...
+        again = cache.open_for_writing(out, attrs, {"/": IDS}, 2048, log=lambda m: None)
+        assert cache.pending(again) == [5, 6]
+        with h5py.File(partial) as f:  # ... and the previous state opens, every row intact
             done = f["done"][()]
             assert done.sum() == len(IDS) - 2 and not done[5] and not done[6]
             np.testing.assert_array_equal(f["descriptors"][()][done], rows[done])
             failed = dict((i.decode(), r.decode()) for i, r in f["failed"][()])
             assert set(failed) <= {"img5", "img6"}
-        # ... and the next run resumes it: leftovers of the killed writer are cleared
-        again = cache.open_for_writing(out, attrs, {"/": IDS}, 2048, log=lambda m: None)
-        assert cache.pending(again) == [5, 6]
         assert not hidden_tmp(tmp_path) and not cache.shard_paths(out)
     writer = cache.RowWriter(partial)
     writer.put(5, rows[5])

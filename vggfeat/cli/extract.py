@@ -108,10 +108,13 @@ def default_out(dataset: str, weights: str, layer: str | None) -> Path:
               help="Replace an --out made with another configuration, or that is not a vggfeat "
                    "cache (kept until the new file is complete; never the --weights file).")
 @click.option("--skip-bad", is_flag=True, help="Exit 0 even if some images cannot be read.")
+@click.option("--redo-damaged", is_flag=True,
+              help="Recompute in place the rows of --out that fail their checksums (`features "
+                   "info --verify` lists them), keeping every other row.")
 @quiet_option()
 def extract(dataset, root, weights, arch, download, scales, layer, pool, flip, batch_size,
-            max_pixels,
-            workers, device, precision, dtype, reader_options, out, overwrite, skip_bad, quiet):
+            max_pixels, workers, device, precision, dtype, reader_options, out, overwrite,
+            skip_bad, redo_damaged, quiet):
     """Compute the paper's descriptors of a dataset into one resumable HDF5 file.
 
     Every image the dataset's protocol needs (VOC 2007: trainval and test; voc2012-action:
@@ -127,6 +130,7 @@ def extract(dataset, root, weights, arch, download, scales, layer, pool, flip, b
         vggfeat extract --dataset csv --root photos/labels.csv --weights vgg16
         vggfeat extract --dataset folder --root photos/ --arch resnet50 --weights resnet50
         vggfeat extract --dataset folder --root photos/ --weights vgg16 --layer conv5_3,fc7
+        vggfeat extract --dataset folder --root photos/ --weights vgg16 --redo-damaged
 
     \b
     --dataset csv reads a CSV file with a header row:
@@ -176,6 +180,7 @@ def extract(dataset, root, weights, arch, download, scales, layer, pool, flip, b
             max_pixels=max_pixels or DEFAULT_MAX_PIXELS, workers=workers, device=device,
             precision=precision, dtype=dtype, overwrite=overwrite, dataset=dataset,
             root=reader.root, reader_options=reader.options, progress=not quiet, cli=True,
+            redo_damaged=redo_damaged,
             log=lambda message: click.echo(message, err=True))
     except (WeightsError, CacheError, ValueError) as error:
         raise input_error(error) from None

@@ -22,7 +22,10 @@ def features():
 @features.command("info")
 @click.argument("cache_file", metavar="FILE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
-def info(cache_file, as_json):
+@click.option("--verify", is_flag=True,
+              help="Also read every row and check it against its checksum: OK, or the "
+                   "damaged rows by id (exit status 2) and the fix.")
+def info(cache_file, as_json, verify):
     """Describe FILE: dataset, net, layer(s), scales, rows done/failed, dimension, and how much
     the descriptors vary across images (a net that learnt nothing gives the same one).
 
@@ -31,14 +34,23 @@ def info(cache_file, as_json):
     \b
     Example:
         vggfeat features info caltech101-vgg16-fc7.h5
+        vggfeat features info caltech101-vgg16-fc7.h5 --verify
     """
-    from vggfeat.features.export import ExportError, cache_summary, format_summary
+    from vggfeat.features.export import ExportError, cache_summary, format_summary, verify_cache
 
     try:
         summary = cache_summary(cache_file)
+        checked = verify_cache(cache_file) if verify else None
     except ExportError as error:
         raise input_error(error) from None
+    if checked is not None:
+        summary["verify"] = {"ok": checked.ok, "checksums": checked.has_checksums,
+                             "rows": checked.checked, "damaged": checked.damaged}
     click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
+    if checked is not None and not as_json:
+        click.echo(checked.line(), err=bool(checked.has_checksums and not checked.ok))
+    if checked is not None and checked.has_checksums and not checked.ok:
+        raise SystemExit(2)
 
 
 @features.command("export")

@@ -88,6 +88,11 @@ def cache_summary(path: str | os.PathLike, *, compute_variation: bool = True) ->
     return summary
 
 
+def verify_cache(path: str | os.PathLike) -> cache.Verification:
+    """Every done row of the cache (or its ``.partial``) checked against its checksum."""
+    return cache.verify(resolve(path))
+
+
 def _variation(path: Path, compute: bool) -> dict:
     value, source = cache.variation_and_source(path, compute=compute)
     if value is None:

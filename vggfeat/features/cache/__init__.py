@@ -20,21 +20,33 @@ Layout (the contract `vggfeat.evaluation` reads):
 - Caches written by the Python API with labels: ``labels`` (N, K) int8, optional
   ``splits``, and the class names in attribute ``classes``.
 
+- ``checksums`` (N, L) uint32 in each row group: the CRC-32 of each row's bytes per layer
+  (`integrity`), checked on every read; absent from caches of older versions.
+
 Crash safety: the file is written as ``OUT.partial`` and renamed to ``OUT`` only when every
 row has been attempted (`resume`, `writer`); a row's ``done`` flag is set only after its
-descriptor is written; ``failed`` is written when a run ends, so a killed run's failures
-are simply retried.
+descriptor and checksums are written; ``failed`` is written when a run ends, so a killed
+run's failures are simply retried. What a finished file holds besides its rows (failures,
+labels, the variation statistic) is written into ``OUT.partial`` in place under an undo
+journal (`inplace`), so finishing never copies the file.
 
 Several processes: rank 0 writes ``OUT.partial``; every other rank writes its rows to a
 shard ``OUT.partial.rank<r>.<group>`` laid out the same way, which rank 0 merges (at the end,
 or at the start of the next run if the processes were killed).
 
 Modules: `layout` (names, paths, attributes, errors), `resume` (create or resume a file),
-`writer` (rows, failures, shards, labels), `header` (what a file holds, without its rows),
+`writer` (rows, failures, shards, labels), `inplace` (in-place changes undone after a
+kill), `integrity` (row checksums), `header` (what a file holds, without its rows),
 `reader` (descriptors), `stats` (the descriptor-variation statistic), `messages`
 (unfinished or unlabelled caches).
 """
 from vggfeat.features.cache.header import Overview, read_failed, read_labels, read_overview
+from vggfeat.features.cache.integrity import (
+    NO_CHECKSUMS,
+    DamagedCacheError,
+    Verification,
+    verify,
+)
 from vggfeat.features.cache.layout import (
     BOXES_GROUP,
     DTYPES,
@@ -79,6 +91,7 @@ from vggfeat.features.cache.writer import (
     RowWriter,
     create_shard,
     finalize,
+    is_complete,
     merge_shards,
     record_failures,
     rewriting,
@@ -87,7 +100,8 @@ from vggfeat.features.cache.writer import (
 
 __all__ = [
     "BOXES_GROUP", "DTYPES", "FORMAT", "LOW_VARIATION", "ROOT_GROUP", "VARIATION_ATTR",
-    "CacheError", "CacheInUseError", "ConfigMismatchError", "FeatureDataset",
+    "NO_CHECKSUMS", "CacheError", "CacheInUseError", "ConfigMismatchError",
+    "DamagedCacheError", "FeatureDataset", "Verification", "is_complete", "verify",
     "NotACacheError", "Overview", "RowWriter", "aggregate_scales", "cache_attributes",
     "create_shard", "describe_difference", "descriptor_variation", "evaluation_problem",
     "final_path", "finalize", "is_partial", "is_vggfeat_cache", "l2_normalize", "layer_rows",

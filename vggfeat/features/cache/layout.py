@@ -26,6 +26,8 @@ FORMAT = "vggfeat-feature-cache/1"
 # Labels stored by the Python API (`write_labels`).
 LABELS, SPLITS, CLASSES_ATTR = "labels", "splits", "classes"
 PARTIAL_SUFFIX = ".partial"
+# The undo journal of an in-place change to an unfinished file (`inplace`): OUT.partial.journal
+JOURNAL_SUFFIX = ".journal"
 # Several layers in one file: the first layer's rows stay in ``descriptors`` (so a
 # one-layer cache is written, and every cache read, as before); each further layer's rows
 # are the dataset ``layers/<name>`` of the same row group, and the root attribute
@@ -81,7 +83,9 @@ def lock_path(out: Path) -> Path:
 
 
 def shard_paths(out: Path) -> list[Path]:
-    return sorted(out.parent.glob(out.name + PARTIAL_SUFFIX + ".rank*"))
+    """The shards of `out` (not their undo journals, see `inplace`)."""
+    return sorted(p for p in out.parent.glob(out.name + PARTIAL_SUFFIX + ".rank*")
+                  if not p.name.endswith(JOURNAL_SUFFIX))
 
 
 def cache_attributes(config: DescriptorConfig, *, dataset: str, root: str | None = None,

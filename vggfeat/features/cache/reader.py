@@ -1,4 +1,7 @@
-"""Descriptors out of a cache: as stored, aggregated over scales, or row by row."""
+"""Descriptors out of a cache: as stored, aggregated over scales, or row by row.
+
+Every read checks the rows it returns against their checksums (`integrity`): a damaged
+row raises `DamagedCacheError` naming it and the fix, and is never returned."""
 from __future__ import annotations
 
 import os
@@ -8,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from vggfeat.features.cache.integrity import check_rows, layer_index
 from vggfeat.features.cache.layout import ROOT_GROUP, CacheError, layer_rows, text
 from vggfeat.features.cache.messages import unfinished_message
 from vggfeat.utils.errors import InputError
@@ -22,8 +26,9 @@ def read_done_rows(path: str | os.PathLike, group: str | None = None,
         g = f[group or ROOT_GROUP]
         done = g["done"][()]
         ids = [text(i) for i in g["ids"][()][done]]
-        descriptors = layer_rows(f, group or ROOT_GROUP, layer)[()][done].astype(np.float32)
-    return ids, descriptors, int((~done).sum())
+        stored = layer_rows(f, group or ROOT_GROUP, layer)[()][done]
+        check_rows(f, group or ROOT_GROUP, layer_index(f, layer), np.flatnonzero(done), stored)
+    return ids, stored.astype(np.float32), int((~done).sum())
 
 
 def read_descriptors(path: str | os.PathLike, group: str | None = None,
@@ -179,8 +184,10 @@ class FeatureDataset:
         if self._file is None or self._pid != os.getpid():
             self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
         g, row = self._file[self.group], int(self.rows[k])
-        rows = layer_rows(self._file, self.group, self.layer)
-        return text(g["ids"][row]), rows[row].astype(np.float32)
+        stored = layer_rows(self._file, self.group, self.layer)[row]
+        check_rows(self._file, self.group, layer_index(self._file, self.layer),
+                   np.array([row]), stored[None])
+        return text(g["ids"][row]), stored.astype(np.float32)
 
     def __getstate__(self):
         return {**self.__dict__, "_file": None, "_pid": None}

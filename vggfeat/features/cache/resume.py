@@ -15,6 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from vggfeat.features.cache.inplace import journal_path, repair
+from vggfeat.features.cache.integrity import DamagedCacheError, damage_message, damaged_ids
 from vggfeat.features.cache.layout import (
     FAILED_DTYPE,
     LAYERS_GROUP,
@@ -36,7 +38,7 @@ from vggfeat.utils import atomic
 
 
 def open_for_writing(out: str | os.PathLike, attrs: dict, groups: dict[str, Sequence[str]],
-                     dim: int, *, overwrite: bool = False,
+                     dim: int, *, overwrite: bool = False, redo_damaged: bool = False,
                      log: Callable[[str], None] = print) -> Path:
     """Make ``OUT.partial`` ready to receive rows; returns its path.
 
@@ -51,6 +53,11 @@ def open_for_writing(out: str | os.PathLike, attrs: dict, groups: dict[str, Sequ
     then replaced by it (so an interrupted --overwrite run loses nothing). A file another
     process holds open raises `CacheInUseError` and is never touched.
 
+    The rows of a resumed file are checked against their checksums first: damaged rows
+    raise `DamagedCacheError` naming them, or with `redo_damaged` are marked not done (and
+    so computed again) while every other row is kept. A ``.partial`` whose end-of-run
+    change was killed half-way is restored first (`inplace.repair`).
+
     Args:
         out: the final file path.
         attrs: from `cache_attributes`.
@@ -59,9 +66,13 @@ def open_for_writing(out: str | os.PathLike, attrs: dict, groups: dict[str, Sequ
     """
     out = Path(out)
     partial = partial_path(out)
+    if repair(partial):
+        log(f"note: {partial}: undid the end of a run that was stopped half-way")
     resume_out = out.exists() and _out_verdict(out, attrs, groups, overwrite)
     if partial.exists() and not _partial_usable(partial, attrs, groups, overwrite, log):
         partial.unlink()  # ours by name and by content: another configuration or unreadable
+    resumed = out if resume_out else partial
+    damaged = _damaged(resumed, redo_damaged) if resumed.exists() else {}
     if resume_out:
         if partial.exists():  # both: the complete file wins, the stale partial goes
             partial.unlink()
@@ -71,9 +82,31 @@ def open_for_writing(out: str | os.PathLike, attrs: dict, groups: dict[str, Sequ
     if not partial.exists():
         for shard in shard_paths(out):
             shard.unlink()
+            journal_path(shard).unlink(missing_ok=True)
         _create(partial, attrs, groups, len(attrs["scales"]), dim)
+    if damaged:
+        _mark_not_done(partial, damaged, log)
     merge_shards(out, log)
     return partial
+
+
+def _damaged(path: Path, redo: bool) -> dict:
+    """{group: damaged row indices} of a file about to be resumed; raises without `redo`."""
+    found, count = damaged_ids(path)
+    if count and not redo:
+        with h5py.File(path, "r") as f:
+            ids = [text(f[g]["ids"][k]) for g, rows in found.items() for k in rows[:5]]
+        raise DamagedCacheError(damage_message(path, ids, count))
+    return found
+
+
+def _mark_not_done(partial: Path, damaged: dict, log) -> None:
+    """Clear the done flags of damaged rows (a value write, no structure changes)."""
+    with open_file(partial, "r+") as f:
+        for group, rows in damaged.items():
+            f[group]["done"][np.sort(rows)] = False
+    count = sum(len(rows) for rows in damaged.values())
+    log(f"note: {partial}: {count} damaged row(s) will be computed again (--redo-damaged)")
 
 
 def _inspect(path: Path, attrs: dict, groups: dict) -> tuple[str, str]:

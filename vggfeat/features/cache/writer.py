@@ -1,8 +1,9 @@
 """Rows into a cache file: the row writer, failures, shards, the final rename, labels.
 
-Crash safety: a row's ``done`` flag is set only after its descriptor is written; every
-change to the file's structure (the ``failed`` table, labels, attributes) is made on a copy
-that replaces the file whole (`rewriting`).
+Crash safety: a row's ``done`` flag is set only after its descriptor and its checksums
+(`integrity`) are written; every change to an unfinished file's structure (the ``failed``
+table, merged shards, labels) is made in place under an undo journal (`inplace.editing`);
+a FINISHED file is only ever changed on a copy that replaces it whole (`rewriting`).
 """
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import contextlib
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from vggfeat.features.cache.inplace import editing, repair
+from vggfeat.features.cache.integrity import CHECKSUMS, layer_datasets, row_checksums
 from vggfeat.features.cache.layout import (
     CLASSES_ATTR,
     FAILED_DTYPE,
@@ -27,11 +31,11 @@ from vggfeat.features.cache.layout import (
     CacheError,
     CacheInUseError,
     group_names,
+    is_partial,
     open_file,
     partial_path,
     shard_path,
     shard_paths,
-    stored_layers,
     text,
 )
 from vggfeat.utils import atomic
@@ -51,6 +55,11 @@ class RowWriter:
         index = self.group.get("index")
         self.rows = None if index is None else {int(i): r for r, i in enumerate(index[()])}
         self.parts = _layer_parts(self.group)
+        self.checksums = self.group.get(CHECKSUMS)  # None in a cache from an older vggfeat
+        if self.checksums is not None:  # one row's write through HDF5's own calls: h5py's
+            # slicing costs ~80 us a call, 10x the write (benchmarks/cache_finish.py)
+            self._sum_file_space = self.checksums.id.get_space()
+            self._sum_memory_space = h5py.h5s.create_simple((1, self.checksums.shape[1]))
         self.failures: dict[int, str] = {}
         self.written: set[int] = set()
         self.flush_every = flush_every
@@ -58,10 +67,18 @@ class RowWriter:
 
     def put(self, index: int, descriptor: np.ndarray) -> None:
         row = index if self.rows is None else self.rows[index]
+        sums = []
         for rows, start, stop in self.parts:
             check_storable(descriptor[..., start:stop], rows.dtype,
                            lambda: text(self.group["ids"][row]))
-            rows[row] = descriptor[..., start:stop]
+            stored = np.asarray(descriptor[..., start:stop], dtype=rows.dtype)
+            rows[row] = stored
+            if self.checksums is not None:
+                sums.append(zlib.crc32(np.ascontiguousarray(stored)))
+        if self.checksums is not None:
+            self._sum_file_space.select_hyperslab((row, 0), (1, len(sums)))
+            self.checksums.id.write(self._sum_memory_space, self._sum_file_space,
+                                    np.array([sums], dtype=np.uint32))
         self.group["done"][row] = True  # only after the descriptor (see module docstring)
         self.written.add(index)
         self._unflushed += 1
@@ -88,7 +105,7 @@ class RowWriter:
         self.file.flush()
         self.file.close()
         if _merged_failures(before, new, drop) != before:  # the table's structure changes
-            with rewriting(path) as f:
+            with editing(path) as f:
                 record_failures(f[group], new, drop)
 
 
@@ -111,12 +128,8 @@ def check_storable(values: np.ndarray, dtype, image_id: Callable[[], str]) -> No
 
 def _layer_parts(group: h5py.Group) -> list[tuple[h5py.Dataset, int, int]]:
     """(dataset, first column, end column) of each layer within a concatenated row."""
-    datasets = [group["descriptors"]]
-    if LAYERS_GROUP in group:
-        names = stored_layers(group.file.attrs)[1:]  # the first is ``descriptors``
-        datasets += [group[LAYERS_GROUP][name] for name in names]
     parts, start = [], 0
-    for rows in datasets:
+    for rows in layer_datasets(group):
         parts.append((rows, start, start + rows.shape[2]))
         start += rows.shape[2]
     return parts
@@ -126,10 +139,9 @@ def _layer_parts(group: h5py.Group) -> list[tuple[h5py.Dataset, int, int]]:
 def rewriting(path: Path) -> Iterator[h5py.File]:
     """An h5py file on a copy of `path` that replaces `path` when the block succeeds.
 
-    Changes to a file's structure (the `failed` table, datasets, attributes) move HDF5
-    metadata: done in place, a kill -9 or a full disk in the middle could leave a file that
-    no longer opens and lose every finished row. On a copy, the old file stays whole until
-    the new one is complete (one file copy per run, only when the structure changes).
+    Only for a FINISHED cache that must change (labels added to it afterwards): changes to
+    a file's structure move HDF5 metadata, and a finished file must never be left half
+    changed. An unfinished ``.partial`` is changed in place instead (`inplace.editing`).
     """
     path = Path(path)
     with atomic.replacing(path) as tmp:
@@ -187,10 +199,11 @@ def merge_shards(out: Path, log: Callable[[str], None] = print) -> int:
         if shard.name.endswith(".tmp"):
             shard.unlink()  # a shard killed while being created
         else:
+            repair(shard)  # a kill while its failures were written
             shards.append(shard)
     if not shards:
         return 0
-    with rewriting(partial) as f:  # all shards into one copy: a kill keeps the old file
+    with editing(partial) as f:  # all shards under one journal: a kill undoes the lot
         for shard in shards:
             try:
                 merged += _merge_one(shard, f)
@@ -209,13 +222,18 @@ def _merge_one(shard: Path, f: h5py.File) -> int:
         if text(s.attrs["config_key"]) != text(f.attrs["config_key"]):
             raise ValueError("another configuration")
         target = f[text(s.attrs["group"])]
-        done = s["done"][()]
+        done = s["done"][()] & _intact(s["/"])  # a damaged shard row is computed again
         index = s["index"][()][done]
         order = np.argsort(index)  # h5py fancy indexing wants increasing indices
         if len(index):
+            sums = []
             for (rows, _, _), (shard_rows, _, _) in zip(_layer_parts(target),
                                                          _layer_parts(s["/"]), strict=True):
-                rows[index[order]] = shard_rows[()][done][order].astype(rows.dtype)
+                values = shard_rows[()][done][order].astype(rows.dtype)
+                rows[index[order]] = values
+                sums.append(row_checksums(values))
+            if CHECKSUMS in target:
+                target[CHECKSUMS][index[order]] = np.stack(sums, axis=1)
             target["done"][index[order]] = True
         new = {text(i): text(r) for i, r in s["failed"][()]}
         done_ids = {text(i) for i in s["ids"][()][done]}
@@ -223,17 +241,38 @@ def _merge_one(shard: Path, f: h5py.File) -> int:
         return int(done.sum())
 
 
-def finalize(out: Path) -> bool:
-    """Rename ``OUT.partial`` to ``OUT`` when every row is done or failed; True if renamed."""
-    partial = partial_path(out)
-    with open_file(partial, "r") as f:
+def _intact(group: h5py.Group) -> np.ndarray:
+    """Per row of a shard: whether its bytes match its checksums (all True without any)."""
+    ok = np.ones(len(group["done"]), dtype=bool)
+    if CHECKSUMS in group:
+        sums = group[CHECKSUMS][()]
+        for column, rows in enumerate(layer_datasets(group)):
+            ok &= row_checksums(rows[()]) == sums[:, column]
+    return ok
+
+
+def is_complete(out: Path) -> bool:
+    """Whether every row of ``OUT.partial`` is done or failed."""
+    with open_file(partial_path(out), "r") as f:
         for name in group_names(f):
             g = f[name]
             failed = {text(i) for i, _ in g["failed"][()]}
             open_ids = [text(i) for i in g["ids"][()][~g["done"][()]]]
             if any(i not in failed for i in open_ids):
                 return False
-    os.replace(partial, out)
+    return True
+
+
+def finalize(out: Path) -> bool:
+    """Rename ``OUT.partial`` to ``OUT`` when every row is done or failed; True if renamed.
+
+    The rename is the only step that makes a finished file: whatever the finished cache
+    holds (failures, labels, the variation statistic) is written into the ``.partial``
+    before it, so finishing never copies the file."""
+    if not is_complete(out):
+        return False
+    os.replace(partial_path(out), out)
+    atomic.fsync_folder(Path(out).parent)
     return True
 
 
@@ -256,6 +295,7 @@ def create_rows(g: h5py.Group, ids: list[str], n_scales: int, dim, dtype: str) -
         extras = g.require_group(LAYERS_GROUP)
         for name, width in extra:
             _early(extras, name, (n, n_scales, width), np.dtype(dtype), np.nan)
+    _early(g, CHECKSUMS, (n, 1 + len(extra)), np.dtype(np.uint32), 0)
     _early(g, "done", (n,), np.dtype(bool), False)
 
 
@@ -276,8 +316,12 @@ def write_labels(path: str | os.PathLike, classes: Sequence[str], y: np.ndarray,
                  splits: Sequence[str] | None = None) -> None:
     """Store labels aligned with the root group's ids: ``labels`` (n, K) int8 in {1, -1},
     the class names in attribute ``classes``, and optionally ``splits`` (train/val/test).
-    Labels do not change the descriptors, so they are not part of the config key."""
-    with rewriting(path) as f:  # new datasets: on a copy, so a kill never breaks the file
+    Labels do not change the descriptors, so they are not part of the config key.
+
+    An unfinished ``.partial`` is changed in place (undone after a kill); a finished file
+    is changed on a copy that replaces it (a kill leaves the old file whole)."""
+    change = editing if is_partial(Path(path)) else rewriting
+    with change(path) as f:
         for name in (LABELS, SPLITS):
             if name in f:
                 del f[name]
