@@ -43,9 +43,10 @@ from vggfeat.training.run_folder import (
     open_tensorboard,
     save_epoch,
     start_or_resume,
+    stopped_note,
 )
 from vggfeat.utils import distributed as D
-from vggfeat.utils import locking
+from vggfeat.utils import interrupts, locking
 from vggfeat.utils.progress import progress_bar
 
 
@@ -237,9 +238,11 @@ def run_training(task: Task, cfg: dict, resume: bool, force_resume: bool) -> dic
     same --out is refused (vggfeat.utils.locking).
     """
     device = D.init(cfg["device"])
+    run_dir = Path(cfg["out"])
     try:
-        with locking.job_lock(Path(cfg["out"]) / LOCK_NAME, f"run folder {cfg['out']}",
-                              log=lambda message: print(message, file=sys.stderr)):
+        with locking.job_lock(run_dir / LOCK_NAME, f"run folder {cfg['out']}",
+                              log=lambda message: print(message, file=sys.stderr)), \
+                interrupts.progress_note(lambda: stopped_note(run_dir, cfg["epochs"])):
             result = _train(task, cfg, device, resume, force_resume)
         # Every rank leaves together: rank 0 may still be writing the backbone, and a rank
         # that tears its process group down meanwhile can abort in gloo's threads.

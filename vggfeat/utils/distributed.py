@@ -69,7 +69,8 @@ def init(device: str | torch.device) -> torch.device:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timeout(),
                                 device_id=device if device.type == "cuda" else None)
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the CLI's stop handler wins
+            signal.signal(signal.SIGTERM, _on_sigterm)
     return device
 
 

@@ -1,0 +1,153 @@
+"""Signals and a closed stderr, sent for real to real `vggfeat` processes.
+
+Ctrl-C (SIGINT) and SIGTERM stop a command at a safe point with one "stopped ..." line and
+exit 130 / 143, and the rerun finishes the same file as an uninterrupted run; a stderr
+whose reader went away (EPIPE) or a hang-up (SIGHUP) never ends the work. Each signal is
+sent once the process shows (on stderr) that the work has started.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers_datasets import slow_extract_args
+from helpers_features import assert_same_cache
+from helpers_training import TINY_OPTIONS, make_image_folder
+
+# A progress line for every image, so that a test sees the work going on.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+       "TQDM_MININTERVAL": "0", "TQDM_MAXINTERVAL": "0"}
+ENV.pop("VGGFEAT_DEBUG", None)
+VGGFEAT = [sys.executable, "-m", "vggfeat"]
+PER_CLASS = 150  # 300 images: about 4 s on one core, so a signal lands mid-run
+
+
+@pytest.fixture(scope="module")
+def extraction(tmp_path_factory, tiny_weights):
+    """(extract arguments, an uninterrupted run's cache)."""
+    folder = tmp_path_factory.mktemp("signals")
+    args = [str(a) for a in slow_extract_args(folder / "data", tiny_weights, PER_CLASS)
+            if a != "--quiet"]
+    whole = folder / "whole.h5"
+    done = subprocess.run([*VGGFEAT, "extract", *args, "--out", str(whole)], env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return args, whole
+
+
+def start(command: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(command, env=kwargs.pop("env", ENV), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def wait_for_progress(process: subprocess.Popen, pattern: str, timeout: float = 90) -> list:
+    """Read stderr lines until one matches `pattern`; returns the lines read."""
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            raise AssertionError(f"ended before {pattern!r}: {''.join(lines)[-2000:]}")
+        lines.append(line)
+        if re.search(pattern, line):
+            return lines
+    raise AssertionError(f"no {pattern!r} in {timeout} s: {''.join(lines)[-2000:]}")
+
+
+def assert_one_stopped_line(stderr: str, what: str) -> str:
+    assert "Traceback" not in stderr and "Aborted" not in stderr, stderr[-3000:]
+    stopped = [line for line in stderr.splitlines() if "stopped by" in line]
+    assert len(stopped) == 1, stderr[-3000:]
+    assert what in stopped[0], stopped[0]
+    return stopped[0]
+
+
+@pytest.mark.parametrize("signum, status, name", [(signal.SIGINT, 130, "Ctrl-C (SIGINT)"),
+                                                  (signal.SIGTERM, 143, "SIGTERM")])
+def test_extract_stops_with_one_line_and_the_rerun_finishes_the_same_cache(
+        extraction, tmp_path, signum, status, name):
+    args, whole = extraction
+    out = tmp_path / "stopped.h5"
+    process = start([*VGGFEAT, "extract", *args, "--out", str(out)])
+    wait_for_progress(process, r"extract images: .*\b[2-9]\d?/300\b")
+    process.send_signal(signum)
+    sent = time.monotonic()
+    _, rest = process.communicate(timeout=60)
+    latency = time.monotonic() - sent
+    assert process.returncode == status, rest[-3000:]
+    line = assert_one_stopped_line(rest, f"stopped by {name}: ")
+    done = int(re.search(r": (\d+) of 300 images done; rerun the same command to continue",
+                         line).group(1))
+    assert 0 < done < 300, line
+    assert latency < 5, latency
+    assert not out.exists() and Path(f"{out}.partial").exists()
+    assert not list(tmp_path.glob("*.lock")) or _lock_free(tmp_path)
+    rerun = subprocess.run([*VGGFEAT, "extract", *args, "--out", str(out)], env=ENV,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"({300 - done} computed this run" in rerun.stdout, (done, rerun.stdout)
+    assert_same_cache(out, whole)
+
+
+def _lock_free(folder: Path) -> bool:
+    """A lock file left behind is free: vggfeat's locks are advisory (flock) locks."""
+    import fcntl
+
+    for path in folder.glob("*.lock"):
+        with open(path) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return True
+
+
+def test_a_closed_stderr_does_not_end_the_extraction(extraction, tmp_path):
+    """The reader of stderr (a `tee`, a log shipper) goes away after the first lines."""
+    args, whole = extraction
+    out = tmp_path / "piped.h5"
+    process = start([*VGGFEAT, "extract", *args, "--out", str(out)])
+    wait_for_progress(process, r"extract images: .*\b[2-9]/300\b")
+    process.stderr.close()  # the reader exits: every later write to stderr gets EPIPE
+    stdout = process.stdout.read()
+    assert process.wait(timeout=120) == 0, stdout
+    assert "300 images" in stdout and f"{out} written" in stdout
+    assert not Path(f"{out}.partial").exists()
+    assert_same_cache(out, whole)
+
+
+def test_a_hang_up_does_not_end_the_extraction(extraction, tmp_path):
+    """SIGHUP (the terminal or ssh session closed) ends a process by default."""
+    args, whole = extraction
+    out = tmp_path / "hungup.h5"
+    process = start([*VGGFEAT, "extract", *args, "--out", str(out)])
+    wait_for_progress(process, r"extract images: .*\b[2-9]/300\b")
+    process.send_signal(signal.SIGHUP)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert f"{out} written" in stdout
+    assert_same_cache(out, whole)
+
+
+# -- training --------------------------------------------------------------------------
+
+def test_train_backbone_stops_between_epochs_and_says_how_to_resume(tmp_path):
+    root = make_image_folder(tmp_path / "data", n_train=8, n_val=4)
+    run = tmp_path / "run"
+    options = [str(o) for o in TINY_OPTIONS if o != "--quiet"]
+    common = ["train-backbone", "--data", str(root), *options, "--batch-size", "4",
+              "--lr", "0.001", "--epochs", "200", "--out", str(run)]
+    process = start([*VGGFEAT, *common])
+    wait_for_progress(process, r"^epoch 2/200")  # epoch 1 is logged and checkpointed
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, rest = process.communicate(timeout=60)
+    latency = time.monotonic() - sent
+    assert process.returncode == 143, rest[-3000:]
+    line = assert_one_stopped_line(rest, "stopped by SIGTERM: ")
+    kept = int(re.search(r"epoch (\d+) of 200", line).group(1))
+    assert kept >= 1 and "--resume" in line and str(run) in line, line
+    assert latency < 5, latency
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["epoch"] == kept  # the log and the checkpoint agree
