@@ -151,3 +151,83 @@ def test_train_backbone_stops_between_epochs_and_says_how_to_resume(tmp_path):
     assert latency < 5, latency
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert log[-1]["epoch"] == kept  # the log and the checkpoint agree
+
+
+# -- torchrun --------------------------------------------------------------------------
+
+def torchrun(*args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2", "-m", "vggfeat", *map(str, args)]
+
+
+def workers_of(agent: int) -> dict[int, int]:
+    """RANK -> pid of torchrun's worker processes (its children)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == agent:
+            found.update({int(item[5:]): int(entry.name) for item in environ
+                          if item.startswith(b"RANK=")})
+    return found
+
+
+def rank_lines(stderr: str, rank: int) -> list[str]:
+    return [line for line in stderr.splitlines() if f"rank {rank}: " in line]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM to torchrun", "Ctrl-C to the job"])
+def test_torchrun_extract_stops_on_every_rank_and_the_rerun_finishes(extraction, tmp_path, how):
+    """Kubernetes signals torchrun (which signals its workers); a terminal's Ctrl-C reaches
+    every process of the foreground group at once."""
+    args, whole = extraction
+    out = tmp_path / "two.h5"
+    agent = start(torchrun("extract", *args, "--out", out), start_new_session=True)
+    wait_for_progress(agent, r"extract images: .*\b[2-9]\d?/150\b")
+    if how == "SIGTERM to torchrun":
+        agent.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(agent.pid, signal.SIGINT)
+    sent = time.monotonic()
+    _, rest = agent.communicate(timeout=60)
+    latency = time.monotonic() - sent
+    assert agent.returncode != 0 and latency < 10, (latency, rest[-3000:])
+    for rank in (0, 1):
+        stopped = [line for line in rank_lines(rest, rank) if "stopped by" in line]
+        assert len(stopped) == 1, rest[-3000:]
+        assert re.search(r"\d+ of its \d+ images done .*rerun the same command", stopped[0])
+    assert "internal error" not in rest
+    rerun = subprocess.run(torchrun("extract", *args, "--out", out), env=ENV,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_same_cache(out, whole)
+
+
+@pytest.mark.slow
+def test_a_ddp_peer_dying_in_training_is_named_and_the_run_resumes(tmp_path):
+    root = make_image_folder(tmp_path / "data", n_train=16, n_val=4)
+    options = [str(o) for o in TINY_OPTIONS if o != "--quiet"]
+    common = ["train-backbone", "--data", root, *options, "--batch-size", "4", "--lr", "0.001",
+              "--epochs", "8", "--out", tmp_path / "run"]
+    agent = start(torchrun(*common), env={**ENV, "VGGFEAT_DIST_TIMEOUT": "30"})
+    wait_for_progress(agent, r"^epoch 3/8")  # epochs 1-2 are checkpointed
+    victim = workers_of(agent.pid)[1]
+    os.kill(victim, signal.SIGKILL)  # as a crashed process or the OOM killer ends it
+    died = time.monotonic()
+    _, rest = agent.communicate(timeout=90)
+    latency = time.monotonic() - died
+    assert agent.returncode != 0 and latency < 20, (latency, rest[-3000:])
+    said = rank_lines(rest, 0)
+    assert len(said) == 1, rest[-3000:]
+    assert f"rank 1 (pid {victim}) died" in said[0], said
+    assert re.search(r"epoch [2-8] of 8 is checkpointed in .*--resume", said[0]), said
+    assert "internal error" not in rest
+    resumed = subprocess.run(torchrun(*common, "--resume"), env=ENV, capture_output=True,
+                             text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1]
+                      )["epoch"] == 8

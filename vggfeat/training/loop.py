@@ -124,11 +124,12 @@ def train_step(model, x, y, optimizer, scaler, autocast, loss_fn):
     `loss_fn(outputs, y)` (a `Task.loss`) sums over this rank's batch and divides by its
     size.
     """
-    with autocast:
-        outputs = model(x)
-        loss = loss_fn(outputs.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    with D.peer_failures():  # DDP's collectives: a peer that died is named
+        with autocast:
+            outputs = model(x)
+            loss = loss_fn(outputs.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
     return loss.detach(), outputs.detach()

@@ -36,6 +36,7 @@ NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 DEFAULT_NOTE = "rerun the same command to continue (finished work is kept)"
 
 _notes: list[Callable[[], str]] = []
+_explanations: list[Callable[[], str | None]] = []  # e.g. "rank 1 (pid 42) died"
 _state = {"stopping": None, "deferred": 0, "pending": None}
 
 
@@ -59,7 +60,23 @@ class Interrupted(VggfeatError):
             detail = DEFAULT_NOTE
         rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
         where = f"rank {rank}: " if rank is not None else ""
-        return f"{where}stopped by {NAMES.get(self.signum, self.signum)}: {detail}"
+        why = next(filter(None, (_explain(f) for f in _explanations)), None)
+        cause = f" ({why})" if why else ""
+        return f"{where}stopped by {NAMES.get(self.signum, self.signum)}{cause}: {detail}"
+
+
+def _explain(explanation: Callable[[], str | None]) -> str | None:
+    try:
+        return explanation()
+    except Exception:  # noqa: BLE001 - an explanation is a bonus, never a new failure
+        return None
+
+
+def explain_with(explanation: Callable[[], str | None]) -> None:
+    """Add a cause a stop may name, e.g. torchrun's SIGTERM after a peer died
+    (`vggfeat.utils.distributed.dead_peers`); `explanation()` returns it or None."""
+    if explanation not in _explanations:
+        _explanations.append(explanation)
 
 
 @contextlib.contextmanager
@@ -92,7 +109,8 @@ def stopping() -> int | None:
     return _state["stopping"]
 
 
-def _current_note() -> Callable[[], str] | None:
+def current_note() -> Callable[[], str] | None:
+    """The innermost `progress_note` set, or None."""
     return _notes[-1] if _notes else None
 
 
@@ -103,7 +121,7 @@ def _on_stop_signal(signum, frame):
             os._exit(128 + signum)
         return  # torchrun's SIGTERM after a Ctrl-C, or a repeated SIGTERM: already stopping
     _state["stopping"] = signum
-    error = Interrupted(signum, _current_note())
+    error = Interrupted(signum, current_note())
     if _state["deferred"]:
         _state["pending"] = error
         return
