@@ -231,3 +231,26 @@ def test_a_ddp_peer_dying_in_training_is_named_and_the_run_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1]
                       )["epoch"] == 8
+
+
+# -- the demo --------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_demo_stops_its_running_step_and_says_how_to_continue(tmp_path):
+    out = tmp_path / "demo_out"
+    demo = start([sys.executable, "-m", "vggfeat.demo", "--quick", "--out", str(out)],
+                 env={**ENV, "PYTHONUNBUFFERED": "1"})
+    while "$ vggfeat train-backbone" not in (line := demo.stdout.readline()):
+        assert line, demo.communicate()
+    wait_for_progress(demo, r"^epoch 1/")  # the step (a child process) is training
+    demo.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, stderr = demo.communicate(timeout=90)
+    latency = time.monotonic() - sent
+    assert demo.returncode == 143, stderr[-3000:]
+    assert latency < 10, latency
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert re.match(r"stopped by SIGTERM: finished steps are kept; rerun the same command to "
+                    r"continue \(it resumes at `vggfeat train-backbone ", last), last
+    assert not list(out.rglob(".*.tmp"))
