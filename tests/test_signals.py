@@ -130,6 +130,31 @@ def test_a_hang_up_does_not_end_the_extraction(extraction, tmp_path):
     assert_same_cache(out, whole)
 
 
+# -- svm-eval ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_svm_eval_stops_with_one_line_and_the_rerun_writes_the_same_results(
+        extraction, tmp_path):
+    _, cache = extraction
+    reference = tmp_path / "reference"
+    done = subprocess.run([*VGGFEAT, "svm-eval", str(cache), "--out", str(reference)],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "stopped"
+    process = start([*VGGFEAT, "svm-eval", str(cache), "--out", str(out)])
+    wait_for_progress(process, r"SVMs \(fold x C\): .*\b1/")
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 130, rest[-3000:]
+    assert_one_stopped_line(rest, f"the evaluation into {out} did not finish (the files it "
+                                  "wrote are whole); rerun the same command to evaluate again")
+    rerun = subprocess.run([*VGGFEAT, "svm-eval", str(cache), "--out", str(out)], env=ENV,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for name in ("results.csv", "scores.csv"):
+        assert (out / name).read_text() == (reference / name).read_text(), name
+
+
 # -- training --------------------------------------------------------------------------
 
 def test_train_backbone_stops_between_epochs_and_says_how_to_resume(tmp_path):
