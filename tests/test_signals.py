@@ -66,18 +66,23 @@ def assert_one_stopped_line(stderr: str, what: str) -> str:
     return stopped[0]
 
 
-@pytest.mark.parametrize("signum, status, name", [(signal.SIGINT, 130, "Ctrl-C (SIGINT)"),
-                                                  (signal.SIGTERM, 143, "SIGTERM")])
+@pytest.mark.parametrize("signum, status, name, workers", [
+    (signal.SIGINT, 130, "Ctrl-C (SIGINT)", "0"),
+    (signal.SIGTERM, 143, "SIGTERM", "0"),
+    # A terminal's Ctrl-C reaches the decoding processes too (the whole process group).
+    (signal.SIGINT, 130, "Ctrl-C (SIGINT)", "2")])
 def test_extract_stops_with_one_line_and_the_rerun_finishes_the_same_cache(
-        extraction, tmp_path, signum, status, name):
+        extraction, tmp_path, signum, status, name, workers):
     args, whole = extraction
     out = tmp_path / "stopped.h5"
-    process = start([*VGGFEAT, "extract", *args, "--out", str(out)])
+    process = start([*VGGFEAT, "extract", *args, "--workers", workers, "--out", str(out)],
+                    start_new_session=True)
     wait_for_progress(process, r"extract images: .*\b[2-9]\d?/300\b")
-    process.send_signal(signum)
+    os.killpg(process.pid, signum)
     sent = time.monotonic()
     _, rest = process.communicate(timeout=60)
     latency = time.monotonic() - sent
+    print(f"stop latency: {latency:.2f} s")
     assert process.returncode == status, rest[-3000:]
     line = assert_one_stopped_line(rest, f"stopped by {name}: ")
     done = int(re.search(r": (\d+) of 300 images done; rerun the same command to continue",
@@ -169,6 +174,7 @@ def test_train_backbone_stops_between_epochs_and_says_how_to_resume(tmp_path):
     sent = time.monotonic()
     _, rest = process.communicate(timeout=60)
     latency = time.monotonic() - sent
+    print(f"stop latency: {latency:.2f} s")
     assert process.returncode == 143, rest[-3000:]
     line = assert_one_stopped_line(rest, "stopped by SIGTERM: ")
     kept = int(re.search(r"epoch (\d+) of 200", line).group(1))
@@ -220,6 +226,7 @@ def test_torchrun_extract_stops_on_every_rank_and_the_rerun_finishes(extraction,
     sent = time.monotonic()
     _, rest = agent.communicate(timeout=60)
     latency = time.monotonic() - sent
+    print(f"stop latency: {latency:.2f} s")
     assert agent.returncode != 0 and latency < 10, (latency, rest[-3000:])
     for rank in (0, 1):
         stopped = [line for line in rank_lines(rest, rank) if "stopped by" in line]
@@ -245,6 +252,7 @@ def test_a_ddp_peer_dying_in_training_is_named_and_the_run_resumes(tmp_path):
     died = time.monotonic()
     _, rest = agent.communicate(timeout=90)
     latency = time.monotonic() - died
+    print(f"stop latency: {latency:.2f} s")
     assert agent.returncode != 0 and latency < 20, (latency, rest[-3000:])
     said = rank_lines(rest, 0)
     assert len(said) == 1, rest[-3000:]
@@ -272,6 +280,7 @@ def test_the_demo_stops_its_running_step_and_says_how_to_continue(tmp_path):
     sent = time.monotonic()
     _, stderr = demo.communicate(timeout=90)
     latency = time.monotonic() - sent
+    print(f"stop latency: {latency:.2f} s")
     assert demo.returncode == 143, stderr[-3000:]
     assert latency < 10, latency
     assert "Traceback" not in stderr

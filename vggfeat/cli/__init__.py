@@ -82,7 +82,8 @@ STOP_STATUSES = (130, 143)  # 128 + SIGINT, 128 + SIGTERM (vggfeat.utils.interru
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
              epilog="Exit status: 0 done, 1 failed, 2 bad usage or input, 3 some images "
-                    "could not be read (extract).")
+                    "could not be read (extract), 130/143 stopped by Ctrl-C/SIGTERM "
+                    "(rerun to continue).")
 @click.version_option(__version__, prog_name="vggfeat")
 @click.option("--debug", is_flag=True,
               help="Show the full traceback of a failure (also VGGFEAT_DEBUG=1).")

@@ -37,7 +37,7 @@ DEFAULT_NOTE = "rerun the same command to continue (finished work is kept)"
 
 _notes: list[Callable[[], str]] = []
 _explanations: list[Callable[[], str | None]] = []  # e.g. "rank 1 (pid 42) died"
-_state = {"stopping": None, "deferred": 0, "pending": None}
+_state = {"stopping": None, "deferred": 0, "pending": None, "pid": None}
 
 
 class Interrupted(VggfeatError):
@@ -115,6 +115,8 @@ def current_note() -> Callable[[], str] | None:
 
 
 def _on_stop_signal(signum, frame):
+    if os.getpid() != _state["pid"]:  # a forked helper (a DataLoader worker): as before
+        _as_without_handler(signum)
     if _state["stopping"] is not None:
         if signum == signal.SIGINT:  # the user insists: leave now
             _say(f"second Ctrl-C: stopping at once; {DEFAULT_NOTE}")
@@ -126,6 +128,15 @@ def _on_stop_signal(signum, frame):
         _state["pending"] = error
         return
     raise error
+
+
+def _as_without_handler(signum: int) -> None:
+    """What the signal does without `install`: KeyboardInterrupt for SIGINT (which
+    DataLoader workers end on quietly), else the default action."""
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _on_hangup(signum, frame):
@@ -147,6 +158,7 @@ def install() -> None:
     ignored at start stays ignored)."""
     if threading.current_thread() is not threading.main_thread():
         return
+    _state["pid"] = os.getpid()
     for signum, handler in ((signal.SIGINT, _on_stop_signal),
                             (signal.SIGTERM, _on_stop_signal),
                             (signal.SIGHUP, _on_hangup)):
