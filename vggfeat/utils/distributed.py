@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -51,7 +52,7 @@ _peers: dict[int, tuple[str, int]] = {}
 def _stopped_message(why: str) -> str:
     """One line: who stopped, why (which rank died, when it can be known), and what the
     running command keeps (its `interrupts.progress_note`) or how to resume."""
-    dead = dead_peers()
+    dead = _wait_for_dead_peers(1.0)
     if dead:
         why = f"{dead}; {why}"
     note = interrupts.current_note()
@@ -109,6 +110,17 @@ def dead_peers() -> str | None:
     if not dead:
         return None
     return f"{', '.join(dead)} died" if len(dead) < 3 else f"{len(dead)} ranks died"
+
+
+def _wait_for_dead_peers(seconds: float) -> str | None:
+    """`dead_peers`, looked at for up to `seconds`: a killed peer's sockets close a moment
+    before its process is seen to have ended."""
+    deadline = time.monotonic() + seconds
+    while True:
+        dead = dead_peers()
+        if dead or not _peers or time.monotonic() >= deadline:
+            return dead
+        time.sleep(0.05)
 
 
 def launched() -> bool:

@@ -52,6 +52,8 @@ class Interrupted(VggfeatError):
         self.signum = signum
         self.exit_code = 128 + signum
         self.note = note
+        # Why, as seen when the signal came (a peer that stops with this one is no cause).
+        self.cause = next(filter(None, (_explain(f) for f in _explanations)), None)
 
     def __str__(self) -> str:
         try:
@@ -60,8 +62,7 @@ class Interrupted(VggfeatError):
             detail = DEFAULT_NOTE
         rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
         where = f"rank {rank}: " if rank is not None else ""
-        why = next(filter(None, (_explain(f) for f in _explanations)), None)
-        cause = f" ({why})" if why else ""
+        cause = f" ({self.cause})" if self.cause else ""
         return f"{where}stopped by {NAMES.get(self.signum, self.signum)}{cause}: {detail}"
 
 
