@@ -238,11 +238,10 @@ def _stopped_note(label: str, done: int, mine: int, counts: tuple[int, int, int]
     """What a stop keeps: "812 of 5,011 images done; rerun ..." (per process under torchrun,
     whose other processes' rows are in their shards until the rerun merges them)."""
     before, total, world = counts
-    again = "rerun the same command to continue"
     if world == 1:
-        return f"{before + done:,} of {total:,} {label} done; {again}"
+        return f"{before + done:,} of {total:,} {label} done; rerun the same command to continue"
     return (f"{done:,} of its {mine:,} {label} done ({before:,} of {total:,} before this run); "
-            f"{again}")
+            "rerun the same command to resume")
 
 
 def _run_group(engine: Engine, samples, indices, writer, group, show: bool,

@@ -81,7 +81,13 @@ def _publish_peers() -> None:
     table: list = [None] * world_size()
     _collective(dist.all_gather_object, table, me)
     _peers.update({r: tuple(entry) for r, entry in enumerate(table)})
-    interrupts.explain_with(dead_peers)
+    interrupts.replace_with(_stop_after_a_peer_died)
+
+
+def _stop_after_a_peer_died(signum: int) -> JobStopped | None:
+    """torchrun's SIGTERM once a peer has died is the job failing, not a user's stop."""
+    dead = dead_peers() if signum == signal.SIGTERM else None
+    return JobStopped(_stopped_message("torchrun stopped the others")) if dead else None
 
 
 def _process_gone(pid: int) -> bool:

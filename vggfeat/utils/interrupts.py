@@ -36,7 +36,9 @@ NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 DEFAULT_NOTE = "rerun the same command to continue (finished work is kept)"
 
 _notes: list[Callable[[], str]] = []
-_explanations: list[Callable[[], str | None]] = []  # e.g. "rank 1 (pid 42) died"
+# signum -> an exception to raise instead of `Interrupted`, or None (e.g. torchrun's
+# SIGTERM after a peer died: the job failed, `vggfeat.utils.distributed.JobStopped`).
+_replacements: list[Callable[[int], BaseException | None]] = []
 _state = {"stopping": None, "deferred": 0, "pending": None, "pid": None}
 
 
@@ -52,8 +54,6 @@ class Interrupted(VggfeatError):
         self.signum = signum
         self.exit_code = 128 + signum
         self.note = note
-        # Why, as seen when the signal came (a peer that stops with this one is no cause).
-        self.cause = next(filter(None, (_explain(f) for f in _explanations)), None)
 
     def __str__(self) -> str:
         try:
@@ -62,22 +62,25 @@ class Interrupted(VggfeatError):
             detail = DEFAULT_NOTE
         rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
         where = f"rank {rank}: " if rank is not None else ""
-        cause = f" ({self.cause})" if self.cause else ""
-        return f"{where}stopped by {NAMES.get(self.signum, self.signum)}{cause}: {detail}"
+        return f"{where}stopped by {NAMES.get(self.signum, self.signum)}: {detail}"
 
 
-def _explain(explanation: Callable[[], str | None]) -> str | None:
-    try:
-        return explanation()
-    except Exception:  # noqa: BLE001 - an explanation is a bonus, never a new failure
-        return None
+def replace_with(replacement: Callable[[int], BaseException | None]) -> None:
+    """Let `replacement(signum)` give the exception a stop raises instead of `Interrupted`
+    (None: no replacement), looked at when the signal comes."""
+    if replacement not in _replacements:
+        _replacements.append(replacement)
 
 
-def explain_with(explanation: Callable[[], str | None]) -> None:
-    """Add a cause a stop may name, e.g. torchrun's SIGTERM after a peer died
-    (`vggfeat.utils.distributed.dead_peers`); `explanation()` returns it or None."""
-    if explanation not in _explanations:
-        _explanations.append(explanation)
+def _stop_error(signum: int) -> BaseException:
+    for replacement in _replacements:
+        try:
+            error = replacement(signum)
+        except Exception:  # noqa: BLE001 - a replacement is a bonus, never a new failure
+            error = None
+        if error is not None:
+            return error
+    return Interrupted(signum, current_note())
 
 
 @contextlib.contextmanager
@@ -124,7 +127,7 @@ def _on_stop_signal(signum, frame):
             os._exit(128 + signum)
         return  # torchrun's SIGTERM after a Ctrl-C, or a repeated SIGTERM: already stopping
     _state["stopping"] = signum
-    error = Interrupted(signum, current_note())
+    error = _stop_error(signum)
     if _state["deferred"]:
         _state["pending"] = error
         return
