@@ -289,3 +289,52 @@ def test_the_demo_stops_its_running_step_and_says_how_to_continue(tmp_path):
     assert re.match(r"stopped by SIGTERM: finished steps are kept; rerun the same command to "
                     r"continue \(it resumes at `vggfeat train-backbone ", last), last
     assert not list(out.rglob(".*.tmp"))
+
+
+# -- the handlers themselves -----------------------------------------------------------
+
+STOPPING = """
+import os, signal, sys, time
+from vggfeat.utils import interrupts
+
+interrupts.install()
+try:
+    with interrupts.progress_note(lambda: "7 of 9 done; rerun"), interrupts.deferred():
+        os.kill(os.getpid(), signal.SIGINT)  # the stop waits for the deferred block
+        time.sleep(0.2)
+        print("still in the block", flush=True)
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        time.sleep(0.5)
+        print("block finished", flush=True)
+except interrupts.Interrupted as stopped:
+    print(stopped, file=sys.stderr)
+    sys.exit(stopped.exit_code)
+"""
+
+
+@pytest.mark.parametrize("then", ["SIGINT", "SIGTERM"])
+def test_a_second_ctrl_c_ends_at_once_and_a_sigterm_while_stopping_is_ignored(then):
+    done = subprocess.run([sys.executable, "-c", STOPPING, then], env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert "still in the block" in done.stdout
+    if then == "SIGINT":
+        assert "block finished" not in done.stdout
+        assert done.stderr.strip() == ("second Ctrl-C: stopping at once; rerun the same command "
+                                       "to continue (finished work is kept)")
+    else:  # torchrun sends SIGTERM to every process after a Ctrl-C: the stop goes on
+        assert "block finished" in done.stdout
+        assert done.stderr.strip() == "stopped by Ctrl-C (SIGINT): 7 of 9 done; rerun"
+
+
+def test_a_signal_ignored_at_start_stays_ignored():
+    """`nohup` ignores SIGHUP, a shell's `cmd &` SIGINT: install() keeps that."""
+    script = ("import signal; from vggfeat.utils import interrupts; interrupts.install(); "
+              "print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, "
+              "signal.getsignal(signal.SIGINT) is signal.SIG_IGN, interrupts.installed())")
+    done = subprocess.run(["nohup", sys.executable, "-c",
+                           f"import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                           f"import os; os.execv({sys.executable!r}, "
+                           f"[{sys.executable!r}, '-c', {script!r}])"],
+                          env=ENV, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["True", "True", "True"], (done.stdout, done.stderr)
