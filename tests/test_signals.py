@@ -5,6 +5,7 @@ exit 130 / 143, and the rerun finishes the same file as an uninterrupted run; a 
 whose reader went away (EPIPE) or a hang-up (SIGHUP) never ends the work. Each signal is
 sent once the process shows (on stderr) that the work has started.
 """
+import contextlib
 import json
 import os
 import re
@@ -338,3 +339,18 @@ def test_a_signal_ignored_at_start_stays_ignored():
                            f"[{sys.executable!r}, '-c', {script!r}])"],
                           env=ENV, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["True", "True", "True"], (done.stdout, done.stderr)
+
+
+def test_a_progress_bar_on_a_closed_pipe_goes_silent_in_a_library_call():
+    """`progress_bar` guards its stream for Python callers too (no `vggfeat` entry point)."""
+    from vggfeat.utils.progress import progress_bar
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone: writes get EPIPE (Python ignores SIGPIPE)
+    with pytest.raises(BrokenPipeError):  # what a bare write does
+        os.write(write_end, b"x\n")
+    stream = os.fdopen(write_end, "w")
+    done = sum(1 for _ in progress_bar(range(50), file=stream, mininterval=0))
+    assert done == 50
+    with contextlib.suppress(BrokenPipeError):  # what the bar wrote is still buffered
+        stream.close()
