@@ -161,6 +161,27 @@ def test_svm_eval_stops_with_one_line_and_the_rerun_writes_the_same_results(
         assert (out / name).read_text() == (reference / name).read_text(), name
 
 
+# -- eval-backbone ----------------------------------------------------------------------
+
+def test_eval_backbone_stops_with_one_line(tmp_path):
+    from vggfeat.models import build_backbone, save_backbone
+
+    root = make_image_folder(tmp_path / "data", n_train=1, n_val=40)
+    net = build_backbone("A", width=0.125, crop_size=64, num_classes=4, init="xavier")
+    net.meta["classes"] = sorted(p.name for p in (root / "val").iterdir())
+    weights = save_backbone(net, tmp_path / "backbone.pth")
+    process = start([*VGGFEAT, "eval-backbone", "--data", str(root), "--weights", str(weights),
+                     "--scales", "64,96,128", "--workers", "0", "--device", "cpu",
+                     "--json", str(tmp_path / "rows.json")])
+    wait_for_progress(process, r"\b[2-9]\d?/160\b")
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 130, rest[-3000:]
+    assert_one_stopped_line(rest, "stopped by Ctrl-C (SIGINT): nothing was written (the rows "
+                                  "are written at the end); rerun the same command")
+    assert not (tmp_path / "rows.json").exists()
+
+
 # -- training --------------------------------------------------------------------------
 
 def test_train_backbone_stops_between_epochs_and_says_how_to_resume(tmp_path):
