@@ -38,6 +38,7 @@ import csv
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -46,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggfeat.utils import atomic
+from vggfeat.utils import atomic, interrupts
 from vggfeat.utils.threads import torch_threads
 
 
@@ -110,12 +111,30 @@ def run_step(args: list[str], *, echo, quiet: bool, threads: int | None = None) 
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    done = subprocess.run([sys.executable, "-m", "vggfeat", *map(str, args)], stdout=stdout,
-                          stderr=stderr, text=True, check=False, env=env)
-    if done.returncode != 0:
-        tail = (done.stderr or "")[-2000:] if quiet else "(see the messages above)"
-        raise DemoError(f"step failed with exit status {done.returncode}: "
+    note = interrupts.progress_note(lambda: "finished steps are kept; rerun the same command "
+                                    f"to continue (it resumes at `{command_line(args)}`)")
+    with note, subprocess.Popen([sys.executable, "-m", "vggfeat", *map(str, args)],
+                                stdout=stdout, stderr=stderr, text=True, env=env) as step:
+        try:
+            _, errors = step.communicate()
+        except interrupts.Interrupted:
+            _stop_step(step)
+            raise
+    if step.returncode != 0:
+        tail = (errors or "")[-2000:] if quiet else "(see the messages above)"
+        raise DemoError(f"step failed with exit status {step.returncode}: "
                         f"{command_line(args)}\n{tail}")
+
+
+def _stop_step(step: subprocess.Popen) -> None:
+    """Stop a running step as the demo was stopped: SIGTERM, which the step answers by
+    closing its files at a safe point (a step that got the terminal's Ctrl-C too is
+    already stopping, and ignores it); killed if it has not ended in a minute."""
+    step.send_signal(signal.SIGTERM)
+    try:
+        step.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        step.kill()
 
 
 # -- the steps -------------------------------------------------------------------------
@@ -389,11 +408,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = replace(QUICK if args.quick else FULL, seed=args.seed, threads=args.threads)
     start = time.perf_counter()
+    interrupts.guard_streams()  # a closed pipe or a hang-up never ends the demo
+    interrupts.install()  # Ctrl-C / SIGTERM: the running step stops, one line, 130 / 143
     try:
         run_demo(args.out, cfg, quiet=args.quiet)
     except DemoError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except interrupts.Interrupted as stopped:
+        print(stopped, file=sys.stderr)
+        return stopped.exit_code
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0
 

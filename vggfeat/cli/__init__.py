@@ -63,16 +63,27 @@ class LazyGroup(StrictGroup):
 
 
 class CommandFailed(click.ClickException):
-    """A described failure: click prints "Error: <message>" to stderr and exits `status`."""
+    """A described failure: click prints "Error: <message>" to stderr and exits `status`;
+    a stop (Ctrl-C, SIGTERM: status 130, 143) prints its "stopped ..." line as it is."""
 
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.exit_code = status
 
+    def show(self, file=None) -> None:
+        if self.exit_code in STOP_STATUSES:
+            click.echo(self.message, err=True)
+        else:
+            super().show(file)
+
+
+STOP_STATUSES = (130, 143)  # 128 + SIGINT, 128 + SIGTERM (vggfeat.utils.interrupts)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
              epilog="Exit status: 0 done, 1 failed, 2 bad usage or input, 3 some images "
-                    "could not be read (extract).")
+                    "could not be read (extract), 130/143 stopped by Ctrl-C/SIGTERM "
+                    "(rerun to continue).")
 @click.version_option(__version__, prog_name="vggfeat")
 @click.option("--debug", is_flag=True,
               help="Show the full traceback of a failure (also VGGFEAT_DEBUG=1).")
@@ -87,10 +98,14 @@ def cli(debug):
 
 
 def main():
-    """The console entry point: the command, then an exit without the interpreter's slow
-    teardown (`vggfeat.cli.fast_exit`). Tests call `cli` (click's runner), not this."""
+    """The console entry point: signals handled (`vggfeat.utils.interrupts`), the command,
+    then an exit without the interpreter's slow teardown (`vggfeat.cli.fast_exit`). Tests
+    call `cli` (click's runner), not this."""
     from vggfeat.cli.fast_exit import fast_exit
+    from vggfeat.utils import interrupts
 
+    interrupts.guard_streams()  # a closed stderr (EPIPE) or a hang-up never ends the work
+    interrupts.install()  # Ctrl-C / SIGTERM: "stopped: ...", exit 130 / 143
     try:
         cli(prog_name="vggfeat")
     except SystemExit as done:  # click ends every standalone run with sys.exit

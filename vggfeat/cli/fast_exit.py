@@ -8,7 +8,9 @@ destructors), paid after a command's work is done and while the user waits for t
 `fast_exit` does what Python's own shutdown does first, and skips the rest:
 
 1. wait for the non-daemon threads (``threading._shutdown``, as ``Py_FinalizeEx`` does;
-   it also stops idle thread-pool workers),
+   it also stops idle thread-pool workers), unless a Ctrl-C or SIGTERM stopped the command
+   (`vggfeat.utils.interrupts`): then a pool thread may still be computing its part of the
+   abandoned batch (`vggfeat.models.cpu.CpuDense`, seconds) and nothing it does is kept,
 2. run the ``atexit`` handlers (h5py closes any file still open, logging flushes,
    multiprocessing joins its children),
 3. flush stdout and stderr,
@@ -23,6 +25,8 @@ import atexit
 import os
 import sys
 import threading
+
+from vggfeat.utils import interrupts
 
 
 def exit_status(code) -> int:
@@ -42,7 +46,8 @@ def fast_exit(code=0):
         sys.exit(code)
     status = exit_status(code)
     try:
-        threading._shutdown()
+        if interrupts.stopping() is None:  # a stopped run's threads only compute: not awaited
+            threading._shutdown()
         atexit._run_exitfuncs()
     except AttributeError:  # a Python without these: its own shutdown is the safe way
         sys.exit(status)

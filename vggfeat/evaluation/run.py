@@ -19,6 +19,7 @@ from vggfeat.evaluation import inputs, output_folder, report
 from vggfeat.evaluation.diagnostics import chance_warning, grid_edge_warning
 from vggfeat.evaluation.inputs import EvaluationInputError, Features
 from vggfeat.evaluation.protocols import Result, Settings, run_protocol
+from vggfeat.utils import interrupts
 
 Echo = Callable[..., None]
 
@@ -141,7 +142,8 @@ def _evaluate(out: Path, reader, features: Features, settings: Settings, recorde
     made_folder = not out.exists()
     output_folder.claim_outputs(out)  # files written from here on are known as ours
     try:
-        result = run_protocol(reader, features, settings, out)
+        with interrupts.progress_note(lambda: _stopped_note(out)):
+            result = run_protocol(reader, features, settings, out)
     except BaseException:
         output_folder.unclaim_if_unused(out, made_folder)  # a refused run leaves no trace
         raise
@@ -153,11 +155,19 @@ def _evaluate(out: Path, reader, features: Features, settings: Settings, recorde
                                 [s["layer"] for s in sources])
     table = report.format_table(result, paper)
     echo(table)  # before the files: the figures are seen even if writing fails
-    files = report.write_report(result, out, recorded, sources, paper,
-                                left_out=left_out.record() if left_out else None, echo=echo)
+    with interrupts.progress_note(lambda: _stopped_note(out)):
+        files = report.write_report(result, out, recorded, sources, paper,
+                                    left_out=left_out.record() if left_out else None, echo=echo)
     output_folder.release_outputs(out)
     written = sorted(str(p) for p in list(files.values()) + result.files)
     return SvmEvalRun(result, out, paper, table, written, left_out)
+
+
+def _stopped_note(out: Path) -> str:
+    """What a stopped svm-eval keeps (`vggfeat.utils.interrupts`): every file is written
+    whole (`vggfeat.utils.atomic`), and a rerun into the same folder starts over."""
+    return (f"the evaluation into {out} did not finish (the files it wrote are whole); "
+            "rerun the same command to evaluate again")
 
 
 def _silent(*_args, **_kwargs) -> None:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from vggfeat.localisation.evaluate import evaluate_localisation
-from vggfeat.utils import atomic
+from vggfeat.utils import atomic, interrupts
 from vggfeat.utils.devices import CUDA_ONLY, resolve_device
 
 OUTPUT_NAMES = ("localisation.csv", "localisation.json")
@@ -64,7 +64,9 @@ def run_eval_localisation(data, weights, classifiers=(), *, out=None, overwrite:
     check_outputs(out, overwrite)
     if device == "auto":  # the trainer and the evaluations run on CUDA or the CPU only
         device = str(resolve_device("auto", CUDA_ONLY))
-    rows, bad = evaluate_localisation(data, list(weights), list(classifiers), device=device,
-                                      **options)
+    with interrupts.progress_note(lambda: "nothing was written (the rows are written at the "
+                                  "end); rerun the same command"):
+        rows, bad = evaluate_localisation(data, list(weights), list(classifiers), device=device,
+                                          **options)
     written = write_outputs(rows, out) if out else []
     return rows, bad, written

@@ -6,13 +6,19 @@ import json
 from pathlib import Path
 
 from vggfeat.training.evaluate import evaluate_backbones
-from vggfeat.utils import atomic
+from vggfeat.utils import atomic, interrupts
 from vggfeat.utils.devices import CUDA_ONLY, resolve_device
 
 
 def backbone_file(weights: str | Path) -> str:
     """A run folder's backbone.pth, or the file given."""
     return str(Path(weights) / "backbone.pth") if Path(weights).is_dir() else str(weights)
+
+
+def _stopped_note() -> str:
+    """What a stopped evaluation keeps (`vggfeat.utils.interrupts`): its rows are written
+    at the end only."""
+    return "nothing was written (the rows are written at the end); rerun the same command"
 
 
 def run_eval_backbone(data, weights, *, scales=None, method: str = "both",
@@ -35,8 +41,9 @@ def run_eval_backbone(data, weights, *, scales=None, method: str = "both",
         data = data / "val"
     if device == "auto":  # the trainer and the evaluations run on CUDA or the CPU only
         device = str(resolve_device("auto", CUDA_ONLY))
-    rows, pred = evaluate_backbones([backbone_file(w) for w in weights], data, scales, method,
-                                    device, workers, quiet, limit)
+    with interrupts.progress_note(_stopped_note):
+        rows, pred = evaluate_backbones([backbone_file(w) for w in weights], data, scales,
+                                        method, device, workers, quiet, limit)
     if json_out:
         atomic.write_text(json_out, json.dumps(rows, indent=1) + "\n")
     return rows, pred.bad

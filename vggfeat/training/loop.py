@@ -43,10 +43,11 @@ from vggfeat.training.run_folder import (
     open_tensorboard,
     save_epoch,
     start_or_resume,
+    stopped_note,
 )
 from vggfeat.training.stall import resumed_stall_state, stall_state
 from vggfeat.utils import distributed as D
-from vggfeat.utils import locking
+from vggfeat.utils import interrupts, locking
 from vggfeat.utils.progress import progress_bar
 
 
@@ -124,11 +125,12 @@ def train_step(model, x, y, optimizer, scaler, autocast, loss_fn):
     `loss_fn(outputs, y)` (a `Task.loss`) sums over this rank's batch and divides by its
     size.
     """
-    with autocast:
-        outputs = model(x)
-        loss = loss_fn(outputs.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    with D.peer_failures():  # DDP's collectives: a peer that died is named
+        with autocast:
+            outputs = model(x)
+            loss = loss_fn(outputs.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
     return loss.detach(), outputs.detach()
@@ -238,9 +240,11 @@ def run_training(task: Task, cfg: dict, resume: bool, force_resume: bool) -> dic
     same --out is refused (vggfeat.utils.locking).
     """
     device = D.init(cfg["device"])
+    run_dir = Path(cfg["out"])
     try:
-        with locking.job_lock(Path(cfg["out"]) / LOCK_NAME, f"run folder {cfg['out']}",
-                              log=lambda message: print(message, file=sys.stderr)):
+        with locking.job_lock(run_dir / LOCK_NAME, f"run folder {cfg['out']}",
+                              log=lambda message: print(message, file=sys.stderr)), \
+                interrupts.progress_note(lambda: stopped_note(run_dir, cfg["epochs"])):
             result = _train(task, cfg, device, resume, force_resume)
         # Every rank leaves together: rank 0 may still be writing the backbone, and a rank
         # that tears its process group down meanwhile can abort in gloo's threads.

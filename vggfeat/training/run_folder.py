@@ -21,7 +21,7 @@ from vggfeat.training.checkpoint import (
     save_checkpoint,
 )
 from vggfeat.training.config import TrainingError
-from vggfeat.utils import atomic
+from vggfeat.utils import atomic, interrupts
 from vggfeat.utils import distributed as D
 
 LOCK_NAME = "train.lock"  # held while a run writes its folder (vggfeat.utils.locking)
@@ -133,10 +133,26 @@ def save_epoch(record: dict, run_dir: Path, writer, objects: tuple, cfg: dict,
     (never a half line if killed) before the checkpoint, and rewrite_log drops lines past a
     resumed checkpoint's epoch, so log and checkpoint always agree after a rerun.
     """
-    atomic.append_line(run_dir / "log.jsonl", json.dumps(record))
-    if writer is not None:
-        for key, value in record.items():
-            if isinstance(value, float):
-                writer.add_scalar(key, value, record["epoch"])
-    save_checkpoint(checkpoint_state(*objects, record["epoch"], record["step"], cfg, stall),
-                    run_dir / CHECKPOINT_NAME)
+    with interrupts.deferred():  # a Ctrl-C waits for the checkpoint of the logged epoch
+        atomic.append_line(run_dir / "log.jsonl", json.dumps(record))
+        if writer is not None:
+            for key, value in record.items():
+                if isinstance(value, float):
+                    writer.add_scalar(key, value, record["epoch"])
+        save_checkpoint(checkpoint_state(*objects, record["epoch"], record["step"], cfg,
+                                         stall),
+                        run_dir / CHECKPOINT_NAME)
+
+
+def stopped_note(run_dir: Path, epochs: int) -> str:
+    """What a stopped run keeps and how to go on (`vggfeat.utils.interrupts`): the last
+    epoch in log.jsonl, which `save_epoch` writes together with its checkpoint."""
+    try:
+        lines = (run_dir / "log.jsonl").read_text().splitlines()
+        kept = json.loads(lines[-1])["epoch"] if lines else 0
+    except (OSError, ValueError, KeyError):
+        kept = 0
+    if kept and (run_dir / CHECKPOINT_NAME).exists():
+        return (f"epoch {kept} of {epochs} is checkpointed in {run_dir}; continue with the "
+                "same command plus --resume")
+    return f"no epoch was finished; rerun the same command to start {run_dir} again"

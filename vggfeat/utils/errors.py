@@ -7,7 +7,8 @@ input"):
 - 1: the command failed (a run that diverged, a full disk, an out-of-memory, a bug);
 - 2: bad usage or input (an option, a file or a folder it cannot use), found before or
   during the work; the message names the option or file and the fix;
-- 3: some images could not be read (`extract` without --skip-bad).
+- 3: some images could not be read (`extract` without --skip-bad);
+- 130, 143: stopped by Ctrl-C (SIGINT) or SIGTERM (`vggfeat.utils.interrupts`).
 
 `describe` turns an exception that escaped a command into (message, exit status); the CLI
 entry point (`vggfeat.cli`) prints the message instead of a traceback, unless --debug or

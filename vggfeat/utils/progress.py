@@ -4,7 +4,9 @@ On a terminal the bar redraws in place ten times a second. When stderr is a file
 (CI, `nohup`, `2> log`) each redraw would be one more carriage-return-separated chunk of
 one endless line, so there the bar is drawn at most once every `LOG_INTERVAL` seconds, in
 plain ASCII, each state on a line of its own, plus the final line (tqdm's own
-TQDM_MININTERVAL environment variable, when set, decides the interval instead).
+TQDM_MININTERVAL environment variable, when set, decides the interval instead). A stream
+whose reader has gone (a closed pipe) silences the bar instead of ending the work
+(`vggfeat.utils.interrupts.GuardedStream`), for library callers too.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import os
 import sys
 
 from tqdm import tqdm
+
+from vggfeat.utils.interrupts import GuardedStream
 
 # Seconds between two progress lines when stderr is not a terminal.
 LOG_INTERVAL = 10.0
@@ -50,6 +54,8 @@ def progress_bar(iterable=None, *, file=None, **kwargs) -> tqdm:
         **kwargs: tqdm's (desc, total, unit, disable, leave, ...).
     """
     file = sys.stderr if file is None else file
+    if not isinstance(file, GuardedStream):  # a closed pipe silences the bar, never the work
+        file = GuardedStream(file)
     if not _is_terminal(file):
         if "TQDM_MININTERVAL" not in os.environ:
             kwargs.setdefault("mininterval", LOG_INTERVAL)
