@@ -375,3 +375,34 @@ def test_a_progress_bar_on_a_closed_pipe_goes_silent_in_a_library_call():
     assert done == 50
     with contextlib.suppress(BrokenPipeError):  # what the bar wrote is still buffered
         stream.close()
+
+
+def test_a_stop_inside_an_image_decoder_is_a_stop_not_a_bad_image(tmp_path):
+    """The decoder's `except Exception` (any malformed file is one bad image) must not
+    swallow a Ctrl-C that lands while it decodes: the run stops, the image is not blamed.
+    (Seen as "bad image a/002.jpg: corrupt image data (Interrupted: ...)", exit 3.)"""
+    import threading
+
+    import numpy as np
+    from PIL import Image
+
+    from vggfeat.data.images import open_rgb
+    from vggfeat.utils import interrupts
+
+    path = tmp_path / "big.png"  # a few tenths of a second to decode
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), np.uint8)
+                    ).save(path, compress_level=1)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    interrupts.install()
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+    try:
+        timer.start()
+        with pytest.raises(interrupts.Interrupted) as stopped:
+            for _ in range(200):  # decoding, again and again, until the signal lands
+                open_rgb(path)
+        assert stopped.value.exit_code == 130
+    finally:
+        timer.cancel()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        interrupts._state.update(stopping=None, pending=None)

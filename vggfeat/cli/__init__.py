@@ -48,10 +48,12 @@ class LazyGroup(StrictGroup):
         return make_strict(getattr(importlib.import_module(module_name), attribute))
 
     def invoke(self, ctx):
-        from vggfeat.utils import errors
+        from vggfeat.utils import errors, interrupts
 
         try:
             return super().invoke(ctx)
+        except interrupts.Interrupted as stop:  # before click turns it into "Aborted!"
+            raise CommandFailed(str(stop), stop.exit_code) from None
         except (click.exceptions.ClickException, click.exceptions.Exit,
                 click.exceptions.Abort):
             raise

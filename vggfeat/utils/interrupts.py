@@ -30,8 +30,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-from vggfeat.utils.errors import VggfeatError
-
 NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 DEFAULT_NOTE = "rerun the same command to continue (finished work is kept)"
 
@@ -42,8 +40,12 @@ _replacements: list[Callable[[int], BaseException | None]] = []
 _state = {"stopping": None, "deferred": 0, "pending": None, "pid": None}
 
 
-class Interrupted(VggfeatError):
+class Interrupted(BaseException):
     """A command stopped by SIGINT or SIGTERM; exits 128 + the signal's number (130, 143).
+
+    A BaseException, as KeyboardInterrupt is: the ``except Exception`` that turns any
+    decoder's failure into "bad image", or a damaged weight file's into one message, must
+    not swallow a stop that lands inside it.
 
     Its message is computed when printed, so that it counts what the ``finally`` blocks on
     the way out have finished.
