@@ -42,6 +42,7 @@ def exit_status(code) -> int:
 
 def fast_exit(code=0):
     """End the process with `code` (as ``sys.exit`` would), skipping the teardown."""
+    interrupts.ended()  # the exit status and message are settled: a late signal adds nothing
     if "torch" not in sys.modules or os.environ.get("VGGFEAT_SLOW_EXIT") == "1":
         sys.exit(code)
     status = exit_status(code)

@@ -37,7 +37,7 @@ _notes: list[Callable[[], str]] = []
 # signum -> an exception to raise instead of `Interrupted`, or None (e.g. torchrun's
 # SIGTERM after a peer died: the job failed, `vggfeat.utils.distributed.JobStopped`).
 _replacements: list[Callable[[int], BaseException | None]] = []
-_state = {"stopping": None, "deferred": 0, "pending": None, "pid": None}
+_state = {"stopping": None, "deferred": 0, "pending": None, "pid": None, "ended": False}
 
 
 class Interrupted(BaseException):
@@ -120,9 +120,17 @@ def current_note() -> Callable[[], str] | None:
     return _notes[-1] if _notes else None
 
 
+def ended() -> None:
+    """The command has ended and said how: a signal from now on (torchrun's SIGTERM to the
+    survivors of a failed job, while this process exits) changes nothing and says nothing."""
+    _state["ended"] = True
+
+
 def _on_stop_signal(signum, frame):
     if os.getpid() != _state["pid"]:  # a forked helper (a DataLoader worker): as before
         _as_without_handler(signum)
+    if _state["ended"]:
+        return
     if _state["stopping"] is not None:
         if signum == signal.SIGINT:  # the user insists: leave now
             _say(f"second Ctrl-C: stopping at once; {DEFAULT_NOTE}")
