@@ -420,8 +420,12 @@ def _fast_path_covers(config: DescriptorConfig) -> bool:
 
 def _fast_precision(precision: str) -> bool:
     """fp32 always; bf16 where the CPU has bf16 instructions (emulated bf16 gains nothing:
-    there it stays under autocast, as before the bf16 fast path)."""
-    return precision == "fp32" or (precision == "bf16" and bf16_support().native)
+    there it stays under autocast, as before the bf16 fast path) unless
+    ``VGGFEAT_CPU_TRUNK=eager`` asks for the model's own modules (then autocast too)."""
+    if precision == "fp32":
+        return True
+    return (precision == "bf16" and bf16_support().native
+            and os.environ.get("VGGFEAT_CPU_TRUNK") != "eager")
 
 
 def _write_first_result_time(path: str) -> None:

@@ -35,7 +35,8 @@ the whole net runs in bf16 channels_last with no per-call reorder. oneDNN accumu
 convolutions in fp32 and rounds each layer's output to bf16 ("Data types", oneDNN's
 developer guide); biases stay fp32. The map handed back is fp32: the descriptor's pooling,
 flip-averaging and storage are fp32. Layers other than convolutions, ReLU and max pooling
-(LRN, batch norm) run in fp32 on a copy.
+(LRN, batch norm) run in fp32 on a copy. ``VGGFEAT_CPU_TRUNK=eager`` turns this off too
+(the engine then runs bf16 under autocast: the reference the benchmarks compare with).
 
 Cores: a batch is split into one part per core, each part run on its own thread with one
 intra-op thread, instead of every layer split across the cores by oneDNN. A convolution on
