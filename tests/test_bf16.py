@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 from click.testing import CliRunner
+from conftest import make_tiny_backbone
 from helpers_datasets import make_folder_dataset
 from helpers_features import reference_dense
 
@@ -70,6 +71,28 @@ def test_bf16_maps_of_a_narrow_net_are_close_to_float64(tiny, layer):
     assert min_cosine(*pooled) >= MIN_COSINE
     assert (bf16 - fp32).abs().max() > 0  # it did compute in bf16
     np.testing.assert_allclose(fp32.double(), reference, rtol=1e-5, atol=1e-5)
+
+
+@needs_packed
+def test_bf16_folds_batch_norms_and_stays_close_to_float64():
+    """VGG-A with batch norm (the demo's net), running statistics far from the identity."""
+    model = make_tiny_backbone(arch="vgg11-bn")
+    torch.manual_seed(2)
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.rand(3, 3, 96, 80)
+    with torch.inference_mode():
+        dense, exact = CpuDense(model, precision="bf16"), CpuDense(model, precision="fp32")
+        bf16, fp32 = dense(x, "fc7"), exact(x, "fc7")
+        reference = copy.deepcopy(model).double().dense(x.double(), "fc7")
+    assert not any(isinstance(step, torch.nn.BatchNorm2d) for step in dense.trunk.steps)
+    assert min_cosine(bf16.mean((2, 3)), reference.mean((2, 3))) >= MIN_COSINE
+    # fp32 folds nothing: the model's own batch norms, as exact as before
+    assert sum(isinstance(step, torch.nn.BatchNorm2d) for step in exact.trunk.steps) == 8
+    np.testing.assert_allclose(fp32.double(), reference, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow  # ~9 s: two full-size VGG16 initialisations and four passes

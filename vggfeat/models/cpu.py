@@ -34,8 +34,11 @@ convolutions too (`PackedHead`: fc6 a k x k convolution over pool5, fc7 and fc8 
 the whole net runs in bf16 channels_last with no per-call reorder. oneDNN accumulates bf16
 convolutions in fp32 and rounds each layer's output to bf16 ("Data types", oneDNN's
 developer guide); biases stay fp32. The map handed back is fp32: the descriptor's pooling,
-flip-averaging and storage are fp32. Layers other than convolutions, ReLU and max pooling
-(LRN, batch norm) run in fp32 on a copy. ``VGGFEAT_CPU_TRUNK=eager`` turns this off too
+flip-averaging and storage are fp32. A batch norm after a convolution is folded into its
+weights in fp32 before they are rounded to bf16 (``torch.nn.utils.fusion``: one rounding
+less, and no pass over the map); other layers than convolutions, ReLU and max pooling
+(LRN, an unfoldable batch norm) run in fp32 on a copy. fp32 folds nothing: its numbers stay
+those of the model's own modules. ``VGGFEAT_CPU_TRUNK=eager`` turns this off too
 (the engine then runs bf16 under autocast: the reference the benchmarks compare with).
 
 Cores: a batch is split into one part per core, each part run on its own thread with one
@@ -52,6 +55,7 @@ import warnings
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from vggfeat.utils.threads import torch_threads
 
@@ -100,6 +104,9 @@ class PackedTrunk(nn.Module):
         while k < len(layers):
             layer = layers[k]
             if isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros":
+                if dtype != torch.float32 and _batch_norm_at(layers, k + 1):
+                    layer = fuse_conv_bn_eval(layer.eval(), layers[k + 1].eval())  # a copy
+                    k += 1
                 fuse = k + 1 < len(layers) and isinstance(layers[k + 1], nn.ReLU)
                 self.steps.append(_PackedConv(layer, "relu" if fuse else "none", dtype))
                 k += 2 if fuse else 1
@@ -128,6 +135,12 @@ class _PackedConv:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(
             x, self.weight, self.bias, *self.args, self.activation, [], "")
+
+
+def _batch_norm_at(layers: list, k: int) -> bool:
+    """Whether layers[k] is a batch norm with running statistics (foldable in eval mode)."""
+    return (k < len(layers) and isinstance(layers[k], nn.BatchNorm2d)
+            and layers[k].track_running_stats)
 
 
 def _needs_fp32(layer: nn.Module, dtype: torch.dtype) -> bool:
