@@ -125,8 +125,8 @@ def voc_rows(args, cfg, weights: Path) -> list[dict]:
             f"VOC 2007-shaped, trained VGG-A-BN, {what}", cfg,
             lambda p: extract(cfg, root, weights, args.out / "features" / f"voc-{p}.h5", p,
                               (64, 96), dataset="voc2007"),
-            lambda p, cache, tag=len(extra): svm_eval(
-                cfg, cache, args.out / "svm" / f"voc-{p}{'-fixed-C' if tag else ''}", extra))
+            lambda p, cache, extra=extra: svm_eval(
+                cfg, cache, args.out / "svm" / f"voc-{p}{'-fixed-C' if extra else ''}", extra))
     return rows
 
 

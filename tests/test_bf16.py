@@ -24,6 +24,7 @@ from vggfeat.models.cpu_bf16 import (
     bf16_hint,
     bf16_support,
     cpu_flags,
+    expected_gain,
 )
 from vggfeat.utils.threads import torch_threads
 
@@ -133,9 +134,14 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo.write_text("processor\t: 0\n" + line.format("amx_bf16 amx_tile amx_int8"))
     amx = bf16_support(cpuinfo)
     assert amx.avx512_bf16 and amx.amx_bf16 and amx.native
-    cpuinfo.write_text(line.format(""))
+    cpuinfo.write_text("vendor_id\t: AuthenticAMD\n" + line.format(""))
     zen4 = bf16_support(cpuinfo)
     assert zen4.native and not zen4.amx_bf16 and zen4.describe() == "AVX512_BF16"
+    assert zen4.faster_than_fp32
+    cpuinfo.write_text("vendor_id\t: GenuineIntel\n" + line.format(""))
+    cooper_lake = bf16_support(cpuinfo)  # measured slower than fp32 on Intel without AMX
+    assert cooper_lake.native and not cooper_lake.faster_than_fp32
+    assert "slower than fp32" in expected_gain(cooper_lake)
     cpuinfo.write_text("flags\t: fpu sse avx2 fma\n")
     assert not bf16_support(cpuinfo).native and bf16_support(cpuinfo).describe() == "none"
     missing = bf16_support(tmp_path / "absent")
@@ -151,11 +157,14 @@ def test_amx_capped_by_onednn_is_said(monkeypatch):
 
 def test_hint_only_for_fp32_on_the_cpu_past_a_few_hundred_images():
     amx, none = Bf16Support(True, True), Bf16Support(False, False)
+    intel_avx512_bf16, zen4 = Bf16Support(True, False), Bf16Support(True, False, amd=True)
     many = FEW_HUNDRED_IMAGES + 1
     assert "--precision bf16" in bf16_hint("fp32", "cpu", many, amx)
     assert "AMX-BF16" in bf16_hint("fp32", "cpu", many, amx)
+    assert "AVX512_BF16" in bf16_hint("fp32", "cpu", many, zen4)
     for args in (("fp32", "cpu", FEW_HUNDRED_IMAGES, amx), ("bf16", "cpu", many, amx),
-                 ("fp32", "cuda", many, amx), ("fp32", "cpu", many, none)):
+                 ("fp32", "cuda", many, amx), ("fp32", "cpu", many, none),
+                 ("fp32", "cpu", many, intel_avx512_bf16)):
         assert bf16_hint(*args) is None, args
 
 
@@ -172,7 +181,8 @@ def test_info_and_doctor_report_the_cpus_bf16_support():
         assert "x as fast as fp32 here" in line  # measured on this CPU
 
 
-@needs_native
+@pytest.mark.skipif(not bf16_support().faster_than_fp32,
+                    reason="no note where bf16 is not expected to beat fp32")
 def test_extract_notes_bf16_once_past_a_few_hundred_images(tiny_weights, tmp_path):
     root = tmp_path / "data"
     make_folder_dataset(root, classes=("a", "b", "c"), per_class=FEW_HUNDRED_IMAGES // 3 + 1,

@@ -7,8 +7,9 @@ natively (the flags are Linux's names in /proc/cpuinfo):
 
 - ``avx512_bf16``: AVX512_BF16 (Intel Cooper Lake and later, AMD Zen 4 and later), a dot
   product of bf16 pairs per fp32 lane. On Zen 4 it does twice the multiply-adds of fp32 FMA
-  per instruction; on Intel cores with two FMA ports it does not beat fp32 (measured in
-  ``benchmarks/RESULTS.md``), so what it gives depends on the chip: `measure_speedup`.
+  per instruction; on an Intel Xeon with AMX, capped to it, VGG16 ran at 0.74x fp32
+  (``benchmarks/RESULTS.md``), so the note and the expectation are for AMD only, and
+  `measure_speedup` (doctor) says what it gives on the chip at hand.
 - ``amx_bf16`` (with ``amx_tile``): Intel AMX (Sapphire Rapids and later), tile matrix
   multiplies; oneDNN uses them unless ``ONEDNN_MAX_CPU_ISA`` caps it below AMX.
 
@@ -39,6 +40,7 @@ class Bf16Support:
     amx_bf16: bool
     known: bool = True
     isa_cap: str = ""  # ONEDNN_MAX_CPU_ISA, when set
+    amd: bool = False  # vendor AuthenticAMD (Zen 4's AVX512_BF16 doubles fp32's rate)
 
     @property
     def native(self) -> bool:
@@ -49,6 +51,12 @@ class Bf16Support:
     def uses_amx(self) -> bool:
         """AMX present and not capped away by ONEDNN_MAX_CPU_ISA."""
         return self.amx_bf16 and (not self.isa_cap or "AMX" in self.isa_cap.upper())
+
+    @property
+    def faster_than_fp32(self) -> bool:
+        """Whether bf16 is expected to beat fp32 here: AMX, or AVX512_BF16 on AMD (on Intel
+        without AMX it measured slower than fp32: see `benchmarks/RESULTS.md`)."""
+        return self.uses_amx or (self.avx512_bf16 and self.amd)
 
     def describe(self) -> str:
         """E.g. "AVX512_BF16 and AMX-BF16", "none" or "unknown (...)"."""
@@ -62,16 +70,23 @@ class Bf16Support:
         return text
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
-    """The CPU's feature flags (Linux's /proc/cpuinfo), or None where there are none."""
+def cpu_field(name: str, cpuinfo: Path = CPUINFO) -> str | None:
+    """The first `name` line's value in Linux's /proc/cpuinfo, or None where there is none."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == name:
+            return value.strip()
     return None
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
+    """The CPU's feature flags (Linux's /proc/cpuinfo), or None where there are none."""
+    flags = cpu_field("flags", cpuinfo)
+    return None if flags is None else frozenset(flags.split())
 
 
 def bf16_support(cpuinfo: Path = CPUINFO) -> Bf16Support:
@@ -80,7 +95,8 @@ def bf16_support(cpuinfo: Path = CPUINFO) -> Bf16Support:
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
     if flags is None:
         return Bf16Support(False, False, known=False, isa_cap=cap)
-    return Bf16Support("avx512_bf16" in flags, {"amx_bf16", "amx_tile"} <= flags, isa_cap=cap)
+    return Bf16Support("avx512_bf16" in flags, {"amx_bf16", "amx_tile"} <= flags, isa_cap=cap,
+                       amd=cpu_field("vendor_id", cpuinfo) == "AuthenticAMD")
 
 
 def expected_gain(support: Bf16Support) -> str:
@@ -88,20 +104,25 @@ def expected_gain(support: Bf16Support) -> str:
     if support.uses_amx:
         return ("--precision bf16 runs VGG's convolutions on AMX tiles: several times fp32's "
                 "speed (`vggfeat doctor` measures it), descriptors within cosine 0.9999 of fp32")
+    if support.faster_than_fp32:
+        return ("--precision bf16 runs VGG's convolutions on AVX512_BF16: up to twice fp32's "
+                "multiply-adds per instruction on AMD Zen 4 (`vggfeat doctor` measures it), "
+                "descriptors within cosine 0.9999 of fp32")
     if support.native:
-        return ("--precision bf16 runs VGG's convolutions on AVX512_BF16: faster than fp32 on "
-                "some chips (AMD Zen 4), not on others (`vggfeat doctor` measures it)")
+        return ("--precision bf16 runs VGG's convolutions on AVX512_BF16, which on Intel "
+                "cores without AMX is slower than fp32 (`vggfeat doctor` measures it)")
     return "--precision bf16 would be emulated here: no faster than fp32"
 
 
 def bf16_hint(precision: str, device_type: str, images: int,
               support: Bf16Support | None = None) -> str | None:
     """The note `vggfeat extract` prints once (stderr), or None: only for fp32 on the CPU,
-    more than `FEW_HUNDRED_IMAGES` images, and a CPU with bf16 instructions."""
+    more than `FEW_HUNDRED_IMAGES` images, and a CPU where bf16 is expected to be faster
+    (`Bf16Support.faster_than_fp32`)."""
     if precision != "fp32" or device_type != "cpu" or images <= FEW_HUNDRED_IMAGES:
         return None
     support = support or bf16_support()
-    if not support.native:
+    if not support.faster_than_fp32:
         return None
     return (f"note: this CPU has {support.describe()} instructions: {expected_gain(support)} "
             "(a separate cache: fp32 stays the paper's reference)")
