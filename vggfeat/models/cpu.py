@@ -126,10 +126,24 @@ class _PackedConv:
     packed tensor is an opaque oneDNN tensor that ``nn.Module`` machinery must not touch)."""
 
     def __init__(self, conv: nn.Conv2d, activation: str, dtype: torch.dtype = torch.float32):
-        weight = conv.weight.detach().to(dtype)
         self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        self._pack(conv.weight, conv.bias, activation, dtype)
+
+    @classmethod
+    def of_linear(cls, fc: nn.Linear, kernel: int, activation: str, dtype: torch.dtype):
+        """A Linear over k x k windows of C channels as the equivalent k x k convolution
+        (the weight read in (channel, row, column) order, as `VGG.forward_head` reads it)."""
+        packed = cls.__new__(cls)
+        packed.args = ([0, 0], [1, 1], [1, 1], 1)
+        channels = fc.in_features // (kernel * kernel)
+        weight = fc.weight.view(fc.out_features, channels, kernel, kernel)
+        packed._pack(weight, fc.bias, activation, dtype)
+        return packed
+
+    def _pack(self, weight, bias, activation: str, dtype: torch.dtype) -> None:
+        weight = weight.detach().to(dtype)
         self.weight = torch.ops.mkldnn._reorder_convolution_weight(weight, *self.args, None)
-        self.bias = None if conv.bias is None else conv.bias.detach().float()
+        self.bias = None if bias is None else bias.detach().float()
         self.activation = activation
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,8 +169,7 @@ def _in_fp32(layer: nn.Module):
 
 class PackedHead:
     """fc6..fc8 as pre-packed oneDNN convolutions over pool5 (dense evaluation, paper
-    Section 3.2): fc6 a k x k convolution (its Linear weight read in fc6's (channel, row,
-    column) flatten order, as `VGG.forward_head` reads it), fc7 and fc8 1 x 1; ReLU fused.
+    Section 3.2): fc6 a k x k convolution, fc7 and fc8 1 x 1; ReLU fused.
 
     Args:
         model: the VGG (its ``classifier`` and ``kernel``).
@@ -166,7 +179,7 @@ class PackedHead:
     def __init__(self, model, dtype: torch.dtype = torch.bfloat16):
         fc6, _, _, fc7, _, _, fc8 = model.classifier
         self.kernel = model.kernel
-        self.convs = {name: _PackedConv(_as_conv(fc, kernel), activation, dtype)
+        self.convs = {name: _PackedConv.of_linear(fc, kernel, activation, dtype)
                       for name, fc, kernel, activation in (
                           ("fc6", fc6, self.kernel, "relu"), ("fc7", fc7, 1, "relu"),
                           ("fc8", fc8, 1, "none"))}
@@ -180,17 +193,6 @@ class PackedHead:
         for name in ("fc7", "fc8")[:("fc6", "fc7", "fc8").index(layer)]:
             x = self.convs[name](x)
         return x
-
-
-def _as_conv(fc: nn.Linear, kernel: int) -> nn.Conv2d:
-    """A Linear over k x k windows of C channels as the equivalent k x k convolution."""
-    channels = fc.in_features // (kernel * kernel)
-    conv = nn.Conv2d(channels, fc.out_features, kernel, bias=fc.bias is not None)
-    conv.weight = nn.Parameter(fc.weight.detach().view(fc.out_features, channels, kernel, kernel),
-                               requires_grad=False)
-    if fc.bias is not None:
-        conv.bias = nn.Parameter(fc.bias.detach(), requires_grad=False)
-    return conv
 
 
 class BlockedTrunk(nn.Module):
