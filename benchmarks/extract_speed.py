@@ -19,6 +19,15 @@ process of either side (best of 8 products each time) and its highest rate is th
     python benchmarks/extract_speed.py --large-images 24 --repeats 1   # a quick check
     python benchmarks/extract_speed.py --isa avx2     # AVX2 code paths on an AVX-512 CPU
     python benchmarks/extract_speed.py --arch resnet50  # a torchvision CNN (layer4) instead
+    python benchmarks/extract_speed.py --precision bf16   # fp32 vs bf16 fast paths (~3 min)
+    python benchmarks/extract_speed.py --precision bf16 --isa avx512-bf16   # no AMX
+
+``--precision bf16`` (issue 20) compares, as whole processes alternated, `vggfeat extract`
+in fp32 (the packed fast path), in bf16 (the bf16 fast path) and in bf16 under autocast
+(``VGGFEAT_CPU_TRUNK=eager``: the path before, for reference), on the small job only unless
+``--large-images`` is given, with each bf16 side's minimum cosine against fp32 over every
+descriptor (per image and scale) and the load average with every process. ``--isa
+avx512-bf16`` caps oneDNN at AVX512_CORE_BF16: an AMX machine's AVX512_BF16 code paths.
 
 ``--isa avx2`` caps oneDNN (``ONEDNN_MAX_CPU_ISA``), MKL (``MKL_ENABLE_INSTRUCTIONS``) and
 ATen (``ATEN_CPU_CAPABILITY``) at AVX2 in the engine, the plain loop and the matmul alike:
@@ -59,7 +68,8 @@ def parse_args():
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (VGG)")
     parser.add_argument("--scales", default="224,288")
     parser.add_argument("--small-images", type=int, default=12)
-    parser.add_argument("--large-images", type=int, default=300, help="0: small job only")
+    parser.add_argument("--large-images", type=int, default=None,
+                        help="0: small job only [default: 300; 0 with --precision bf16]")
     parser.add_argument("--size", default="400x300", help="WxH of the landscape images; "
                         "every other image is portrait")
     parser.add_argument("--threads", type=int, default=None,
@@ -69,16 +79,27 @@ def parse_args():
     parser.add_argument("--large-repeats", type=int, default=None,
                         help="runs of each side for the large job [default: --repeats]")
     parser.add_argument("--extra", default="", help="extra `vggfeat extract` options")
-    parser.add_argument("--isa", choices=("native", "avx2"), default="native",
+    parser.add_argument("--isa", choices=("native", "avx2", "avx512-bf16"), default="native",
                         help="avx2: cap oneDNN, MKL and ATen at AVX2 in every measured "
                         "process (the matmul too), to measure the AVX2 code paths on an "
-                        "AVX-512 CPU")
-    return parser.parse_args()
+                        "AVX-512 CPU; avx512-bf16: cap oneDNN below AMX")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: fp32 vs bf16 fast path vs bf16 autocast (see above)")
+    args = parser.parse_args()
+    if args.large_images is None:  # bf16: the small job only, to finish in minutes
+        args.large_images = 0 if args.precision == "bf16" else 300
+    return args
 
 
 # Each library's own switch for the highest instruction set it may use.
 AVX2_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
             "ATEN_CPU_CAPABILITY": "avx2"}
+ISA_CAPS = {"native": {}, "avx2": AVX2_CAP, "avx512-bf16": {"ONEDNN_MAX_CPU_ISA":
+                                                             "AVX512_CORE_BF16"}}
+# The sides of --precision bf16: (name, extra options, extra environment).
+BF16_SIDES = (("fp32 fast path", "--precision fp32", {}),
+              ("bf16 fast path", "--precision bf16", {}),
+              ("bf16 autocast (before)", "--precision bf16", {"VGGFEAT_CPU_TRUNK": "eager"}))
 
 
 def write_images(folder: Path, n: int, width: int, height: int) -> list[Path]:
@@ -207,8 +228,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
         env["OMP_NUM_THREADS"] = str(args.threads)
-    if args.isa == "avx2":
-        env.update(AVX2_CAP)
+    env.update(ISA_CAPS[args.isa])
     scales = tuple(int(q) for q in args.scales.split(","))
     width, height = (int(v) for v in args.size.split("x"))
     extensions = vector_extensions()
@@ -225,6 +245,8 @@ def main():
         model = build_backbone(args.arch, width=args.width, init="xavier").eval()
     jobs = [("small", args.small_images)] + ([("large", args.large_images)]
                                               if args.large_images else [])
+    if args.precision == "bf16":
+        return compare_precisions(args, model, jobs, env, scales, (width, height))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -277,6 +299,60 @@ def main():
     print(f"load average at the end: {' '.join(f'{v:.2f}' for v in load_after)}")
     if max(row[-1] for row in rows) > 1e-4:
         raise SystemExit("the engine and the plain loop disagree")
+
+
+def load_text() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def compare_precisions(args, model, jobs, env, scales, size):
+    """--precision bf16: each side of `BF16_SIDES` as whole processes, alternated."""
+    print("| job | side | best s (of each run) | load with each run | speed-up vs fp32 | "
+          "min cosine vs fp32 | max rel. diff |")
+    print("|---|---|---:|---|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        weights = tmp / "weights.pth"
+        save_backbone(model, weights)
+        for name, n in jobs:
+            root = tmp / name
+            write_images(root, n, *size)
+            times = {side: [] for side, _, _ in BF16_SIDES}
+            loads = {side: [] for side, _, _ in BF16_SIDES}
+            repeats = args.large_repeats if name == "large" and args.large_repeats else args.repeats
+            for _ in range(repeats):
+                for side, options, extra_env in BF16_SIDES:
+                    seconds, _ = engine_process(root, weights, args.scales,
+                                                tmp / f"{side[:4]}-{side[5:9]}.h5",
+                                                dict(env, **extra_env),
+                                                f"{options} {args.extra}", model.default_layer)
+                    times[side].append(seconds)
+                    loads[side].append(load_text())
+            rows = {side: engine_rows(tmp / f"{side[:4]}-{side[5:9]}.h5")
+                    for side, _, _ in BF16_SIDES}
+            fp32 = rows[BF16_SIDES[0][0]]
+            for side, _, _ in BF16_SIDES:
+                cosine, error = agreement(rows[side], fp32, model.feature_dim(model.default_layer))
+                best = min(times[side])
+                print(f"| {name} ({n}) | {side} | **{best:.1f}** "
+                      f"({', '.join(f'{t:.1f}' for t in times[side])}) | "
+                      f"{'; '.join(loads[side])} | **{min(times[BF16_SIDES[0][0]]) / best:.2f}x** "
+                      f"| {cosine:.6f} | {error:.1e} |")
+    print(f"config: {args.arch}, Q={scales}, {model.default_layer}, flips, "
+          f"{size[0]}x{size[1]} JPEGs (half portrait), {args.repeats} runs of each side, "
+          f"oneDNN cap: {env.get('ONEDNN_MAX_CPU_ISA', 'none')}")
+    print(f"load average at the end: {load_text()}")
+
+
+def agreement(rows: dict, reference: dict, dim: int) -> tuple[float, float]:
+    """(min cosine, max |difference| / max |reference|) over every image and scale (the
+    stacked rows cut into descriptors of `dim`)."""
+    assert sorted(rows) == sorted(reference), "the sides saw different images"
+    a = np.concatenate([rows[k].reshape(-1, dim) for k in sorted(rows)])
+    b = np.concatenate([reference[k].reshape(-1, dim) for k in sorted(rows)])
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return float(cosine.min()), float(np.abs(a - b).max() / np.abs(b).max())
 
 
 if __name__ == "__main__":

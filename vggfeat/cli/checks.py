@@ -113,3 +113,20 @@ def input_error(error: BaseException) -> click.ClickException:
     failure = RefusedInput(str(error))
     failure.exit_code = getattr(error, "exit_code", RefusedInput.exit_code)
     return failure
+
+
+def bf16_note(precision: str, device: str, images: int) -> None:
+    """Print, once and on stderr (rank 0), the note that this CPU would run
+    ``--precision bf16`` natively, when an fp32 job on the CPU is more than a few hundred
+    images (`vggfeat.models.cpu_bf16.bf16_hint` decides)."""
+    from vggfeat.models.cpu_bf16 import bf16_hint
+    from vggfeat.utils import distributed
+    from vggfeat.utils.devices import resolve_device
+
+    try:
+        device_type = resolve_device(device).type
+    except (RuntimeError, ValueError):
+        return
+    note = bf16_hint(precision, device_type, images)
+    if note and distributed.rank() == 0:
+        click.echo(note, err=True)

@@ -96,7 +96,8 @@ def default_out(dataset: str, weights: str, layer: str | None) -> Path:
                    f"here {default_workers(8)} of {cpu_count()} cores].")
 @device_option("Where the net runs")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
-              show_default=True, help="bf16 runs the net under autocast.")
+              show_default=True, help="bf16: the net in bf16 (CPUs with AVX512_BF16/AMX: a "
+              "packed bf16 path; elsewhere autocast); a separate cache.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage type of the descriptors.")
 @click.option("--option", "reader_options", multiple=True, callback=parse_options,
@@ -164,6 +165,10 @@ def extract(dataset, root, weights, arch, download, scales, layer, pool, flip, b
     from vggfeat.cli.checks import require_device
 
     require_device(device)  # cuda without a GPU, cuda:7, mps: refused before any work
+    if not quiet:
+        from vggfeat.cli.checks import bf16_note
+
+        bf16_note(precision, device, len(images))
     if workers is None:  # decoding processes only pay off when the net is not on the CPU
         from vggfeat.utils.devices import resolve_device
 

@@ -16,7 +16,9 @@ Why it is built this way:
   `Prefetcher` thread reads, decodes and rescales the next chunk on its own CUDA stream
   while the current batches run: loading overlaps compute.
 - On the CPU in fp32 a VGG runs through `vggfeat.models.cpu.CpuDense` (same numbers)
-  when one of pool5/fc6/fc7/fc8 is asked for; other families run their own modules, and
+  when one of pool5/fc6/fc7/fc8 is asked for; in bf16 too, on a CPU with bf16
+  instructions (`vggfeat.models.cpu_bf16`: weights packed once in bf16, the map handed
+  back in fp32; elsewhere bf16 is autocast). Other families run their own modules, and
   several layers come from one ``dense_layers`` call per batch.
 - ``VGGFEAT_FIRST_RESULT_FILE``: when set, the wall-clock time (``time.time()``) of the
   first finished image is written there once (benchmarks measure start-up with it).
@@ -41,6 +43,7 @@ from vggfeat.data.transforms import rescale
 from vggfeat.features.descriptor import DescriptorConfig, describe
 from vggfeat.models.backbone import check_backbone
 from vggfeat.models.cpu import fast_dense
+from vggfeat.models.cpu_bf16 import bf16_support
 from vggfeat.models.families import family_of
 from vggfeat.models.inference import inference_copy
 from vggfeat.models.vgg import DENSE_LAYERS, VGG
@@ -316,10 +319,10 @@ class Engine:
                                  else resize_on_device) or self.decode_on_device
         self.prefetch = prefetch
         self.dense = self.model.dense
-        if (self.device.type == "cpu" and config.precision == "fp32" and fast_cpu is not False
+        if (self.device.type == "cpu" and fast_cpu is not False
                 and isinstance(self.model, VGG)  # the packed path is VGG's (plain convs)
-                and _fast_path_covers(config)):
-            self.dense = fast_dense(self.model)
+                and _fast_path_covers(config) and _fast_precision(config.precision)):
+            self.dense = fast_dense(self.model, precision=config.precision)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.workers = workers
@@ -413,6 +416,16 @@ def _fast_path_covers(config: DescriptorConfig) -> bool:
     """`CpuDense` computes one of pool5, fc6, fc7, fc8 at a time; conv layers and several
     layers in one pass go through the model's own ``dense_layers`` (its eager trunk)."""
     return len(config.layers) == 1 and config.layer in DENSE_LAYERS
+
+
+def _fast_precision(precision: str) -> bool:
+    """fp32 always; bf16 where the CPU has bf16 instructions (emulated bf16 gains nothing:
+    there it stays under autocast, as before the bf16 fast path) unless
+    ``VGGFEAT_CPU_TRUNK=eager`` asks for the model's own modules (then autocast too)."""
+    if precision == "fp32":
+        return True
+    return (precision == "bf16" and bf16_support().native
+            and os.environ.get("VGGFEAT_CPU_TRUNK") != "eager")
 
 
 def _write_first_result_time(path: str) -> None:
