@@ -162,12 +162,10 @@ def extract(dataset, root, weights, arch, download, scales, layer, pool, flip, b
     from vggfeat.models.families import default_layer
 
     out = out or default_out(dataset, weights, layer or default_layer(arch or Path(weights).name))
-    from vggfeat.cli.checks import require_device
+    from vggfeat.cli.checks import bf16_note, require_device
 
     require_device(device)  # cuda without a GPU, cuda:7, mps: refused before any work
     if not quiet:
-        from vggfeat.cli.checks import bf16_note
-
         bf16_note(precision, device, len(images))
     if workers is None:  # decoding processes only pay off when the net is not on the CPU
         from vggfeat.utils.devices import resolve_device
