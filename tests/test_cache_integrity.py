@@ -205,7 +205,11 @@ def test_a_kill_during_finishing_leaves_a_partial_that_a_rerun_finishes(tmp_path
     out, attrs = tmp_path / "k.h5", _attrs()
     partial = _partial(out, attrs)
     killed_mid_change = 0
-    for delay in np.random.default_rng(3).uniform(0.05, 0.8, 8):
+    # Kills at random moments, until several have landed inside a change (how many do
+    # depends on the machine's load: keep going, up to 40).
+    for tries, delay in enumerate(np.random.default_rng(3).uniform(0.05, 0.8, 40)):
+        if tries >= 8 and killed_mid_change >= 2:
+            break
         child = fork.Process(target=_finishing_forever, args=(out, attrs), daemon=True)
         child.start()
         time.sleep(delay)

@@ -394,6 +394,7 @@ def test_a_stop_inside_an_image_decoder_is_a_stop_not_a_bad_image(tmp_path):
                     ).save(path, compress_level=1)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     interrupts.install()
+    interrupts._state["ended"] = False  # as in a fresh process (another test may have ended)
     timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
     try:
         timer.start()
@@ -405,4 +406,4 @@ def test_a_stop_inside_an_image_decoder_is_a_stop_not_a_bad_image(tmp_path):
         timer.cancel()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        interrupts._state.update(stopping=None, pending=None)
+        interrupts._state.update(stopping=None, pending=None, ended=False)

@@ -73,9 +73,6 @@ class CommandFailed(click.ClickException):
         self.exit_code = status
 
     def show(self, file=None) -> None:
-        from vggfeat.utils import interrupts
-
-        interrupts.ended()  # one line per failure: torchrun's SIGTERM after it adds none
         if self.exit_code in STOP_STATUSES:
             click.echo(self.message, err=True)
         else:
