@@ -77,7 +77,12 @@ from vggfeat.features.cache.reader import (
     read_done_rows,
 )
 from vggfeat.features.cache.resume import open_for_writing, pending
-from vggfeat.features.cache.rows import aggregate_rows, aggregate_scales, l2_normalize
+from vggfeat.features.cache.rows import (
+    aggregate_rows,
+    aggregate_scales,
+    aggregated_rows,
+    l2_normalize,
+)
 from vggfeat.features.cache.stats import (
     LOW_VARIATION,
     VARIATION_ATTR,
@@ -103,7 +108,7 @@ __all__ = [
     "NO_CHECKSUMS", "CacheError", "CacheInUseError", "ConfigMismatchError",
     "DamagedCacheError", "FeatureDataset", "Verification", "is_complete", "verify",
     "NotACacheError", "Overview", "RowWriter", "aggregate_rows", "aggregate_scales",
-    "cache_attributes",
+    "aggregated_rows",    "cache_attributes",
     "create_shard", "describe_difference", "descriptor_variation", "evaluation_problem",
     "final_path", "finalize", "is_partial", "is_vggfeat_cache", "l2_normalize", "layer_rows",
     "load_features", "lock_path", "low_variation_warning", "merge_shards",

@@ -11,6 +11,7 @@ identical.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import h5py
 import numpy as np
@@ -23,7 +24,7 @@ from vggfeat.features.cache.integrity import (
     layer_index,
     row_checksums,
 )
-from vggfeat.features.cache.layout import CacheError, layer_rows, text
+from vggfeat.features.cache.layout import ROOT_GROUP, CacheError, layer_rows, text
 from vggfeat.utils.errors import InputError
 from vggfeat.utils.memory import refuse_unless_fits
 
@@ -165,3 +166,16 @@ def allocate_rows(n: int, width: int, what: str) -> np.ndarray:
     refuse_unless_fits(n * width * 4 + 4 * BLOCK_BYTES, f"{what} ({n} rows x {width} float32)",
                        TOO_BIG_FIXES)
     return np.empty((n, width), np.float32)
+
+
+@contextmanager
+def aggregated_rows(path, aggregate: str, l2: bool = True, group: str | None = None,
+                    layer: str | None = None):
+    """``(ids, width, blocks)`` of the done rows of `path` (finished or ``.partial``):
+    `blocks` yields (start, stop, float32 rows) as `aggregated_blocks`, while the file is
+    open; for writers that stream the rows to a file (`vggfeat features export`)."""
+    with h5py.File(path, "r") as f:
+        reader = DoneRows(f, group or ROOT_GROUP, layer)
+        width = aggregated_width(reader.scales_dim, aggregate)
+        yield reader.ids, width, aggregated_blocks([reader], [np.arange(len(reader))],
+                                                   aggregate, l2)
