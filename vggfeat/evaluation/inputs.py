@@ -45,7 +45,16 @@ class Features:
     _index: dict = field(default_factory=dict, repr=False)
 
     def rows(self, ids, what: str, boxes: bool = False) -> np.ndarray:
-        """Descriptors of `ids`, in that order; a clear error if any is missing."""
+        """Descriptors of `ids`, in that order (a copy); a clear error if any is missing."""
+        return (self.box_X if boxes else self.X)[self.positions(ids, what, boxes)]
+
+    def check(self, ids, what: str, boxes: bool = False) -> None:
+        """Raise the error `rows` would, without copying any descriptor: the protocols
+        check every split before the first fit, then copy one split's rows at a time."""
+        self.positions(ids, what, boxes)
+
+    def positions(self, ids, what: str, boxes: bool = False) -> np.ndarray:
+        """Row numbers of `ids` in X (or box_X); a clear error if any is missing."""
         key = "boxes" if boxes else "images"
         if key not in self._index:
             self._index[key] = {i: k for k, i in enumerate(self.box_ids if boxes else self.ids)}
@@ -59,7 +68,7 @@ class Features:
                 "read them (see its failed-image report). Fix or remove those images and rerun "
                 "`vggfeat extract` (it resumes), or, without --strict, svm-eval leaves them out"
             )
-        return (self.box_X if boxes else self.X)[[index[i] for i in ids]]
+        return np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
 
 
 @dataclass(frozen=True)

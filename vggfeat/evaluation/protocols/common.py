@@ -165,10 +165,15 @@ def _ap_rows(result: Result, split: str, scores: np.ndarray, y: np.ndarray, C) -
 def multilabel_split(result, features, train: Labels, test: Labels, split, settings,
                       default_cv, train_X=None, test_X=None, train_name="train") -> tuple:
     """Fit on `train`, score `test` (reported as `split`) with both AP variants."""
+    if train_X is None:  # both checked before the fit, copied one at a time
+        features.check(train.ids, f"split {split} (training)")
+    if test_X is None:
+        features.check(test.ids, f"split {split} (test)")
     train_X = features.rows(train.ids, f"split {split} (training)") if train_X is None else train_X
-    test_X = features.rows(test.ids, f"split {split} (test)") if test_X is None else test_X
     check_positives(train.y, result.classes, f"{result.dataset} {train_name} images")
     probe = fit_probe(settings, train_X, train.y, default_cv)
+    del train_X  # the training rows' copy is freed before the test rows' is made
+    test_X = features.rows(test.ids, f"split {split} (test)") if test_X is None else test_X
     scores = probe.decision_function(test_X)
     record_chosen(result, split, chosen_values(probe))
     score_rows(result, split, test.ids, scores, _true_labels(test.y, result.classes))
