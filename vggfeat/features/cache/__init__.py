@@ -78,6 +78,7 @@ from vggfeat.features.cache.reader import (
 )
 from vggfeat.features.cache.resume import open_for_writing, pending
 from vggfeat.features.cache.rows import (
+    TOO_BIG_FIXES,
     aggregate_rows,
     aggregate_scales,
     aggregated_rows,
@@ -104,7 +105,7 @@ from vggfeat.features.cache.writer import (
 )
 
 __all__ = [
-    "BOXES_GROUP", "DTYPES", "FORMAT", "LOW_VARIATION", "ROOT_GROUP", "VARIATION_ATTR",
+    "BOXES_GROUP", "DTYPES", "TOO_BIG_FIXES", "FORMAT", "LOW_VARIATION", "ROOT_GROUP", "VARIATION_ATTR",
     "NO_CHECKSUMS", "CacheError", "CacheInUseError", "ConfigMismatchError",
     "DamagedCacheError", "FeatureDataset", "Verification", "is_complete", "verify",
     "NotACacheError", "Overview", "RowWriter", "aggregate_rows", "aggregate_scales",
