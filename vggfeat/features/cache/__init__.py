@@ -105,7 +105,8 @@ from vggfeat.features.cache.writer import (
 )
 
 __all__ = [
-    "BOXES_GROUP", "DTYPES", "TOO_BIG_FIXES", "FORMAT", "LOW_VARIATION", "ROOT_GROUP", "VARIATION_ATTR",
+    "BOXES_GROUP", "DTYPES", "FORMAT", "LOW_VARIATION", "ROOT_GROUP", "VARIATION_ATTR",
+    "TOO_BIG_FIXES",
     "NO_CHECKSUMS", "CacheError", "CacheInUseError", "ConfigMismatchError",
     "DamagedCacheError", "FeatureDataset", "Verification", "is_complete", "verify",
     "NotACacheError", "Overview", "RowWriter", "aggregate_rows", "aggregate_scales",
