@@ -28,6 +28,7 @@ import csv
 import json
 import math
 import re
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,12 @@ from vggfeat.evaluation.inputs import PAPER_NETS
 from vggfeat.evaluation.plotting import draw_plot, pyplot
 from vggfeat.evaluation.protocols import Result
 from vggfeat.utils import atomic
+from vggfeat.utils.progress import progress_bar
+
+# scores.csv is converted and written this many rows at a time (bounded scratch), with a
+# progress bar once writing has taken this many seconds.
+SCORES_BLOCK_ROWS = 20_000
+SCORES_PROGRESS_AFTER = 3.0
 
 # paper Table 11: dataset -> net -> (value, std or None). The VOC 2012
 # and action figures are on the test set (evaluation server); ours are on val.
@@ -122,6 +129,30 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def write_scores(path: Path, result: Result) -> Path:
+    """scores.csv: the bytes `_write_csv` of `result.scores` writes (csv's dialect; each
+    value as Python's repr, which numpy's float64-to-text conversion equals), a block of
+    rows at a time, converted in C instead of a dict and a repr per value; a progress bar
+    when it takes longer than `SCORES_PROGRESS_AFTER` seconds."""
+    if not result.score_blocks:
+        return _write_csv(path, [])
+    total = sum(len(b.ids) for b in result.score_blocks)
+    bar = progress_bar(total=total, desc="write scores.csv", unit="row",
+                       delay=SCORES_PROGRESS_AFTER)
+    with atomic.open_text(path, newline="") as fh, bar:
+        writer = csv.writer(fh)
+        writer.writerow(["split", "id", "true", *result.classes])
+        for block in result.score_blocks:
+            for start in range(0, len(block.ids), SCORES_BLOCK_ROWS):
+                stop = min(start + SCORES_BLOCK_ROWS, len(block.ids))
+                truth = repeat("") if block.truth is None else block.truth[start:stop]
+                text = block.values[start:stop].astype(str)  # shortest round-trip digits
+                writer.writerows(zip(repeat(block.split), block.ids[start:stop], truth,
+                                     *text.T))
+                bar.update(stop - start)
+    return path
+
+
 def _savefig(fig, path: Path) -> None:
     with atomic.replacing(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
@@ -171,12 +202,13 @@ def confusion_matrix(result: Result) -> np.ndarray | None:
         return None
     index = {c: k for k, c in enumerate(result.classes)}
     counts = np.zeros((len(result.classes), len(result.classes)), dtype=np.int64)
-    for row in result.scores:
-        true = row.get("true")
-        if true not in index:  # no label (server split) or not one class
+    for block in result.score_blocks:
+        if block.truth is None:  # no labels (server split)
             continue
-        values = [row[c] for c in result.classes]
-        counts[index[true], int(np.argmax(values))] += 1
+        predicted = np.argmax(block.values, axis=1)
+        for true, guess in zip(block.truth, predicted, strict=True):
+            if true in index:  # not a multi-label row
+                counts[index[true], guess] += 1
     return counts
 
 
@@ -281,7 +313,7 @@ def write_report(result: Result, out, settings: dict, inputs: list[dict],
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"results": _write_csv(out / "results.csv", result.rows),
-             "scores": _write_csv(out / "scores.csv", result.scores)}
+             "scores": write_scores(out / "scores.csv", result)}
     counts = confusion_matrix(result)
     if counts is not None:
         files["confusion_csv"] = _write_confusion_csv(out / "confusion.csv", result.classes,

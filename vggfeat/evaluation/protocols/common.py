@@ -53,6 +53,17 @@ class Settings:
 
 
 @dataclass
+class ScoreBlock:
+    """One split's scored samples: ids, true labels (None where the split has no public
+    labels) and (n, K) float64 decision values, one column per class."""
+
+    split: str
+    ids: list[str]
+    truth: list[str] | None
+    values: np.ndarray
+
+
+@dataclass
 class Result:
     """What a protocol measured.
 
@@ -60,6 +71,7 @@ class Result:
     metric(s). ``chosen_C``: split -> class -> the chosen value of the probe's
     hyper-parameter (``hyperparameter``: C, or k for ``probe`` "knn"). ``scores``: one
     dict per test sample and split with the decision value of each class (scores.csv).
+    ``score_blocks``: the same per split as arrays.
     ``curves``: split -> class -> (precision, recall). ``files``: server submission files
     and split lists written.
     """
@@ -70,11 +82,20 @@ class Result:
     rows: list[dict] = field(default_factory=list)
     headline: dict = field(default_factory=dict)
     chosen_C: dict = field(default_factory=dict)
-    scores: list[dict] = field(default_factory=list)
+    score_blocks: list[ScoreBlock] = field(default_factory=list)
     curves: dict = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     probe: str = "svm"
     hyperparameter: str = "C"
+
+    @property
+    def scores(self) -> list[dict]:
+        """scores.csv's rows as dicts (split, id, true, one value per class): built on
+        demand from `score_blocks`, which hold them as arrays (a few bytes per value
+        rather than a Python dict per row)."""
+        return [{"split": b.split, "id": sample_id, "true": "" if b.truth is None else b.truth[i],
+                 **{c: float(b.values[i, k]) for k, c in enumerate(self.classes)}}
+                for b in self.score_blocks for i, sample_id in enumerate(b.ids)]
 
 
 def check_positives(y: np.ndarray, classes, where: str) -> None:
@@ -137,10 +158,9 @@ def _true_labels(y: np.ndarray, classes) -> list[str]:
 def score_rows(result: Result, split: str, ids, scores: np.ndarray, truth=None) -> None:
     """One scores.csv row per sample: split, id, its true label(s) ('' where the split has
     no public labels) and the decision value of every class."""
-    for i, sample_id in enumerate(ids):
-        row = {"split": split, "id": sample_id, "true": "" if truth is None else truth[i]}
-        row.update({c: float(scores[i, k]) for k, c in enumerate(result.classes)})
-        result.scores.append(row)
+    values = np.array(scores, dtype=np.float64)  # a copy; float32 widens without rounding
+    result.score_blocks.append(ScoreBlock(split, list(ids), None if truth is None
+                                          else list(truth), values))
 
 
 def _ap_rows(result: Result, split: str, scores: np.ndarray, y: np.ndarray, C) -> tuple:
