@@ -30,7 +30,7 @@ from vggfeat.utils.memory import refuse_unless_fits
 
 # float64 scratch per block (a few blocks' worth are alive at once): bounded at any size,
 # large enough that HDF5 reads whole chunks and numpy's per-call cost is negligible.
-BLOCK_BYTES = 32 * 2**20
+BLOCK_BYTES = 8 * 2**20
 AGGREGATES = ("avg", "stack")
 TOO_BIG_FIXES = ("average the scales (--aggregate avg) instead of stacking them, extract "
                  "fewer scales or one layer, evaluate a subset of the images, or use a machine "
