@@ -121,6 +121,25 @@ def fit_probe(settings: Settings, X, y, default_cv):
     return settings.build_probe(default_cv).fit(X, y)
 
 
+# Rows scored at a time: the probe converts them to float64 (2x their float32 bytes), so
+# scoring holds a block, not the whole test set twice. Never fewer than this many rows:
+# BLAS takes another path for a handful of rows, whose last bits differ, whereas blocks of
+# a thousand rows or more give the whole matrix's numbers exactly.
+SCORE_BLOCK_BYTES = 64 * 2**20
+SCORE_BLOCK_MIN_ROWS = 1024
+
+
+def decision_values(probe, features, ids, what: str, boxes: bool = False) -> np.ndarray:
+    """`probe.decision_function` of the rows of `ids`, copied and scored a block at a time
+    (each sample's value depends on its own row only)."""
+    width = (features.box_X if boxes else features.X).shape[1]
+    rows = max(SCORE_BLOCK_MIN_ROWS, SCORE_BLOCK_BYTES // (8 * max(1, width)))
+    blocks = max(1, len(ids) // rows)  # equal blocks of at least `rows` rows
+    bounds = np.linspace(0, len(ids), blocks + 1).astype(int)
+    return np.concatenate([probe.decision_function(features.rows(ids[a:b], what, boxes))
+                           for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+
+
 def record_chosen(result: Result, split: str, values) -> None:
     """The chosen hyper-parameter of each class (k as an int, C as a float)."""
     kind = int if result.hyperparameter == "k" else float
@@ -192,9 +211,9 @@ def multilabel_split(result, features, train: Labels, test: Labels, split, setti
     train_X = features.rows(train.ids, f"split {split} (training)") if train_X is None else train_X
     check_positives(train.y, result.classes, f"{result.dataset} {train_name} images")
     probe = fit_probe(settings, train_X, train.y, default_cv)
-    del train_X  # the training rows' copy is freed before the test rows' is made
-    test_X = features.rows(test.ids, f"split {split} (test)") if test_X is None else test_X
-    scores = probe.decision_function(test_X)
+    del train_X  # the training rows' copy is freed before the test rows are scored
+    scores = decision_values(probe, features, test.ids, f"split {split} (test)") \
+        if test_X is None else probe.decision_function(test_X)
     record_chosen(result, split, chosen_values(probe))
     score_rows(result, split, test.ids, scores, _true_labels(test.y, result.classes))
     return _ap_rows(result, split, scores, test.y, chosen_values(probe))

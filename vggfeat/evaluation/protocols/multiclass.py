@@ -14,6 +14,7 @@ from vggfeat.evaluation.protocols.common import (
     Result,
     Settings,
     check_positives,
+    decision_values,
     fit_probe,
     multilabel_split,
     new_result,
@@ -54,7 +55,7 @@ def _multiclass_splits(result: Result, reader, features, settings, splits) -> No
         check_positives(onehot, labels.classes, f"{reader.name} training images of split {s}")
         probe = fit_probe(settings, train_X, y_train, MULTICLASS_FOLDS)
         del train_X
-        scores = probe.decision_function(features.rows(test, f"split {s} (test)"))
+        scores = decision_values(probe, features, test, f"split {s} (test)")
         scores = scores[:, None] if scores.ndim == 1 else scores
         if len(probe.classes_) == 2:  # one SVM: class 1 vs class 0 as two columns
             scores = np.concatenate([-scores, scores], axis=1)

@@ -10,6 +10,7 @@ from vggfeat.evaluation.protocols.common import (
     Result,
     Settings,
     check_positives,
+    decision_values,
     fit_probe,
     multilabel_split,
     new_result,
@@ -48,7 +49,7 @@ def voc_classification(reader, features: Features, settings: Settings, out=None)
                        "headline": "mAP_voc07" if reader.name == "voc2007" else "mAP_voc10"}
     if server:
         probe = fit_probe(settings, features.rows(full.ids, "trainval"), full.y, 3)  # then freed
-        scores = probe.decision_function(features.rows(test_ids, "split test"))
+        scores = decision_values(probe, features, test_ids, "split test")
         record_chosen(result, "trainval", chosen_values(probe))
         score_rows(result, "test", test_ids, scores)
         result.files += write_server_files(
