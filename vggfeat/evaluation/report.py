@@ -130,27 +130,39 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def write_scores(path: Path, result: Result) -> Path:
-    """scores.csv: the bytes `_write_csv` of `result.scores` writes (csv's dialect; each
-    value as Python's repr, which numpy's float64-to-text conversion equals), a block of
-    rows at a time, converted in C instead of a dict and a repr per value; a progress bar
-    when it takes longer than `SCORES_PROGRESS_AFTER` seconds."""
+    """scores.csv: the bytes `_write_csv` of `result.scores` writes (csv's dialect, each
+    value as its repr), built a block of rows at a time with one C-level %-format per row
+    instead of a dict per row and csv's per-field work; a progress bar once it takes more
+    than `SCORES_PROGRESS_AFTER` seconds."""
     if not result.score_blocks:
         return _write_csv(path, [])
     total = sum(len(b.ids) for b in result.score_blocks)
     bar = progress_bar(total=total, desc="write scores.csv", unit="row",
                        delay=SCORES_PROGRESS_AFTER)
+    # %r of a float is its repr, which is what csv writes for a float
+    line = "%s,%s,%s," + ",".join(["%r"] * len(result.classes)) + "\r\n"
     with atomic.open_text(path, newline="") as fh, bar:
-        writer = csv.writer(fh)
-        writer.writerow(["split", "id", "true", *result.classes])
+        csv.writer(fh).writerow(["split", "id", "true", *result.classes])
         for block in result.score_blocks:
+            split = _csv_field(block.split)
             for start in range(0, len(block.ids), SCORES_BLOCK_ROWS):
                 stop = min(start + SCORES_BLOCK_ROWS, len(block.ids))
-                truth = repeat("") if block.truth is None else block.truth[start:stop]
-                text = block.values[start:stop].astype(str)  # shortest round-trip digits
-                writer.writerows(zip(repeat(block.split), block.ids[start:stop], truth,
-                                     *text.T))
+                ids = map(_csv_field, block.ids[start:stop])
+                truth = repeat("", stop - start) if block.truth is None \
+                    else map(_csv_field, block.truth[start:stop])
+                values = block.values[start:stop].tolist()  # Python floats, exactly
+                fh.write("".join([line % (split, i, t, *v)
+                                  for i, t, v in zip(ids, truth, values, strict=True)]))
                 bar.update(stop - start)
     return path
+
+
+def _csv_field(text: str) -> str:
+    """`text` as csv's default dialect writes it (QUOTE_MINIMAL): quoted, with doubled
+    quotes, when it holds the delimiter, the quote character or a line break."""
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def _savefig(fig, path: Path) -> None:
