@@ -187,6 +187,11 @@ def test_too_big_for_memory_refused_before_reading(tmp_path):
                          chunks=(1, scales, dim))
     with pytest.raises(TooBigError, match=r"needs .* GiB of memory .*--aggregate avg"):
         cache.load_features(path, "stack")
+    from vggfeat.evaluation import inputs
+
+    with pytest.raises(TooBigError, match=r"^svm-eval on .*huge.h5 needs .* GiB of memory "):
+        inputs.load([path], "stack")  # from the header, before any row is read
+    assert TooBigError.exit_code == 2
 
 
 def test_scores_csv_same_bytes_as_dict_writer(tmp_path):
