@@ -16,6 +16,7 @@ from vggfeat.data.readers import DatasetLayoutError, DatasetReader, open_dataset
 from vggfeat.features.cache import (
     BOXES_GROUP,
     ROOT_GROUP,
+    TOO_BIG_FIXES,
     CacheError,
     load_features,
     read_descriptors,
@@ -23,6 +24,7 @@ from vggfeat.features.cache import (
     read_overview,
 )
 from vggfeat.utils.errors import InputError
+from vggfeat.utils.memory import refuse_unless_fits
 
 
 class EvaluationInputError(InputError):
@@ -45,7 +47,16 @@ class Features:
     _index: dict = field(default_factory=dict, repr=False)
 
     def rows(self, ids, what: str, boxes: bool = False) -> np.ndarray:
-        """Descriptors of `ids`, in that order; a clear error if any is missing."""
+        """Descriptors of `ids`, in that order (a copy); a clear error if any is missing."""
+        return (self.box_X if boxes else self.X)[self.positions(ids, what, boxes)]
+
+    def check(self, ids, what: str, boxes: bool = False) -> None:
+        """Raise the error `rows` would, without copying any descriptor: the protocols
+        check every split before the first fit, then copy one split's rows at a time."""
+        self.positions(ids, what, boxes)
+
+    def positions(self, ids, what: str, boxes: bool = False) -> np.ndarray:
+        """Row numbers of `ids` in X (or box_X); a clear error if any is missing."""
         key = "boxes" if boxes else "images"
         if key not in self._index:
             self._index[key] = {i: k for k, i in enumerate(self.box_ids if boxes else self.ids)}
@@ -59,7 +70,7 @@ class Features:
                 "read them (see its failed-image report). Fix or remove those images and rerun "
                 "`vggfeat extract` (it resumes), or, without --strict, svm-eval leaves them out"
             )
-        return (self.box_X if boxes else self.X)[[index[i] for i in ids]]
+        return np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,8 @@ def load(paths, aggregate: str, *, block_l2: bool = False, layer: str | None = N
     paths = [Path(p) for p in paths]
     infos = [read_cache_info(p, layer) for p in paths]
     check_same_dataset(infos)
+    refuse_unless_fits(fit_bytes(paths, aggregate, layer), f"svm-eval on {paths[0]}",
+                       TOO_BIG_FIXES)
     try:
         ids, X = load_features(paths, aggregate=aggregate, l2=True, block_l2=block_l2,
                                layer=layer)
@@ -165,9 +178,35 @@ def load(paths, aggregate: str, *, block_l2: bool = False, layer: str | None = N
     except CacheError as exc:
         raise EvaluationInputError(str(exc)) from exc
     for name, block in (("images", X), ("boxes", box_X)):
-        if block is not None and not np.isfinite(block).all():
+        if block is not None and not _all_finite(block):
             raise EvaluationInputError(_non_finite_message(paths, aggregate, name, layer))
     return infos, Features(ids, X, paths, box_ids, box_X)
+
+
+# What svm-eval holds at its peak, in float32 descriptors: all of them, one split's training
+# rows copied for the fit, and the solver's float64 copy of those (2x): at least 4x when a
+# split trains on (nearly) every row. A lower bound: a run refused by it cannot fit.
+FIT_MEMORY_FACTOR = 4
+
+
+def fit_bytes(paths, aggregate: str, layer: str | None = None) -> int:
+    """Memory an evaluation of `paths` needs at least (`FIT_MEMORY_FACTOR`), from the
+    caches' headers, before anything is read."""
+    rows, width = 0, 0
+    for k, path in enumerate(paths):
+        overview = read_overview(path)
+        images = overview.counts.get("images", {})
+        dim = overview.layer_dims.get(layer, images.get("dimension", 0)) if layer \
+            else images.get("dimension", 0)
+        width += dim * (images.get("scales", 1) if aggregate == "stack" else 1)
+        rows = images.get("done", 0) if k == 0 else rows
+    return FIT_MEMORY_FACTOR * 4 * rows * width
+
+
+def _all_finite(X: np.ndarray) -> bool:
+    """np.isfinite(X).all() without a boolean array the size of X."""
+    step = max(1, 2**22 // max(1, X.shape[1]))
+    return all(np.isfinite(X[k:k + step]).all() for k in range(0, len(X), step))
 
 
 def _non_finite_message(paths, aggregate, name, layer=None) -> str:

@@ -31,7 +31,7 @@ from vggfeat.features.api_checks import (
     unwrap_table_of_paths,
 )
 from vggfeat.features.api_memory import Memory, image_key, warn_once_without_memory, weights_digest
-from vggfeat.features.cache import aggregate_scales, l2_normalize
+from vggfeat.features.cache import aggregate_rows
 from vggfeat.features.descriptor import DescriptorConfig
 from vggfeat.features.engine import DEFAULT_BATCH_SIZE, Engine
 from vggfeat.features.pipeline import extract_to_cache
@@ -244,7 +244,9 @@ class FeatureExtractor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             self._compute(images, todo, descriptors)
             if memory:
                 memory.store([keys[k] for k in todo], descriptors[todo])
-        rows = l2_normalize(aggregate_scales(descriptors, self.aggregate)).astype(np.float32)
+        # block by block: no float64 copy of the whole matrix beside `descriptors`
+        rows = aggregate_rows(descriptors, self.aggregate)
+        del descriptors
         return self._as_output(rows, images)
 
     def get_feature_names_out(self, input_features=None):

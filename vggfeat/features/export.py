@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vggfeat.features import cache
+from vggfeat.utils import atomic
 from vggfeat.utils.errors import InputError
 
 FORMATS = ("npy", "csv", "parquet")
@@ -202,29 +203,80 @@ def export_features(path: str | os.PathLike, out: str | os.PathLike, fmt: str, *
         raise ExportError(f"{source} holds no layer {layer!r}; it holds "
                           f"{', '.join(summary['layers'])}: choose one of those with --layer")
     aggregate = aggregate or default_aggregate(summary["dataset"])
-    ids, x = _rows(source, aggregate, l2, cache.BOXES_GROUP if boxes else None, layer)
     out.parent.mkdir(parents=True, exist_ok=True)
+    group = cache.BOXES_GROUP if boxes else None
+    # Streamed block by block (`cache.aggregated_rows`): memory is one block, whatever the
+    # cache's size; each file appears whole or not at all (`atomic`).
+    with cache.aggregated_rows(source, aggregate, l2, group, layer) as (ids, width, blocks):
+        WRITERS[fmt](out, ids, width, blocks)
     if fmt == "npy":
-        np.save(out, x)
-        ids_path(out).write_text("".join(f"{i}\n" for i in ids))
-    else:
-        import pandas as pd
-
-        table = pd.DataFrame(x, columns=[f"f{k}" for k in range(x.shape[1])])
-        table.insert(0, "id", ids)
-        if fmt == "csv":
-            table.to_csv(out, index=False, float_format="%.7g")
-        else:
-            table.to_parquet(out, index=False)
+        atomic.write_text(ids_path(out), "".join(f"{i}\n" for i in ids))
     return targets
 
 
-def _rows(path: Path, aggregate: str, l2: bool, group: str | None, layer: str | None = None):
-    """(ids, (n, D) float32) of the done rows, as `load_features` computes them (which
-    only reads finished files, so a partial file is read here the same way)."""
-    ids, descriptors, _ = cache.read_done_rows(path, group, layer)
-    x = cache.aggregate_scales(descriptors, aggregate)
-    return ids, (cache.l2_normalize(x) if l2 else x).astype(np.float32)
+def _write_npy(out: Path, ids: list[str], width: int, blocks) -> None:
+    """The .npy header (format 1.0, as `np.save` writes it), then the rows block by block:
+    the same bytes as `np.save` of the whole array. Plain writes, not a memory map, whose
+    written pages would count as the process's memory."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+              "fortran_order": False, "shape": (len(ids), width)}
+    with atomic.replacing(out) as tmp, open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for _, _, rows in blocks:
+            fh.write(rows.tobytes())
+
+
+def _write_csv(out: Path, ids: list[str], width: int, blocks) -> None:
+    """``id,f0,..`` then the rows, each block through pandas' C writer (%.7g)."""
+    import pandas as pd
+
+    columns = [f"f{k}" for k in range(width)]
+    with atomic.replacing(out) as tmp, open(tmp, "w", newline="") as fh:
+        first = True
+        for start, stop, rows in blocks:
+            table = pd.DataFrame(rows, columns=columns)
+            table.insert(0, "id", ids[start:stop])
+            table.to_csv(fh, index=False, header=first, float_format="%.7g",
+                         lineterminator="\n")
+            first = False
+        if first:  # no rows: the header alone, as pandas writes an empty table
+            pd.DataFrame(columns=["id", *columns]).to_csv(fh, index=False,
+                                                          lineterminator="\n")
+
+
+def _write_parquet(out: Path, ids: list[str], width: int, blocks) -> None:
+    """One row group per block with pyarrow's ParquetWriter (pandas' to_parquet schema);
+    with fastparquet only, the rows are gathered and written at once."""
+    import importlib.util
+
+    import pandas as pd
+
+    columns = [f"f{k}" for k in range(width)]
+
+    def table(start, stop, rows):
+        frame = pd.DataFrame(rows, columns=columns)
+        frame.insert(0, "id", ids[start:stop])
+        return frame
+
+    if importlib.util.find_spec("pyarrow") is None:
+        parts = [table(*block) for block in blocks]
+        whole = pd.concat(parts, ignore_index=True) if parts else table(0, 0, np.empty(
+            (0, width), np.float32))
+        with atomic.replacing(out) as tmp:
+            whole.to_parquet(tmp, index=False)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.Schema.from_pandas(table(0, 0, np.empty((0, width), np.float32)),
+                                   preserve_index=False)
+    with atomic.replacing(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for block in blocks:
+            writer.write_table(pa.Table.from_pandas(table(*block), schema=schema,
+                                                    preserve_index=False))
+
+
+WRITERS = {"npy": _write_npy, "csv": _write_csv, "parquet": _write_parquet}
 
 
 def _require_parquet_engine() -> None:

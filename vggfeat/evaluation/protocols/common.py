@@ -53,6 +53,17 @@ class Settings:
 
 
 @dataclass
+class ScoreBlock:
+    """One split's scored samples: ids, true labels (None where the split has no public
+    labels) and (n, K) float64 decision values, one column per class."""
+
+    split: str
+    ids: list[str]
+    truth: list[str] | None
+    values: np.ndarray
+
+
+@dataclass
 class Result:
     """What a protocol measured.
 
@@ -60,6 +71,7 @@ class Result:
     metric(s). ``chosen_C``: split -> class -> the chosen value of the probe's
     hyper-parameter (``hyperparameter``: C, or k for ``probe`` "knn"). ``scores``: one
     dict per test sample and split with the decision value of each class (scores.csv).
+    ``score_blocks``: the same per split as arrays.
     ``curves``: split -> class -> (precision, recall). ``files``: server submission files
     and split lists written.
     """
@@ -70,11 +82,20 @@ class Result:
     rows: list[dict] = field(default_factory=list)
     headline: dict = field(default_factory=dict)
     chosen_C: dict = field(default_factory=dict)
-    scores: list[dict] = field(default_factory=list)
+    score_blocks: list[ScoreBlock] = field(default_factory=list)
     curves: dict = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     probe: str = "svm"
     hyperparameter: str = "C"
+
+    @property
+    def scores(self) -> list[dict]:
+        """scores.csv's rows as dicts (split, id, true, one value per class): built on
+        demand from `score_blocks`, which hold them as arrays (a few bytes per value
+        rather than a Python dict per row)."""
+        return [{"split": b.split, "id": sample_id, "true": "" if b.truth is None else b.truth[i],
+                 **{c: float(b.values[i, k]) for k, c in enumerate(self.classes)}}
+                for b in self.score_blocks for i, sample_id in enumerate(b.ids)]
 
 
 def check_positives(y: np.ndarray, classes, where: str) -> None:
@@ -98,6 +119,25 @@ def fit_probe(settings: Settings, X, y, default_cv):
     """The probe `settings` describe, fitted (`default_cv`: the protocol's folds)."""
     _check_folds(settings, y, default_cv)
     return settings.build_probe(default_cv).fit(X, y)
+
+
+# Rows scored at a time: the probe converts them to float64 (2x their float32 bytes), so
+# scoring holds a block, not the whole test set twice. Never fewer than this many rows:
+# BLAS takes another path for a handful of rows, whose last bits differ, whereas blocks of
+# a thousand rows or more give the whole matrix's numbers exactly.
+SCORE_BLOCK_BYTES = 64 * 2**20
+SCORE_BLOCK_MIN_ROWS = 1024
+
+
+def decision_values(probe, features, ids, what: str, boxes: bool = False) -> np.ndarray:
+    """`probe.decision_function` of the rows of `ids`, copied and scored a block at a time
+    (each sample's value depends on its own row only)."""
+    width = (features.box_X if boxes else features.X).shape[1]
+    rows = max(SCORE_BLOCK_MIN_ROWS, SCORE_BLOCK_BYTES // (8 * max(1, width)))
+    blocks = max(1, len(ids) // rows)  # equal blocks of at least `rows` rows
+    bounds = np.linspace(0, len(ids), blocks + 1).astype(int)
+    return np.concatenate([probe.decision_function(features.rows(ids[a:b], what, boxes))
+                           for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
 def record_chosen(result: Result, split: str, values) -> None:
@@ -137,10 +177,9 @@ def _true_labels(y: np.ndarray, classes) -> list[str]:
 def score_rows(result: Result, split: str, ids, scores: np.ndarray, truth=None) -> None:
     """One scores.csv row per sample: split, id, its true label(s) ('' where the split has
     no public labels) and the decision value of every class."""
-    for i, sample_id in enumerate(ids):
-        row = {"split": split, "id": sample_id, "true": "" if truth is None else truth[i]}
-        row.update({c: float(scores[i, k]) for k, c in enumerate(result.classes)})
-        result.scores.append(row)
+    values = np.array(scores, dtype=np.float64)  # a copy; float32 widens without rounding
+    result.score_blocks.append(ScoreBlock(split, list(ids), None if truth is None
+                                          else list(truth), values))
 
 
 def _ap_rows(result: Result, split: str, scores: np.ndarray, y: np.ndarray, C) -> tuple:
@@ -165,11 +204,16 @@ def _ap_rows(result: Result, split: str, scores: np.ndarray, y: np.ndarray, C) -
 def multilabel_split(result, features, train: Labels, test: Labels, split, settings,
                       default_cv, train_X=None, test_X=None, train_name="train") -> tuple:
     """Fit on `train`, score `test` (reported as `split`) with both AP variants."""
+    if train_X is None:  # both checked before the fit, copied one at a time
+        features.check(train.ids, f"split {split} (training)")
+    if test_X is None:
+        features.check(test.ids, f"split {split} (test)")
     train_X = features.rows(train.ids, f"split {split} (training)") if train_X is None else train_X
-    test_X = features.rows(test.ids, f"split {split} (test)") if test_X is None else test_X
     check_positives(train.y, result.classes, f"{result.dataset} {train_name} images")
     probe = fit_probe(settings, train_X, train.y, default_cv)
-    scores = probe.decision_function(test_X)
+    del train_X  # the training rows' copy is freed before the test rows are scored
+    scores = decision_values(probe, features, test.ids, f"split {split} (test)") \
+        if test_X is None else probe.decision_function(test_X)
     record_chosen(result, split, chosen_values(probe))
     score_rows(result, split, test.ids, scores, _true_labels(test.y, result.classes))
     return _ap_rows(result, split, scores, test.y, chosen_values(probe))

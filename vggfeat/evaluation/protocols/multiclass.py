@@ -14,6 +14,7 @@ from vggfeat.evaluation.protocols.common import (
     Result,
     Settings,
     check_positives,
+    decision_values,
     fit_probe,
     multilabel_split,
     new_result,
@@ -39,18 +40,22 @@ def _multiclass_splits(result: Result, reader, features, settings, splits) -> No
     index = {i: k for k, i in enumerate(labels.ids)}
     recalls, accuracies, chosen = [], [], []
     plans = []
-    for s, assign in enumerate(splits):  # all lookups before fitting
+    for s, assign in enumerate(splits):  # all lookups before fitting, no copies yet
         train = [i for i in labels.ids if assign.get(i) == "train"]
         test = [i for i in labels.ids if assign.get(i) == "test"]
-        plans.append((train, test, features.rows(train, f"split {s} (train)"),
-                      features.rows(test, f"split {s} (test)")))
-    for s, (train, test, train_X, test_X) in enumerate(plans):
+        features.check(train, f"split {s} (train)")
+        features.check(test, f"split {s} (test)")
+        plans.append((train, test))
+    for s, (train, test) in enumerate(plans):
+        # one split's rows at a time: copied for its fit, freed before the next split
+        train_X = features.rows(train, f"split {s} (train)")
         y_train = y_all[[index[i] for i in train]]
         y_test = y_all[[index[i] for i in test]]
         onehot = np.where(y_train[:, None] == np.arange(len(labels.classes)), 1, -1)
         check_positives(onehot, labels.classes, f"{reader.name} training images of split {s}")
         probe = fit_probe(settings, train_X, y_train, MULTICLASS_FOLDS)
-        scores = probe.decision_function(test_X)
+        del train_X
+        scores = decision_values(probe, features, test, f"split {s} (test)")
         scores = scores[:, None] if scores.ndim == 1 else scores
         if len(probe.classes_) == 2:  # one SVM: class 1 vs class 0 as two columns
             scores = np.concatenate([-scores, scores], axis=1)

@@ -10,6 +10,7 @@ from vggfeat.evaluation.protocols.common import (
     Result,
     Settings,
     check_positives,
+    decision_values,
     fit_probe,
     multilabel_split,
     new_result,
@@ -34,21 +35,21 @@ def voc_classification(reader, features: Features, settings: Settings, out=None)
         train_split, eval_split = "train", "val"
     result.protocol = f"SVMs on {train_split}, AP on {eval_split} (difficult: {settings.difficult})"
     train, test = reader.labels(train_split), reader.labels(eval_split)
-    features.rows(train.ids, f"split {train_split}")  # all inputs checked before fitting
-    features.rows(test.ids, f"split {eval_split}")
+    features.check(train.ids, f"split {train_split}")  # all inputs checked before fitting
+    features.check(test.ids, f"split {eval_split}")
     server = reader.name == "voc2012" and "test" in reader.splits()
     if server:
         full = trainval_labels(reader)
         test_ids = reader.split_ids("test")
-        features.rows(test_ids, "split test")
+        features.check(test_ids, "split test")
         check_positives(full.y, result.classes, "voc2012 trainval")
     m07, m10 = multilabel_split(result, features, train, test, eval_split, settings, 3,
                                  train_name=train_split)
     result.headline = {"mAP_voc07": m07, "mAP_voc10": m10,
                        "headline": "mAP_voc07" if reader.name == "voc2007" else "mAP_voc10"}
     if server:
-        probe = fit_probe(settings, features.rows(full.ids, "trainval"), full.y, 3)
-        scores = probe.decision_function(features.rows(test_ids, "split test"))
+        probe = fit_probe(settings, features.rows(full.ids, "trainval"), full.y, 3)  # then freed
+        scores = decision_values(probe, features, test_ids, "split test")
         record_chosen(result, "trainval", chosen_values(probe))
         score_rows(result, "test", test_ids, scores)
         result.files += write_server_files(
@@ -61,6 +62,13 @@ def voc_classification(reader, features: Features, settings: Settings, out=None)
 # --------------------------------------------------------------------------------------
 # VOC 2012 action classification
 # --------------------------------------------------------------------------------------
+
+
+def _check_action(features: Features, box_ids, with_boxes: bool, what: str) -> None:
+    """The error `_action_X` would raise, without copying descriptors."""
+    features.check([b.split("#")[0] for b in box_ids], what)
+    if with_boxes:
+        features.check(box_ids, what, boxes=True)
 
 
 def _action_X(features: Features, box_ids, with_boxes: bool, what: str) -> np.ndarray:
@@ -85,15 +93,16 @@ def voc_action(reader, features: Features, settings: Settings, out=None) -> Resu
                         f"{', '.join(variants)}", reader.classes, settings)
     train, val = reader.labels("train"), reader.labels("val")
     server = "test" in reader.splits()
-    inputs = {}
-    for variant in variants:  # every lookup before any fitting
+    for variant in variants:  # every lookup before any fitting, no copies yet
         boxes = variant == "image+box"
-        inputs[variant] = [_action_X(features, lab.ids, boxes, f"voc2012-action {name}")
-                           for name, lab in (("train", train), ("val", val))]
+        for name, lab in (("train", train), ("val", val)):
+            _check_action(features, lab.ids, boxes, f"voc2012-action {name}")
         if server:
-            _action_X(features, reader.split_ids("test"), boxes, "voc2012-action test")
-    for variant in variants:
-        train_X, val_X = inputs[variant]
+            _check_action(features, reader.split_ids("test"), boxes, "voc2012-action test")
+    for variant in variants:  # one variant's rows at a time
+        train_X, val_X = (_action_X(features, lab.ids, variant == "image+box",
+                                    f"voc2012-action {name}")
+                          for name, lab in (("train", train), ("val", val)))
         m07, m10 = multilabel_split(result, features, train, val, f"val:{variant}", settings,
                                      3, train_X, val_X)
         result.headline[f"mAP_voc10[{variant}]"] = m10

@@ -37,7 +37,8 @@ or at the start of the next run if the processes were killed).
 Modules: `layout` (names, paths, attributes, errors), `resume` (create or resume a file),
 `writer` (rows, failures, shards, labels), `inplace` (in-place changes undone after a
 kill), `integrity` (row checksums), `header` (what a file holds, without its rows),
-`reader` (descriptors), `stats` (the descriptor-variation statistic), `messages`
+`reader` (descriptors), `rows` (reading, aggregating and normalising in row blocks:
+bounded memory), `stats` (the descriptor-variation statistic), `messages`
 (unfinished or unlabelled caches).
 """
 from vggfeat.features.cache.header import Overview, read_failed, read_labels, read_overview
@@ -71,13 +72,18 @@ from vggfeat.features.cache.layout import (
 from vggfeat.features.cache.messages import evaluation_problem, unfinished_message
 from vggfeat.features.cache.reader import (
     FeatureDataset,
-    aggregate_scales,
-    l2_normalize,
     load_features,
     read_descriptors,
     read_done_rows,
 )
 from vggfeat.features.cache.resume import open_for_writing, pending
+from vggfeat.features.cache.rows import (
+    TOO_BIG_FIXES,
+    aggregate_rows,
+    aggregate_scales,
+    aggregated_rows,
+    l2_normalize,
+)
 from vggfeat.features.cache.stats import (
     LOW_VARIATION,
     VARIATION_ATTR,
@@ -100,9 +106,11 @@ from vggfeat.features.cache.writer import (
 
 __all__ = [
     "BOXES_GROUP", "DTYPES", "FORMAT", "LOW_VARIATION", "ROOT_GROUP", "VARIATION_ATTR",
+    "TOO_BIG_FIXES",
     "NO_CHECKSUMS", "CacheError", "CacheInUseError", "ConfigMismatchError",
     "DamagedCacheError", "FeatureDataset", "Verification", "is_complete", "verify",
-    "NotACacheError", "Overview", "RowWriter", "aggregate_scales", "cache_attributes",
+    "NotACacheError", "Overview", "RowWriter", "aggregate_rows", "aggregate_scales",
+    "aggregated_rows",    "cache_attributes",
     "create_shard", "describe_difference", "descriptor_variation", "evaluation_problem",
     "final_path", "finalize", "is_partial", "is_vggfeat_cache", "l2_normalize", "layer_rows",
     "load_features", "lock_path", "low_variation_warning", "merge_shards",

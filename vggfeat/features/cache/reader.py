@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import h5py
@@ -14,6 +15,14 @@ import numpy as np
 from vggfeat.features.cache.integrity import check_rows, layer_index
 from vggfeat.features.cache.layout import ROOT_GROUP, CacheError, layer_rows, text
 from vggfeat.features.cache.messages import unfinished_message
+from vggfeat.features.cache.rows import (
+    DoneRows,
+    aggregated_blocks,
+    aggregated_width,
+    aligned_positions,
+    allocate_rows,
+    rows_per_block,
+)
 from vggfeat.utils.errors import InputError
 
 
@@ -21,30 +30,53 @@ def read_done_rows(path: str | os.PathLike, group: str | None = None,
                    layer: str | None = None) -> tuple[list[str], np.ndarray, int]:
     """(ids, (n, S, D) float32, rows without a descriptor) of the rows that are done, from
     a finished cache or a ``.partial`` alike; `layer` picks one of a multi-layer cache's
-    layers (None: its first, the only one of most caches)."""
+    layers (None: its first, the only one of most caches). Read in row blocks into one
+    float32 array: memory is that array plus one block."""
     with h5py.File(path, "r") as f:
-        g = f[group or ROOT_GROUP]
-        done = g["done"][()]
-        ids = [text(i) for i in g["ids"][()][done]]
-        stored = layer_rows(f, group or ROOT_GROUP, layer)[()][done]
-        check_rows(f, group or ROOT_GROUP, layer_index(f, layer), np.flatnonzero(done), stored)
-    return ids, stored.astype(np.float32), int((~done).sum())
+        reader = DoneRows(f, group or ROOT_GROUP, layer)
+        stored = np.empty((len(reader), *reader.scales_dim), np.float32)
+        step = rows_per_block(stored[:1].nbytes * 2)
+        for start in range(0, len(reader), step):
+            stored[start:start + step] = reader.read(np.arange(start, min(start + step,
+                                                                          len(reader))))
+        reader.raise_if_damaged()
+    return reader.ids, stored, reader.missing
 
 
 def read_descriptors(path: str | os.PathLike, group: str | None = None,
                      layer: str | None = None) -> tuple[list[str], np.ndarray]:
     """(ids, (n, S, D) float32) of the rows that are done (of `layer`, see `read_done_rows`)."""
-    path = Path(path)
-    unfinished = unfinished_message(path)  # the one description of an interrupted run
-    if not path.exists():
-        raise CacheError(unfinished or f"{path}: no such feature file")
-    refuse_non_cache(path)
+    path = _readable(path)
     ids, descriptors, missing = read_done_rows(path, group, layer)
-    if missing:
-        why = unfinished or "see its `failed` table"
-        warnings.warn(f"{path}: {missing} rows have no descriptor ({why}); they are left out",
-                      stacklevel=3)
+    _warn_missing(path, missing)
     return ids, descriptors
+
+
+def _readable(path) -> Path:
+    """`path`, refused by name when it is missing (or names an unfinished run) or is not a
+    cache."""
+    path = Path(path)
+    if not path.exists():
+        raise CacheError(unfinished_message(path) or f"{path}: no such feature file")
+    refuse_non_cache(path)
+    return path
+
+
+def _warn_missing(path: Path, missing: int) -> None:
+    if missing:
+        why = unfinished_message(path) or "see its `failed` table"
+        warnings.warn(f"{path}: {missing} rows have no descriptor ({why}); they are left out",
+                      stacklevel=4)
+
+
+def open_done_rows(stack: ExitStack, path, group: str | None, layer: str | None,
+                   ) -> DoneRows:
+    """The done rows of a finished cache, open until `stack` closes (checked as
+    `read_descriptors` checks; rows without a descriptor are left out with a warning)."""
+    path = _readable(path)
+    reader = DoneRows(stack.enter_context(h5py.File(path, "r")), group or ROOT_GROUP, layer)
+    _warn_missing(path, reader.missing)
+    return reader
 
 
 def refuse_non_cache(path: Path) -> None:
@@ -55,20 +87,6 @@ def refuse_non_cache(path: Path) -> None:
             if path.suffix.lower() in (".pth", ".pt", ".ckpt", ".bin") else ""
         raise CacheError(f"{path} is not a vggfeat feature cache{looks}; give the .h5 file "
                          "written by extract_to_cache or vggfeat extract")
-
-
-def aggregate_scales(descriptors: np.ndarray, aggregate: str = "avg") -> np.ndarray:
-    """(n, S, D) -> (n, D) by averaging or (n, S*D) by stacking the scales."""
-    if aggregate == "avg":
-        return descriptors.mean(axis=1, dtype=np.float64)
-    if aggregate == "stack":
-        return descriptors.reshape(len(descriptors), -1).astype(np.float64)
-    raise InputError(f"aggregate must be 'avg' or 'stack', got {aggregate!r}")
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.finfo(np.float64).tiny)
 
 
 def load_features(path_or_paths, aggregate: str = "avg", l2: bool = True,
@@ -113,17 +131,15 @@ def load_features(path_or_paths, aggregate: str = "avg", l2: bool = True,
         else list(path_or_paths)
     if not paths:
         raise InputError("load_features needs at least one path")
-    ids, blocks = None, []
-    for path in paths:
-        these, descriptors = read_descriptors(path, group, layer)
-        block = aggregate_scales(descriptors, aggregate)
-        if ids is None:
-            ids = these
-        else:
-            block = _align(block, these, ids, path, paths[0])
-        blocks.append(l2_normalize(block) if block_l2 else block)
-    x = np.concatenate(blocks, axis=1)
-    x = (l2_normalize(x) if l2 else x).astype(np.float32)
+    with ExitStack() as stack:
+        readers = [open_done_rows(stack, path, group, layer) for path in paths]
+        ids = readers[0].ids
+        positions = [np.arange(len(ids))] + [aligned_positions(r, ids, paths[0])
+                                             for r in readers[1:]]
+        width = sum(aggregated_width(r.scales_dim, aggregate) for r in readers)
+        x = allocate_rows(len(ids), width, f"reading {', '.join(map(str, paths))}")
+        for start, stop, block in aggregated_blocks(readers, positions, aggregate, l2, block_l2):
+            x[start:stop] = block
     if return_labels:
         return ids, x, stored_labels(paths[0], ids)
     return ids, x
@@ -145,16 +161,6 @@ def stored_labels(path, ids: list[str]) -> list:
     if all(len(n) == 1 for n in names):
         return [n[0] for n in names]
     return names
-
-
-def _align(block: np.ndarray, these: list[str], ids: list[str], path, first) -> np.ndarray:
-    if set(these) != set(ids):
-        raise CacheError(
-            f"{path} and {first} hold different images ({len(set(ids) - set(these))} ids only "
-            f"in the first, {len(set(these) - set(ids))} only in the second); extract both "
-            "from the same dataset")
-    position = {i: k for k, i in enumerate(these)}
-    return block[[position[i] for i in ids]]
 
 
 class FeatureDataset:

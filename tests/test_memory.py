@@ -1,0 +1,229 @@
+"""Issue 22: reading a cache, exporting it and writing scores.csv with memory bounded by the
+data and the same numbers and bytes as before.
+
+Peak memory is measured in a real subprocess (its own ru_maxrss, after vs before the read),
+so nothing else in the test process counts. Reference values are computed here from the
+raw HDF5 rows with the whole-matrix arithmetic the block reader replaces.
+"""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from vggfeat.features import cache
+from vggfeat.features.descriptor import DescriptorConfig
+from vggfeat.utils.memory import TooBigError, available_bytes
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def attributes(scales: int):
+    pre = {"mean": [0.5] * 3, "std": [0.25] * 3, "channel_order": "RGB", "value_scale": 1.0}
+    config = DescriptorConfig(arch="vgg16", weights_sha256="ab" * 32, preprocessing=pre,
+                              scales=tuple(256 + 128 * k for k in range(scales)))
+    return cache.cache_attributes(config, dataset="folder")
+
+
+def build_cache(out: Path, rows: int, scales: int, dim: int, seed: int = 0,
+                order=None, skip=()) -> Path:
+    """A finished cache of random float32 rows written through the cache writer; `order`
+    permutes the ids (a second net's file of the same images), `skip` rows stay not done."""
+    ids = [f"img{k:06d}" for k in (range(rows) if order is None else order)]
+    partial = cache.open_for_writing(out, attributes(scales), {"/": ids}, dim,
+                                     log=lambda m: None)
+    writer = cache.RowWriter(partial, flush_every=1000)
+    rng = np.random.default_rng(seed)
+    for k in range(rows):
+        row = rng.standard_normal((scales, dim), dtype=np.float32)
+        if k not in skip:
+            writer.put(k, row)
+    writer.file.flush()
+    writer.file.close()
+    if not skip:
+        cache.finalize(out)
+        return out
+    return partial
+
+
+def reference(path: Path, aggregate: str, l2: bool = True):
+    """(ids, X) by the whole-matrix arithmetic: float64 mean or stack, float64 L2, float32."""
+    with h5py.File(path, "r") as f:
+        done = f["done"][()]
+        ids = [i.decode() for i in f["ids"][()][done]]
+        d = f["descriptors"][()][done].astype(np.float32)
+    x = d.mean(axis=1, dtype=np.float64) if aggregate == "avg" \
+        else d.reshape(len(d), -1).astype(np.float64)
+    if l2:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    return ids, x.astype(np.float32)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of a few rows, so a small cache is read in many blocks."""
+    from vggfeat.features.cache import rows
+
+    monkeypatch.setattr(rows, "BLOCK_BYTES", 3000)
+
+
+@pytest.mark.parametrize("aggregate", ["avg", "stack"])
+@pytest.mark.parametrize("l2", [True, False])
+def test_block_read_equals_whole_matrix_arithmetic(tmp_path, small_blocks, aggregate, l2):
+    path = build_cache(tmp_path / "a.h5", 57, 3, 40)
+    ids, x = cache.load_features(path, aggregate, l2)
+    want_ids, want = reference(path, aggregate, l2)
+    assert ids == want_ids and x.dtype == np.float32
+    np.testing.assert_array_equal(x, want)
+
+
+def test_block_read_of_two_files_in_different_orders(tmp_path, small_blocks):
+    """A second cache holding the same images in another order is aligned by id, block by
+    block (rows read out of order), as the whole-matrix stack was."""
+    first = build_cache(tmp_path / "d.h5", 40, 2, 24)
+    order = np.random.default_rng(3).permutation(40)
+    second = build_cache(tmp_path / "e.h5", 40, 3, 16, seed=1, order=order)
+    ids, x = cache.load_features([first, second], "avg", block_l2=True)
+    ids_a, a = reference(first, "avg", l2=True)
+    ids_b, b = reference(second, "avg", l2=True)
+    b = b[[ids_b.index(i) for i in ids_a]]
+    both = np.concatenate([a, b], axis=1).astype(np.float64)
+    want = (both / np.linalg.norm(both, axis=1, keepdims=True)).astype(np.float32)
+    assert ids == ids_a
+    np.testing.assert_allclose(x, want, rtol=1e-6)  # want's blocks went through float32
+
+
+def test_partial_cache_rows_done_only(tmp_path, small_blocks):
+    partial = build_cache(tmp_path / "p.h5", 30, 2, 8, skip={3, 17, 18})
+    ids, stored, missing = cache.read_done_rows(partial)
+    with h5py.File(partial, "r") as f:
+        done = f["done"][()]
+        np.testing.assert_array_equal(stored, f["descriptors"][()][done])
+    assert missing == 3 and len(ids) == 27 and "img000003" not in ids
+
+
+def test_export_same_bytes_as_np_save_and_pandas(tmp_path, small_blocks):
+    """The streamed .npy is byte for byte `np.save` of the whole array, the csv pandas'
+    `to_csv` of the whole table: the files export wrote before it streamed."""
+    import pandas as pd
+
+    from vggfeat.features.export import export_features
+
+    path = build_cache(tmp_path / "a.h5", 23, 3, 10)
+    ids, x = reference(path, "stack")
+    np.save(tmp_path / "want.npy", x)
+    table = pd.DataFrame(x, columns=[f"f{k}" for k in range(x.shape[1])])
+    table.insert(0, "id", ids)
+    table.to_csv(tmp_path / "want.csv", index=False, float_format="%.7g")
+    export_features(path, tmp_path / "got.npy", "npy", aggregate="stack")
+    export_features(path, tmp_path / "got.csv", "csv", aggregate="stack")
+    assert (tmp_path / "got.npy").read_bytes() == (tmp_path / "want.npy").read_bytes()
+    assert (tmp_path / "got.csv").read_bytes() == (tmp_path / "want.csv").read_bytes()
+    assert (tmp_path / "got.ids.txt").read_text().split() == ids
+
+
+PEAK = """
+import resource, sys
+import numpy as np
+from vggfeat.features import cache
+from vggfeat.features.export import export_features
+what, path = sys.argv[1], sys.argv[2]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if what == "load":
+    ids, x = cache.load_features(path, "stack")
+    used = x.nbytes
+else:
+    export_features(path, sys.argv[3], "npy", aggregate="stack")
+    used = np.load(sys.argv[3], mmap_mode="r").nbytes
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024, used)
+"""
+
+
+def peak_growth(*args) -> tuple[int, int]:
+    """(peak RSS growth in bytes, float32 bytes of the result) of a read in a subprocess."""
+    done = subprocess.run([sys.executable, "-c", PEAK, *map(str, args)], capture_output=True,
+                          text=True, check=True, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    growth, used = map(int, done.stdout.split())
+    return growth, used
+
+
+@pytest.mark.slow
+def test_peak_memory_of_stacked_read_and_export(tmp_path):
+    """Stacked scales (3 x 2048, 2,000 rows: 49 MB of float32 descriptors): reading held
+    about 8x that at once (stored rows, float32 and float64 copies, the normalised
+    float64 copy), export 6.5x. Now: the float32 result plus bounded scratch, and export
+    only the scratch."""
+    path = build_cache(tmp_path / "big.h5", 2000, 3, 2048)
+    growth, used = peak_growth("load", path)
+    scratch = 48 * 2**20  # a few blocks of BLOCK_BYTES, the HDF5 chunk cache, allocator slack
+    assert growth <= 1.2 * used + scratch, (growth / used, growth)
+    growth, used = peak_growth("export", path, tmp_path / "x.npy")
+    assert growth <= 0.2 * used + scratch, (growth / used, growth)
+
+
+def test_too_big_for_memory_refused_before_reading(tmp_path):
+    """A cache whose stacked rows cannot fit in the memory available is refused with the
+    fixes before anything is allocated (HDF5 stores the unwritten rows sparsely, so the
+    file is small)."""
+    available = available_bytes()
+    if available is None:
+        pytest.skip("this system does not say how much memory is available")
+    scales, dim = 4, 65536
+    rows = int(2 * available // (scales * dim * 4)) + 1
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs.update(attributes(scales))
+        f.create_dataset("ids", data=[f"i{k}" for k in range(rows)],
+                         dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("done", data=np.ones(rows, bool))
+        f.create_dataset("descriptors", shape=(rows, scales, dim), dtype=np.float32,
+                         chunks=(1, scales, dim))
+    with pytest.raises(TooBigError, match=r"needs .* GiB of memory .*--aggregate avg"):
+        cache.load_features(path, "stack")
+    from vggfeat.evaluation import inputs
+
+    with pytest.raises(TooBigError, match=r"^svm-eval on .*huge.h5 needs .* GiB of memory "):
+        inputs.load([path], "stack")  # from the header, before any row is read
+    assert TooBigError.exit_code == 2
+
+
+def test_scores_csv_same_bytes_as_dict_writer(tmp_path):
+    """scores.csv, written from arrays a block at a time, is byte for byte what csv's
+    DictWriter wrote from one dict per row (floats as repr), for float32 and float64
+    scores, odd ids (commas, quotes), extreme values and splits without labels."""
+    from vggfeat.evaluation import report
+    from vggfeat.evaluation.protocols.common import Result, score_rows
+
+    rng = np.random.default_rng(0)
+    classes = ("cat", "dog,2", 'say "hi"')
+    result = Result("folder", "", classes)
+    n = 2 * report.SCORES_BLOCK_ROWS + 7
+    values = rng.standard_normal((n, 3)) * 10.0 ** rng.integers(-20, 20, (n, 3))
+    values[:6, 0] = [0.0, -0.0, 1e16, 1e-5, np.inf, np.nan]
+    ids = [f"im,{k}" if k % 5 == 0 else f'q"{k}' if k % 7 == 0 else f"i{k}" for k in range(n)]
+    truth = [classes[k % 3] + ("?" if k % 11 == 0 else "") for k in range(n)]
+    score_rows(result, "0", ids, values, truth)
+    score_rows(result, "1", ids[:50], values[:50].astype(np.float32), truth[:50])
+    score_rows(result, "test", ids[:9], values[:9])
+    rows = []  # as score_rows built them before: one dict per row, Python floats
+    for split, k, part, labelled in (("0", n, values, True),
+                                     ("1", 50, values[:50].astype(np.float32), True),
+                                     ("test", 9, values[:9], False)):
+        for i in range(k):
+            row = {"split": split, "id": ids[i], "true": truth[i] if labelled else ""}
+            row.update({c: float(part[i, j]) for j, c in enumerate(classes)})
+            rows.append(row)
+    with open(tmp_path / "want.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    report.write_scores(tmp_path / "scores.csv", result)
+    assert (tmp_path / "scores.csv").read_bytes() == (tmp_path / "want.csv").read_bytes()
+    assert result.scores[:3] == rows[:3]
