@@ -12,6 +12,14 @@ def one_torch_thread():
         yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread_per_module():
+    """One torch thread for a whole module's tests: their timings and numbers do not depend
+    on the machine's core count (`pytestmark = pytest.mark.usefixtures(...)`)."""
+    with torch_threads(1):
+        yield
+
+
 TINY = {"arch": "vgg11", "width": 0.125, "crop_size": 64, "num_classes": 10}
 
 
@@ -32,3 +40,11 @@ def tiny_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "tiny-vgg11.pth"
     save_backbone(make_tiny_backbone(), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_weights):
+    """The tiny net of `tiny_weights`, loaded once per test module."""
+    from vggfeat.models import load_backbone
+
+    return load_backbone(tiny_weights)

@@ -22,13 +22,8 @@ from vggfeat.features import FeatureExtractor, extract_to_cache, load_features
 from vggfeat.features.cache import CacheError
 from vggfeat.models import WeightsError, load_backbone, save_backbone
 from vggfeat.utils.errors import InputError
-from vggfeat.utils.threads import torch_threads
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 @pytest.fixture(scope="module")

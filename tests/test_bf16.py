@@ -16,7 +16,7 @@ from helpers_features import reference_dense
 from vggfeat.cli import cli
 from vggfeat.features.descriptor import DescriptorConfig, describe
 from vggfeat.features.engine import Engine
-from vggfeat.models import build_backbone, load_backbone
+from vggfeat.models import build_backbone
 from vggfeat.models.cpu import CpuDense, packed_ops_available
 from vggfeat.models.cpu_bf16 import (
     FEW_HUNDRED_IMAGES,
@@ -26,7 +26,6 @@ from vggfeat.models.cpu_bf16 import (
     cpu_flags,
     expected_gain,
 )
-from vggfeat.utils.threads import torch_threads
 
 # The bar for bf16 descriptors against fp32 (measured: 0.99998-0.99999).
 MIN_COSINE = 0.9999
@@ -36,15 +35,8 @@ needs_packed = pytest.mark.skipif(not packed_ops_available(),
 needs_native = pytest.mark.skipif(not NATIVE, reason="this CPU has no bf16 instructions")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
-
-@pytest.fixture(scope="module")
-def tiny(tiny_weights):
-    return load_backbone(tiny_weights)
 
 
 def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -23,15 +23,11 @@ from helpers_features import assert_same_cache, write_bad_images
 from vggfeat.cli import cli
 from vggfeat.features import load_features
 from vggfeat.features.cache import read_failed
-from vggfeat.utils.threads import torch_threads
 
 TINY = ["--scales", "64,96", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,9 @@ from helpers_features import random_rgb, reference_descriptor, write_png
 
 from vggfeat.features.descriptor import DescriptorConfig, check_scales, config_key, describe
 from vggfeat.features.engine import Engine
-from vggfeat.models import load_backbone
-from vggfeat.utils.threads import torch_threads
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_weights):
-    return load_backbone(tiny_weights)
 
 
 @pytest.mark.parametrize(("layer", "flip", "fast_cpu"), [

@@ -6,21 +6,12 @@ from helpers_features import random_rgb, write_bad_images, write_png
 
 from vggfeat.features.descriptor import DescriptorConfig
 from vggfeat.features.engine import Engine, ShapeBatcher
-from vggfeat.models import load_backbone
-from vggfeat.utils.threads import torch_threads
 
 SCALES = (64, 96)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
-
-@pytest.fixture(scope="module")
-def tiny(tiny_weights):
-    return load_backbone(tiny_weights)
 
 
 @pytest.fixture(scope="module")

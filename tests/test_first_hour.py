@@ -28,13 +28,8 @@ from vggfeat.models import WeightsError, load_backbone, save_backbone
 from vggfeat.training import train
 from vggfeat.training.config import make_config
 from vggfeat.training.stall import training_stalled
-from vggfeat.utils.threads import torch_threads
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 def invoke(*args):

@@ -19,7 +19,7 @@ from vggfeat.features import FeatureExtractor, cache, extract_to_cache, load_fea
 from vggfeat.features.descriptor import DescriptorConfig, config_key, describe
 from vggfeat.features.engine import Engine
 from vggfeat.features.export import cache_summary, export_features
-from vggfeat.models import build_backbone, load_backbone
+from vggfeat.models import build_backbone
 from vggfeat.utils.errors import InputError
 from vggfeat.utils.threads import torch_threads
 
@@ -27,10 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # A tiny VGG-A's conv5_2 (64 channels) and fc7 (512): the deepest conv and the paper's layer.
 PAIR = "conv5_2,fc7"
 
-
-@pytest.fixture(scope="module")
-def tiny(tiny_weights):
-    return load_backbone(tiny_weights)
 
 
 @pytest.fixture(scope="module")
