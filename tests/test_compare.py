@@ -104,3 +104,12 @@ def test_a_folder_without_results_is_one_clear_line(tmp_path):
     result = run(tmp_path)
     assert result.exit_code == 2 and "no summary.json" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_one_run_has_no_spread_shown_as_a_dash_not_nan(runs, tmp_path):
+    result = run(runs[0], "--out", tmp_path / "one")
+    assert result.exit_code == 0, result.output
+    assert "nan" not in result.stdout
+    for c in ("ant", "bee", "cat"):
+        line = next(x for x in result.stdout.splitlines() if x.startswith(c + " "))
+        assert line.split()[-1] == "-"

@@ -242,10 +242,11 @@ def format_comparison(runs: list[Run], per_class: bool = True) -> str:
         for c in classes:
             values = [per[n].get(c) for n in names]
             known = [v for v in values if v is not None]
-            spread = max(known) - min(known) if len(known) > 1 else float("nan")
+            # A spread needs two runs with this class; one alone has none ("-", not "nan").
+            spread = f"{max(known) - min(known):.1f}" if len(known) > 1 else "-"
             lines.append(f"{c:<{cw}}" + "".join(
                 f"{v:>{col}.1f}" if v is not None else f"{'-':>{col}}" for v in values)
-                + f"{spread:>{col}.1f}")
+                + f"{spread:>{col}}")
     return "\n".join(lines)
 
 
