@@ -153,3 +153,11 @@ def test_export_boxes_of_a_cache_without_boxes(cache_file, tmp_path):
     result = run("features", "export", cache_file, "--to", "npy", "--boxes",
                  "--out", tmp_path / "b.npy")
     assert result.exit_code == 2 and "no person boxes" in result.stderr
+
+
+def test_a_folder_given_for_the_cache_is_named_as_a_folder(tmp_path):
+    (tmp_path / "photos").mkdir()
+    result = CliRunner().invoke(cli, ["features", "info", str(tmp_path / "photos"), "--verify"])
+    assert result.exit_code == 2, result.output
+    assert "is a folder, not a feature file" in result.output
+    assert "Traceback" not in result.output

@@ -33,6 +33,9 @@ def resolve(path: str | os.PathLike) -> Path:
     partial = cache.partial_path(path)
     if partial.is_file():
         return partial
+    if path.is_dir():  # e.g. the image folder given where its cache was meant
+        raise ExportError(f"{path} is a folder, not a feature file: give the .h5 file that "
+                          "`vggfeat extract` wrote (its --out)")
     raise ExportError(f"{path}: no such feature file; create it with `vggfeat extract`")
 
 
