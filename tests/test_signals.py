@@ -349,6 +349,43 @@ def test_a_second_ctrl_c_ends_at_once_and_a_sigterm_while_stopping_is_ignored(th
         assert done.stderr.strip() == "stopped by Ctrl-C (SIGINT): 7 of 9 done; rerun"
 
 
+LOST_IN_A_FINALISER = """
+import os, signal, sys
+from vggfeat.utils import interrupts
+from vggfeat.utils.progress import progress_bar
+
+interrupts.install()
+
+class Finalised:
+    def __del__(self):  # the handler runs here, where Python prints a raise and drops it
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            pass
+
+Finalised()
+print("after the finaliser", flush=True)
+try:
+    for i in progress_bar(range(3), disable=sys.argv[1] == "quiet"):
+        print("item", i, flush=True)
+except interrupts.Interrupted as stopped:
+    print(stopped, file=sys.stderr)
+    sys.exit(stopped.exit_code)
+"""
+
+
+@pytest.mark.parametrize("bar", ["quiet", "shown"])
+def test_a_stop_lost_in_a_finaliser_is_raised_at_the_next_step(bar):
+    """Seen in CI: a SIGTERM to train-backbone landed in a finaliser, where Python drops the
+    raise ("Exception ignored in ..."), and the run trained on to its last epoch (exit 0)."""
+    done = subprocess.run([sys.executable, "-c", LOST_IN_A_FINALISER, bar], env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, (done.stdout, done.stderr)
+    assert done.stdout.split("\n")[0] == "after the finaliser"
+    assert "item" not in done.stdout  # raised before the first step of work
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("stopped by SIGTERM: ")
+
+
 def test_a_signal_ignored_at_start_stays_ignored():
     """`nohup` ignores SIGHUP, a shell's `cmd &` SIGINT: install() keeps that."""
     script = ("import signal; from vggfeat.utils import interrupts; interrupts.install(); "

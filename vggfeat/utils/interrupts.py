@@ -17,6 +17,12 @@ bad input"):
   `guard_streams`' wrappers, which go silent when their reader is gone (EPIPE, EIO), so
   progress never ends a run; after a hang-up a terminal's streams go silent at once.
 
+A stop raised where Python cannot raise (a finaliser: an object's ``__del__`` or a collected
+generator, which print "Exception ignored" and go on) or caught by a library's ``except
+BaseException`` would be lost, and the run would go on to its end. So every step of a
+progress bar (`vggfeat.utils.progress`, which every long loop has) calls `check`, which
+raises the stop again when one was signalled but nothing is on its way out.
+
 A signal that was ignored when the process started (``nohup``, a shell's ``&``) stays ignored.
 `install` is called by the command line's entry point only: a library caller keeps Python's
 own KeyboardInterrupt.
@@ -37,7 +43,8 @@ _notes: list[Callable[[], str]] = []
 # signum -> an exception to raise instead of `Interrupted`, or None (e.g. torchrun's
 # SIGTERM after a peer died: the job failed, `vggfeat.utils.distributed.JobStopped`).
 _replacements: list[Callable[[int], BaseException | None]] = []
-_state = {"stopping": None, "deferred": 0, "pending": None, "pid": None, "ended": False}
+_state = {"stopping": None, "deferred": 0, "pending": None, "pid": None, "ended": False,
+          "raised": None}
 
 
 class Interrupted(BaseException):
@@ -115,6 +122,23 @@ def stopping() -> int | None:
     return _state["stopping"]
 
 
+def check() -> None:
+    """Raise the stop again if one was signalled but was lost (see the module's text).
+
+    Called between two steps of work. Does nothing in a library caller (no `install`),
+    in another thread or process, inside `deferred` (its end raises), or while an exception
+    is on its way out (a ``finally`` cleaning up after the stop itself, which must finish).
+    """
+    if (_state["stopping"] is None or _state["ended"] or _state["deferred"]
+            or os.getpid() != _state["pid"]
+            or threading.current_thread() is not threading.main_thread()
+            or sys.exc_info()[1] is not None):
+        return
+    error = _stop_error(_state["stopping"])
+    _state["raised"] = error
+    raise error
+
+
 def current_note() -> Callable[[], str] | None:
     """The innermost `progress_note` set, or None."""
     return _notes[-1] if _notes else None
@@ -141,7 +165,16 @@ def _on_stop_signal(signum, frame):
     if _state["deferred"]:
         _state["pending"] = error
         return
+    _state["raised"] = error
     raise error
+
+
+def _on_unraisable(unraisable) -> None:
+    """A stop raised inside a finaliser is lost there ("Exception ignored in ..."): say
+    nothing, `check` raises it again at the next step of work. Anything else as Python does."""
+    if unraisable.exc_value is not None and unraisable.exc_value is _state["raised"]:
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _as_without_handler(signum: int) -> None:
@@ -178,6 +211,7 @@ def install() -> None:
                             (signal.SIGHUP, _on_hangup)):
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, handler)
+    sys.unraisablehook = _on_unraisable
 
 
 def installed() -> bool:

@@ -7,6 +7,9 @@ plain ASCII, each state on a line of its own, plus the final line (tqdm's own
 TQDM_MININTERVAL environment variable, when set, decides the interval instead). A stream
 whose reader has gone (a closed pipe) silences the bar instead of ending the work
 (`vggfeat.utils.interrupts.GuardedStream`), for library callers too.
+
+Each step of a bar, drawn or disabled (--quiet), is also where a Ctrl-C or SIGTERM that was
+lost on its way (`vggfeat.utils.interrupts.check`) is raised again.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import sys
 
 from tqdm import tqdm
 
+from vggfeat.utils import interrupts
 from vggfeat.utils.interrupts import GuardedStream
 
 # Seconds between two progress lines when stderr is not a terminal.
@@ -44,6 +48,19 @@ class _Lines:
         self.stream.flush()
 
 
+class _Bar(tqdm):
+    """tqdm whose every step is a point where a lost stop is raised again."""
+
+    def update(self, n=1):
+        interrupts.check()
+        return super().update(n)
+
+    def __iter__(self):
+        for item in super().__iter__():
+            interrupts.check()
+            yield item
+
+
 def progress_bar(iterable=None, *, file=None, **kwargs) -> tqdm:
     """`tqdm(iterable, **kwargs)` on stderr, throttled when stderr is not a terminal.
 
@@ -65,4 +82,4 @@ def progress_bar(iterable=None, *, file=None, **kwargs) -> tqdm:
         kwargs.setdefault("ncols", 100)  # a log has no width to follow
         kwargs.pop("dynamic_ncols", None)
         file = _Lines(file)
-    return tqdm(iterable, file=file, **kwargs)
+    return _Bar(iterable, file=file, **kwargs)
