@@ -5,6 +5,11 @@ what makes it fast on CPU and GPU alike (conjugate gradient on the generalised H
 exact line search). A column whose active set (rows with margin < 1) is small, as at large
 C, takes exact Newton steps instead: a Cholesky solve on the Gram matrix of its active rows
 (Woodbury identity), the Gram matrix computed once per training set.
+
+A column also stops when float32 can take it no further (`STALL_DECREASE`): at large C on
+many rows the gradient can stay just above the tolerance while the line search's steps
+shrink to noise, and such a column used to run to ``max_iter`` (100 iterations, most of a
+C = 100 fit's time at 30,000 rows).
 """
 from __future__ import annotations
 
@@ -13,6 +18,13 @@ import torch
 
 # Largest shared Gram matrix (n x n) the solver keeps: 4 GiB, n = 32,768 rows in float32.
 GRAM_MAX_BYTES = 4 << 30
+# A column whose objective fell by less than this fraction in each of STALLED_ITERATIONS
+# successive Newton iterations has reached what float32 resolves (about 6e-8 relative):
+# measured at 18,000 rows x 8,193, C = 100, the decrease went 1e-5, 2e-7, 5e-8, 1e-8, 3e-9,
+# 1.5e-9, 3e-10 while the gradient stayed at 1-5x the tolerance, and with a tighter inner
+# solve the steps fell to 1e-4 of the Newton step, some of them negative.
+STALL_DECREASE = 1e-8
+STALLED_ITERATIONS = 2
 
 
 def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, device="cpu",
@@ -80,12 +92,15 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
         g0 = (2 * C * (Xa.T @ Y)).norm(dim=0)  # gradient at w = 0 is -2C Xa^T Y
         n_iter = np.zeros(m, dtype=np.int64)
         active = torch.arange(m, device=device)
+        objective = _objective(W, Z, Y, C)
+        stalled = torch.zeros(m, dtype=torch.int64, device=device)
         for _ in range(max_iter):
             Wa, Za, Ya, Ca = W[:, active], Z[:, active], Y[:, active], C[active]
             A = ((Ya * Za < 1) & (Ya != 0)).to(dtype)
             G = Wa + 2 * Ca * (Xa.T @ (A * (Za - Ya)))
             gnorm = G.norm(dim=0)
-            todo = gnorm > tol * torch.minimum(g0[active], Wa.norm(dim=0))
+            todo = ((gnorm > tol * torch.minimum(g0[active], Wa.norm(dim=0)))
+                    & (stalled[active] < STALLED_ITERATIONS))
             if progress is not None:
                 progress(int(todo.sum()))
             if not todo.any():
@@ -117,10 +132,22 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
             W[:, active] = Wa + step * D
             Z[:, active] = Za + step * XD
             n_iter[active.cpu().numpy()] += 1
+            now = _objective(W[:, active], Z[:, active], Ya, Ca)
+            small = objective[active] - now <= STALL_DECREASE * now
+            stalled[active] = torch.where(small, stalled[active] + 1, 0)
+            objective[active] = now
         if basis is not None:
             W = basis @ W
         W = W.T.double().cpu().numpy()
     return W[:, :-1], W[:, -1], n_iter
+
+
+def _objective(W, Z, Y, C):
+    """Each column's objective 0.5 ||w||^2 + C sum(max(0, 1 - y z)^2), in float64 (the
+    (n, m) margins are small beside X); Z = Xa W."""
+    Z, Y = Z.double(), Y.double()
+    hinge = torch.where((Y * Z < 1) & (Y != 0), Z - Y, 0)
+    return 0.5 * (W.double() ** 2).sum(0) + C.double() * (hinge ** 2).sum(0)
 
 
 def _row_space(Xa):
