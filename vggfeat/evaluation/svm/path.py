@@ -71,3 +71,14 @@ def refit_path(X, Y, C_grid, chosen, **fit_kwargs):
         W[cols[done]], b[cols[done]] = Wp[done], bp[done]
         W0, previous = np.concatenate([Wp, bp[:, None]], axis=1), cols
     return W, b, n_iter
+
+
+def refit_from(X, Y, C_grid, chosen, fold_mean, **fit_kwargs):
+    """Each column at its chosen ``C_grid[chosen[k]]`` in one solve, started from the
+    cross-validation folds' mean SVM at that C (``fold_mean[p] = (W, b)``, filled by the
+    selection) instead of along the path from the smallest C: each fold's model saw four
+    fifths of these rows, so their mean is already close (30,000 images, 20 classes,
+    C = 100: the refit went from the whole path to about one fit)."""
+    W0 = np.stack([np.append(fold_mean[p][0][k], fold_mean[p][1][k])
+                   for k, p in enumerate(chosen)])
+    return fit_svms(X, Y, np.take(C_grid, chosen), W0=W0, **fit_kwargs)

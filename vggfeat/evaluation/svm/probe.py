@@ -8,7 +8,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from vggfeat.evaluation.svm.path import refit_path
+from vggfeat.evaluation.svm.path import refit_from, refit_path
 from vggfeat.evaluation.svm.selection import select_C, select_shared_C
 from vggfeat.utils.progress import progress_bar
 
@@ -165,21 +165,26 @@ class LinearSVMProbe(ClassifierMixin, BaseEstimator):
         self.cv_scores_ = None
         chosen = np.zeros(Y.shape[1], dtype=np.int64)
         n_folds = 0 if len(grid) == 1 else 1 if isinstance(self.cv, float) else int(self.cv)
+        # liblinear starts from zero whatever it is given: there the refit follows the path.
+        fold_mean = {} if self.solver == "torch" else None
         with progress_bar(total=n_folds * len(grid) + 1, desc="SVMs (fold x C)", file=sys.stderr,
                           disable=not self.verbose, leave=False) as bar:
             if len(grid) > 1 and self.C_selection_ == "shared":
                 self.cv_scores_, best = select_shared_C(
                     X, Y, grid, cv=self.cv, strata=strata, random_state=self.random_state,
-                    progress=bar.update, **fit_kwargs,
+                    progress=bar.update, fold_mean=fold_mean, **fit_kwargs,
                 )
                 chosen[:] = best
             elif len(grid) > 1:
                 self.cv_scores_, chosen = select_C(
                     X, Y, grid, cv=self.cv, strata=strata, random_state=self.random_state,
-                    progress=bar.update, **fit_kwargs,
+                    progress=bar.update, fold_mean=fold_mean, **fit_kwargs,
                 )
             self.C_ = np.asarray(grid)[chosen]
-            W, b, self.n_iter_ = refit_path(X, Y, grid, chosen, **fit_kwargs)
+            if fold_mean:
+                W, b, self.n_iter_ = refit_from(X, Y, grid, chosen, fold_mean, **fit_kwargs)
+            else:
+                W, b, self.n_iter_ = refit_path(X, Y, grid, chosen, **fit_kwargs)
             bar.update()
         self.coef_, self.intercept_ = W, b
         return self

@@ -49,6 +49,13 @@ def cv_folds(n, strata, cv, random_state) -> list[tuple[np.ndarray, np.ndarray]]
     return list(KFold(folds, shuffle=True, random_state=random_state).split(dummy))
 
 
+# Columns one batched solve should have at least, where folds allow: the solver's matrix
+# products run 2.7x faster per column at 100 columns than at 20 (18,000 x 8,193 rows in
+# float32, 2 cores: 86 against 233 GFLOP/s), so the folds of a 20-class problem are fitted
+# together.
+FOLD_BATCH_COLUMNS = 100
+
+
 def svm_fold_scores(X_train, Y_train, X_val, C_grid, *, progress=None, **fit_kwargs):
     """The SVMs' held-out decision values at each C of the grid (one (n_val, m) array per
     C), fitted along the path of C (`fit_path`)."""
@@ -56,8 +63,46 @@ def svm_fold_scores(X_train, Y_train, X_val, C_grid, *, progress=None, **fit_kwa
     return [X_val @ W.T + b for W, b in path]
 
 
+def held_out_scores(X, Y, folds, C_grid, *, progress=None, fold_scores=svm_fold_scores,
+                    fold_mean=None, **fit_kwargs):
+    """Yield (validation rows, the probe's held-out scores at each grid value) per fold.
+
+    The SVMs of several folds (the torch solver) are one solve on all the training rows:
+    a fold's columns hold 0, which leaves a row out of a column's problem, for the rows
+    outside its training part, so each column's problem is exactly its fold's. Fewer,
+    wider matrix products, and no copy of each fold's rows. ``fold_mean`` (a dict), when
+    given, receives at each grid index p the folds' mean SVMs (W, b): `refit_from`'s start.
+    """
+    if fold_scores is not svm_fold_scores or fit_kwargs.get("solver") == "liblinear":
+        for train, val in folds:
+            yield val, fold_scores(X[train], Y[train], X[val], C_grid, progress=progress,
+                                   **fit_kwargs)
+        return
+    m = Y.shape[1]
+    together = max(1, FOLD_BATCH_COLUMNS // m)
+    for start in range(0, len(folds), together):
+        group = folds[start:start + together]
+        step = None if progress is None else (lambda n=len(group): [progress() for _ in range(n)])
+        if len(group) == 1:  # wide enough alone: its own rows only
+            train, val = group[0]
+            path = fit_path(X[train], Y[train], C_grid, progress=step, **fit_kwargs)
+        else:
+            Y_group = np.zeros((len(Y), m * len(group)), dtype=Y.dtype)
+            for i, (train, _) in enumerate(group):
+                Y_group[train, i * m:(i + 1) * m] = Y[train]
+            path = fit_path(X, Y_group, C_grid, progress=step, **fit_kwargs)
+        for i, (_, val) in enumerate(group):
+            columns = slice(i * m, (i + 1) * m)
+            if fold_mean is not None:
+                for p, (W, b) in enumerate(path):
+                    W_sum, b_sum = fold_mean.get(p, (0, 0))
+                    fold_mean[p] = (W_sum + W[columns] / len(folds),
+                                    b_sum + b[columns] / len(folds))
+            yield val, [X[val] @ W[columns].T + b[columns] for W, b in path]
+
+
 def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
-             fold_scores=svm_fold_scores, **fit_kwargs):
+             fold_scores=svm_fold_scores, fold_mean=None, **fit_kwargs):
     """Held-out VOC AP of every class at every C, averaged over folds of the training data.
 
     ``fold_scores(X_train, Y_train, X_val, grid, progress=..., **fit_kwargs)``: the probe's
@@ -75,8 +120,10 @@ def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
     n_classes, n_C = Y.shape[1], len(C_grid)
     totals = np.zeros((n_classes, n_C))
     counts = np.zeros((n_classes, n_C))
-    for train, val in cv_folds(len(Y), strata, cv, random_state):
-        path = fold_scores(X[train], Y[train], X[val], C_grid, progress=progress, **fit_kwargs)
+    folds = cv_folds(len(Y), strata, cv, random_state)
+    for val, path in held_out_scores(X, Y, folds, C_grid, progress=progress,
+                                     fold_scores=fold_scores, fold_mean=fold_mean,
+                                     **fit_kwargs):
         for p, scores in enumerate(path):
             for k in range(n_classes):
                 if (Y[val, k] == 1).any():
@@ -91,7 +138,7 @@ def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
 
 
 def select_shared_C(X, Y, C_grid, *, strata, cv=5, random_state=0, progress=None,
-                    fold_scores=svm_fold_scores, **fit_kwargs):
+                    fold_scores=svm_fold_scores, fold_mean=None, **fit_kwargs):
     """One C for all classes: cross-validated mean class recall of the argmax prediction.
 
     Every training image is predicted once by the SVMs fitted without its fold (out-of-fold
@@ -110,6 +157,8 @@ def select_shared_C(X, Y, C_grid, *, strata, cv=5, random_state=0, progress=None
         Folds, or a held-out fraction (then only the held-out images are predicted).
     fold_scores : callable
         The probe's held-out scores at each grid value (see `select_C`).
+    fold_mean : dict, optional
+        Filled with the folds' mean SVMs at each grid index (see `held_out_scores`).
 
     Returns
     -------
@@ -120,8 +169,10 @@ def select_shared_C(X, Y, C_grid, *, strata, cv=5, random_state=0, progress=None
     """
     predicted = np.full((len(C_grid), len(Y)), -1)
     held = np.zeros(len(Y), dtype=bool)
-    for train, val in cv_folds(len(Y), strata, cv, random_state):
-        path = fold_scores(X[train], Y[train], X[val], C_grid, progress=progress, **fit_kwargs)
+    folds = cv_folds(len(Y), strata, cv, random_state)
+    for val, path in held_out_scores(X, Y, folds, C_grid, progress=progress,
+                                     fold_scores=fold_scores, fold_mean=fold_mean,
+                                     **fit_kwargs):
         for p, scores in enumerate(path):
             predicted[p, val] = (scores[:, 0] > 0) if scores.shape[1] == 1 else scores.argmax(1)
         held[val] = True
