@@ -145,6 +145,55 @@ def test_refit_along_the_path_reaches_each_chosen_c():
             _objective(X, Y[:, k], W_ref[k], b_ref[k], C), rel=1e-5)
 
 
+@pytest.mark.parametrize("select", ["shared", "per-class"])
+def test_folds_fitted_together_give_each_folds_svms(select, monkeypatch):
+    """The folds' SVMs as one solve on all training rows (0 outside a fold's part) score
+    the held-out rows as the folds fitted one by one on their own rows do."""
+    from vggfeat.evaluation.svm import selection
+
+    X, y = _descriptors(n_classes=4, per_class=30, seed=3)
+    Y = np.where(y[:, None] == np.arange(4), 1, -1).astype(np.int8)
+    grid = (0.1, 1.0, 10.0)
+
+    def chooser():
+        if select == "shared":
+            return selection.select_shared_C(X, Y, grid, strata=y, cv=3)
+        return selection.select_C(X, Y, grid, cv=3)
+
+    folds = selection.cv_folds(len(Y), y, 3, 0)
+    together = list(selection.held_out_scores(X, Y, folds, grid, tol=1e-6))
+    monkeypatch.setattr(selection, "FOLD_BATCH_COLUMNS", 1)  # one fold per solve
+    alone = list(selection.held_out_scores(X, Y, folds, grid, tol=1e-6))
+    for (val_a, scores_a), (val_b, scores_b) in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(val_a, val_b)
+        for a, b in zip(scores_a, scores_b, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    one_by_one = chooser()
+    monkeypatch.undo()
+    batched = chooser()
+    np.testing.assert_array_equal(batched[1], one_by_one[1])  # the same C chosen
+
+
+def test_refit_from_the_folds_mean_reaches_each_chosen_c():
+    """The refit started from the folds' mean SVM ends where the path ends: each column at
+    liblinear's optimum for its chosen C."""
+    from vggfeat.evaluation.svm import refit_from, select_C
+
+    X, y = _descriptors(n_classes=4, per_class=30, seed=4)
+    Y = np.where(y[:, None] == np.arange(4), 1, -1)
+    grid = (0.1, 1.0, 10.0)
+    fold_mean = {}
+    _, chosen = select_C(X, Y, grid, cv=3, fold_mean=fold_mean)
+    assert sorted(fold_mean) == [0, 1, 2] and fold_mean[0][0].shape == (4, X.shape[1])
+    W, b, _ = refit_from(X, Y, grid, chosen, fold_mean, tol=1e-6)
+    W_ref, b_ref, _ = solve_squared_hinge_liblinear(X, Y, np.take(grid, chosen), tol=1e-8,
+                                                    max_iter=100_000)
+    for k in range(4):
+        C = grid[chosen[k]]
+        assert _objective(X, Y[:, k], W[k], b[k], C) == pytest.approx(
+            _objective(X, Y[:, k], W_ref[k], b_ref[k], C), rel=1e-5)
+
+
 @pytest.mark.parametrize("direct_max", [0, 40, 10**9], ids=["cg", "mixed", "woodbury"])
 def test_exact_newton_steps_and_cg_reach_the_same_optimum(direct_max):
     """Columns with small active sets take exact (Woodbury) Newton steps, the rest CG;
