@@ -155,17 +155,27 @@ def _objective(W, Z, Y, C):
     return 0.5 * (W.double() ** 2).sum(0) + C.double() * (hinge ** 2).sum(0)
 
 
-def _row_space(Xa):
+def _row_space(Xa, block=1024):
     """Coordinates of the rows of Xa in an orthonormal basis V of its row space.
 
     From the Gram matrix K = Xa Xa^T = U diag(lam) U^T: V = Xa^T U lam^-1/2 and
     Xa V = U lam^1/2. For w = V v, Xa w = (Xa V) v and ||w|| = ||v||: the same objective.
+    K and V are computed in float64 a block of ``block`` columns at a time, so that no
+    float64 copy of Xa is held (it was twice the training rows' memory).
     """
-    X64 = Xa.double()
-    lam, U = torch.linalg.eigh(X64 @ X64.T)
+    n, d = Xa.shape
+    K = torch.zeros(n, n, dtype=torch.float64, device=Xa.device)
+    for start in range(0, d, block):
+        part = Xa[:, start:start + block].double()
+        K.addmm_(part, part.T)
+    lam, U = torch.linalg.eigh(K)
+    del K
     keep = lam > lam.max() * 1e-10  # numerically null directions carry no data
     lam, U = lam[keep], U[:, keep]
-    basis = (X64.T @ (U / lam.sqrt())).to(Xa.dtype)
+    M = U / lam.sqrt()
+    basis = torch.empty(d, M.shape[1], dtype=Xa.dtype, device=Xa.device)
+    for start in range(0, d, block):
+        basis[start:start + block] = (Xa[:, start:start + block].double().T @ M).to(Xa.dtype)
     return (U * lam.sqrt()).to(Xa.dtype), basis
 
 
