@@ -132,17 +132,20 @@ def test_holdout_is_per_class_and_disjoint():
     assert sorted(np.concatenate([v for _, v in folds]).tolist()) == list(range(len(y)))
 
 
+def _assert_at_liblinears_optimum(X, Y, W, b, C):
+    """Each column's objective equals liblinear's at its C (a tight reference fit)."""
+    W_ref, b_ref, _ = solve_squared_hinge_liblinear(X, Y, C, tol=1e-8, max_iter=100_000)
+    for k in range(Y.shape[1]):
+        assert _objective(X, Y[:, k], W[k], b[k], C[k]) == pytest.approx(
+            _objective(X, Y[:, k], W_ref[k], b_ref[k], C[k]), rel=1e-5)
+
+
 def test_refit_along_the_path_reaches_each_chosen_c():
     X, y = _descriptors(n_classes=4, per_class=20)
     Y = np.where(y[:, None] == np.arange(4), 1, -1)
     grid, chosen = (0.1, 1.0, 10.0), np.array([2, 0, 1, 2])
     W, b, _ = refit_path(X, Y, grid, chosen, tol=1e-6)
-    W_ref, b_ref, _ = solve_squared_hinge_liblinear(X, Y, np.take(grid, chosen), tol=1e-8,
-                                                    max_iter=100_000)
-    for k in range(4):
-        C = grid[chosen[k]]
-        assert _objective(X, Y[:, k], W[k], b[k], C) == pytest.approx(
-            _objective(X, Y[:, k], W_ref[k], b_ref[k], C), rel=1e-5)
+    _assert_at_liblinears_optimum(X, Y, W, b, np.take(grid, chosen))
 
 
 @pytest.mark.parametrize("select", ["shared", "per-class"])
@@ -186,12 +189,7 @@ def test_refit_from_the_folds_mean_reaches_each_chosen_c():
     _, chosen = select_C(X, Y, grid, cv=3, fold_mean=fold_mean)
     assert sorted(fold_mean) == [0, 1, 2] and fold_mean[0][0].shape == (4, X.shape[1])
     W, b, _ = refit_from(X, Y, grid, chosen, fold_mean, tol=1e-6)
-    W_ref, b_ref, _ = solve_squared_hinge_liblinear(X, Y, np.take(grid, chosen), tol=1e-8,
-                                                    max_iter=100_000)
-    for k in range(4):
-        C = grid[chosen[k]]
-        assert _objective(X, Y[:, k], W[k], b[k], C) == pytest.approx(
-            _objective(X, Y[:, k], W_ref[k], b_ref[k], C), rel=1e-5)
+    _assert_at_liblinears_optimum(X, Y, W, b, np.take(grid, chosen))
 
 
 @pytest.mark.parametrize("direct_max", [0, 40, 10**9], ids=["cg", "mixed", "woodbury"])
