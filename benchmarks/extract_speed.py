@@ -102,6 +102,19 @@ BF16_SIDES = (("fp32 fast path", "--precision fp32", {}),
               ("bf16 autocast (before)", "--precision bf16", {"VGGFEAT_CPU_TRUNK": "eager"}))
 
 
+def job_folders(model, jobs, size):
+    """Yield (tmp, weights, name, n, root, paths) per (name, n) job: the model saved once
+    as tmp/weights.pth, n JPEGs of `size` written in tmp/<name> (`write_images`); the
+    temporary folder is removed after the last job."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        weights = tmp / "weights.pth"
+        save_backbone(model, weights)
+        for name, n in jobs:
+            root = tmp / name
+            yield tmp, weights, name, n, root, write_images(root, n, *size)
+
+
 def write_images(folder: Path, n: int, width: int, height: int) -> list[Path]:
     """n JPEGs, half portrait, in ROOT/train/<class>/ and ROOT/test/<class>/."""
     rng = np.random.default_rng(0)
@@ -248,40 +261,34 @@ def main():
     if args.precision == "bf16":
         return compare_precisions(args, model, jobs, env, scales, (width, height))
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        weights = tmp / "weights.pth"
-        save_backbone(model, weights)
-        for name, n in jobs:
-            root = tmp / name
-            paths = write_images(root, n, width, height)
-            listing = tmp / f"{name}.txt"
-            listing.write_text("\n".join(str(p) for p in paths))
-            plain_s = ours_s = first_s = float("inf")
-            rate = 0.0
-            repeats = args.large_repeats if name == "large" and args.large_repeats else args.repeats
-            for _ in range(repeats):  # alternated: a busy spell hits both alike
-                plain_s = min(plain_s, run_process(
-                    [sys.executable, str(HERE / "plain_loop.py"), str(weights), str(listing),
-                     args.scales, str(tmp / "plain.npz")], env))
-                # The ceiling after each side's run, the highest kept: one measurement taken
-                # in a slow spell (it happened: 96 against 160-185 GFLOP/s) cannot lower it.
-                matmul, capability = matmul_rate(args.matmul, env)
-                rate = max(rate, matmul)
-                seconds, first = engine_process(root, weights, args.scales, tmp / "out.h5",
-                                                env, args.extra, model.default_layer)
-                ours_s, first_s = min(ours_s, seconds), min(first_s, first)
-                matmul, capability = matmul_rate(args.matmul, env)
-                rate = max(rate, matmul)
-            plain = np.load(tmp / "plain.npz")
-            ours = engine_rows(tmp / "out.h5")
-            reference = {Path(p).name: x for p, x in zip(plain["paths"], plain["X"],
-                                                           strict=True)}
-            assert sorted(ours) == sorted(reference), "the two sides saw different images"
-            error = max(np.abs(ours[k] - reference[k]).max() / np.abs(reference[k]).max()
-                        for k in reference)
-            flops = job_flops(model, paths, scales)
-            rows.append((name, n, plain_s, ours_s, first_s, flops / ours_s / 1e9, rate, error))
+    for tmp, weights, name, n, root, paths in job_folders(model, jobs, (width, height)):
+        listing = tmp / f"{name}.txt"
+        listing.write_text("\n".join(str(p) for p in paths))
+        plain_s = ours_s = first_s = float("inf")
+        rate = 0.0
+        repeats = args.large_repeats if name == "large" and args.large_repeats else args.repeats
+        for _ in range(repeats):  # alternated: a busy spell hits both alike
+            plain_s = min(plain_s, run_process(
+                [sys.executable, str(HERE / "plain_loop.py"), str(weights), str(listing),
+                 args.scales, str(tmp / "plain.npz")], env))
+            # The ceiling after each side's run, the highest kept: one measurement taken
+            # in a slow spell (it happened: 96 against 160-185 GFLOP/s) cannot lower it.
+            matmul, capability = matmul_rate(args.matmul, env)
+            rate = max(rate, matmul)
+            seconds, first = engine_process(root, weights, args.scales, tmp / "out.h5",
+                                            env, args.extra, model.default_layer)
+            ours_s, first_s = min(ours_s, seconds), min(first_s, first)
+            matmul, capability = matmul_rate(args.matmul, env)
+            rate = max(rate, matmul)
+        plain = np.load(tmp / "plain.npz")
+        ours = engine_rows(tmp / "out.h5")
+        reference = {Path(p).name: x for p, x in zip(plain["paths"], plain["X"],
+                                                       strict=True)}
+        assert sorted(ours) == sorted(reference), "the two sides saw different images"
+        error = max(np.abs(ours[k] - reference[k]).max() / np.abs(reference[k]).max()
+                    for k in reference)
+        flops = job_flops(model, paths, scales)
+        rows.append((name, n, plain_s, ours_s, first_s, flops / ours_s / 1e9, rate, error))
     load_after = os.getloadavg()
     capped = " (capped by --isa avx2: oneDNN, MKL and ATen)" if args.isa == "avx2" else ""
     print(f"vector code paths used: ATen {capability}{capped}")
@@ -310,34 +317,28 @@ def compare_precisions(args, model, jobs, env, scales, size):
     print("| job | side | best s (of each run) | load with each run | speed-up vs fp32 | "
           "min cosine vs fp32 | max rel. diff |")
     print("|---|---|---:|---|---:|---:|---:|")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        weights = tmp / "weights.pth"
-        save_backbone(model, weights)
-        for name, n in jobs:
-            root = tmp / name
-            write_images(root, n, *size)
-            times = {side: [] for side, _, _ in BF16_SIDES}
-            loads = {side: [] for side, _, _ in BF16_SIDES}
-            repeats = args.large_repeats if name == "large" and args.large_repeats else args.repeats
-            for _ in range(repeats):
-                for side, options, extra_env in BF16_SIDES:
-                    seconds, _ = engine_process(root, weights, args.scales,
-                                                tmp / f"{side[:4]}-{side[5:9]}.h5",
-                                                dict(env, **extra_env),
-                                                f"{options} {args.extra}", model.default_layer)
-                    times[side].append(seconds)
-                    loads[side].append(load_text())
-            rows = {side: engine_rows(tmp / f"{side[:4]}-{side[5:9]}.h5")
-                    for side, _, _ in BF16_SIDES}
-            fp32 = rows[BF16_SIDES[0][0]]
-            for side, _, _ in BF16_SIDES:
-                cosine, error = agreement(rows[side], fp32, model.feature_dim(model.default_layer))
-                best = min(times[side])
-                print(f"| {name} ({n}) | {side} | **{best:.1f}** "
-                      f"({', '.join(f'{t:.1f}' for t in times[side])}) | "
-                      f"{'; '.join(loads[side])} | **{min(times[BF16_SIDES[0][0]]) / best:.2f}x** "
-                      f"| {cosine:.6f} | {error:.1e} |")
+    for tmp, weights, name, n, root, _paths in job_folders(model, jobs, size):
+        times = {side: [] for side, _, _ in BF16_SIDES}
+        loads = {side: [] for side, _, _ in BF16_SIDES}
+        repeats = args.large_repeats if name == "large" and args.large_repeats else args.repeats
+        for _ in range(repeats):
+            for side, options, extra_env in BF16_SIDES:
+                seconds, _ = engine_process(root, weights, args.scales,
+                                            tmp / f"{side[:4]}-{side[5:9]}.h5",
+                                            dict(env, **extra_env),
+                                            f"{options} {args.extra}", model.default_layer)
+                times[side].append(seconds)
+                loads[side].append(load_text())
+        rows = {side: engine_rows(tmp / f"{side[:4]}-{side[5:9]}.h5")
+                for side, _, _ in BF16_SIDES}
+        fp32 = rows[BF16_SIDES[0][0]]
+        for side, _, _ in BF16_SIDES:
+            cosine, error = agreement(rows[side], fp32, model.feature_dim(model.default_layer))
+            best = min(times[side])
+            print(f"| {name} ({n}) | {side} | **{best:.1f}** "
+                  f"({', '.join(f'{t:.1f}' for t in times[side])}) | "
+                  f"{'; '.join(loads[side])} | **{min(times[BF16_SIDES[0][0]]) / best:.2f}x** "
+                  f"| {cosine:.6f} | {error:.1e} |")
     print(f"config: {args.arch}, Q={scales}, {model.default_layer}, flips, "
           f"{size[0]}x{size[1]} JPEGs (half portrait), {args.repeats} runs of each side, "
           f"oneDNN cap: {env.get('ONEDNN_MAX_CPU_ISA', 'none')}")

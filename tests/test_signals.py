@@ -59,6 +59,15 @@ def wait_for_progress(process: subprocess.Popen, pattern: str, timeout: float = 
     raise AssertionError(f"no {pattern!r} in {timeout} s: {''.join(lines)[-2000:]}")
 
 
+def stderr_after_stop(process: subprocess.Popen, timeout: float = 60) -> tuple[str, float]:
+    """(the rest of stderr, seconds to exit) of a process a signal was just sent to."""
+    sent = time.monotonic()
+    _, rest = process.communicate(timeout=timeout)
+    latency = time.monotonic() - sent
+    print(f"stop latency: {latency:.2f} s")
+    return rest, latency
+
+
 def assert_one_stopped_line(stderr: str, what: str) -> str:
     assert "Traceback" not in stderr and "Aborted" not in stderr, stderr[-3000:]
     stopped = [line for line in stderr.splitlines() if "stopped by" in line]
@@ -80,10 +89,7 @@ def test_extract_stops_with_one_line_and_the_rerun_finishes_the_same_cache(
                     start_new_session=True)
     wait_for_progress(process, r"extract images: .*\b[2-9]\d?/300\b")
     os.killpg(process.pid, signum)
-    sent = time.monotonic()
-    _, rest = process.communicate(timeout=60)
-    latency = time.monotonic() - sent
-    print(f"stop latency: {latency:.2f} s")
+    rest, latency = stderr_after_stop(process)
     assert process.returncode == status, rest[-3000:]
     line = assert_one_stopped_line(rest, f"stopped by {name}: ")
     done = int(re.search(r": (\d+) of 300 images done; rerun the same command to continue",
@@ -193,10 +199,7 @@ def test_train_backbone_stops_between_epochs_and_says_how_to_resume(tmp_path):
     process = start([*VGGFEAT, *common])
     wait_for_progress(process, r"^epoch 2/200")  # epoch 1 is logged and checkpointed
     process.send_signal(signal.SIGTERM)
-    sent = time.monotonic()
-    _, rest = process.communicate(timeout=60)
-    latency = time.monotonic() - sent
-    print(f"stop latency: {latency:.2f} s")
+    rest, latency = stderr_after_stop(process)
     assert process.returncode == 143, rest[-3000:]
     line = assert_one_stopped_line(rest, "stopped by SIGTERM: ")
     kept = int(re.search(r"epoch (\d+) of 200", line).group(1))
@@ -245,10 +248,7 @@ def test_torchrun_extract_stops_on_every_rank_and_the_rerun_finishes(extraction,
         agent.send_signal(signal.SIGTERM)
     else:
         os.killpg(agent.pid, signal.SIGINT)
-    sent = time.monotonic()
-    _, rest = agent.communicate(timeout=60)
-    latency = time.monotonic() - sent
-    print(f"stop latency: {latency:.2f} s")
+    rest, latency = stderr_after_stop(agent)
     assert agent.returncode != 0 and latency < 10, (latency, rest[-3000:])
     for rank in (0, 1):
         stopped = [line for line in rank_lines(rest, rank) if "stopped by" in line]
@@ -300,10 +300,7 @@ def test_the_demo_stops_its_running_step_and_says_how_to_continue(tmp_path):
         assert line, demo.communicate()
     wait_for_progress(demo, r"^epoch 1/")  # the step (a child process) is training
     demo.send_signal(signal.SIGTERM)
-    sent = time.monotonic()
-    _, stderr = demo.communicate(timeout=90)
-    latency = time.monotonic() - sent
-    print(f"stop latency: {latency:.2f} s")
+    stderr, latency = stderr_after_stop(demo, timeout=90)
     assert demo.returncode == 143, stderr[-3000:]
     assert latency < 10, latency
     assert "Traceback" not in stderr
