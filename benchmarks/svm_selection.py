@@ -206,11 +206,16 @@ def train_rows(out: Path) -> str:
 
 
 def width(cache: Path, extra: list[str]) -> str:
-    """D of the rows svm-eval fits: descriptor dim, times the scales when stacked."""
+    """D of the rows svm-eval fits: descriptor dim, times the scales when stacked (the
+    dataset's default aggregation unless --aggregate is given: averaged for folder data)."""
     import h5py
+
+    from vggfeat.features.export import default_aggregate
     with h5py.File(cache, "r") as f:
         shape = next(d.shape for d in _datasets(f) if d.ndim == 3)
-    aggregate = extra[extra.index("--aggregate") + 1] if "--aggregate" in extra else "stack"
+        dataset = f.attrs.get("dataset", "folder")
+    aggregate = (extra[extra.index("--aggregate") + 1] if "--aggregate" in extra
+                 else default_aggregate(dataset))
     return str(shape[2] * (shape[1] if aggregate == "stack" else 1))
 
 

@@ -1,5 +1,7 @@
 """The torch SVM solver past the size where the shared Gram matrix fits (ImageNet-size n)."""
 import numpy as np
+import pytest
+from scipy.optimize import minimize_scalar
 
 from vggfeat.evaluation.svm import newton
 from vggfeat.utils.threads import torch_threads
@@ -23,7 +25,6 @@ def test_without_the_shared_gram_matrix_the_same_svms(monkeypatch):
 def test_a_column_stops_where_float32_can_go_no_further():
     """A tolerance float32 cannot reach (as 1e-3 at C = 100 on 18,000 rows was) used to run
     a column to max_iter; now it stops once its objective no longer moves, at the optimum."""
-    import pytest
 
     from vggfeat.evaluation.svm import solve_squared_hinge_liblinear
 
@@ -41,3 +42,71 @@ def test_a_column_stops_where_float32_can_go_no_further():
             margins = np.maximum(0, 1 - Y[:, k] * (X.astype(np.float64) @ w + bias))
             return 0.5 * (w @ w + bias * bias) + C[k] * np.sum(margins ** 2)
         assert objective(W[k], b[k]) == pytest.approx(objective(W_ref[k], b_ref[k]), rel=1e-6)
+
+
+def test_the_line_search_ends_at_the_minimum_along_each_direction(monkeypatch):
+    """The objective along a Newton direction is piecewise quadratic; the search keeps a
+    bracket around the minimum and stops each column on its own (plain 1-D Newton cycled
+    between pieces for most columns here, to max_steps). Every step taken is the
+    minimum along its direction (float64 reference: bounded Brent search)."""
+    rng = np.random.default_rng(0)
+    n, d, k = 3000, 64, 10
+    centers = np.maximum(rng.normal(size=(k, d)), 0)
+    y = rng.integers(0, k, n)
+    X = np.maximum(centers[y] + rng.normal(size=(n, d)), 0)
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    Y = np.where(y[:, None] == np.arange(k), 1.0, -1.0)
+    calls = []
+
+    def recording(W, D, Z, XD, Y, C, **kwargs):
+        t = line_search(W, D, Z, XD, Y, C, **kwargs)
+        calls.append([a.double().numpy().copy() for a in (W, D, Z, XD, Y, C, t)])
+        return t
+
+    line_search = newton._line_search
+    monkeypatch.setattr(newton, "_line_search", recording)
+    W0 = None
+    with torch_threads(1):
+        for c in (1.0, 100.0, 1000.0):
+            W, b, _ = newton.solve_squared_hinge_torch(X, Y, np.full(k, c), W0=W0, direct_max=0)
+            W0 = np.concatenate([W, b[:, None]], axis=1)
+    worse = 0
+    for W, D, Z, XD, Yc, C, t in calls[::3]:
+        for j in range(W.shape[1]):
+            def along(s, w=W[:, j], d=D[:, j], z=Z[:, j], xd=XD[:, j], y=Yc[:, j], c=C[j]):
+                margin = np.where(y != 0, np.maximum(0, 1 - y * (z + s * xd)), 0)
+                return 0.5 * np.sum((w + s * d) ** 2) + c * np.sum(margin ** 2)
+            best = minimize_scalar(along, bounds=(0, 2 * max(1, t[j])), method="bounded",
+                                   options={"xatol": 1e-10})
+            worse += along(t[j]) > best.fun + 1e-7 * abs(best.fun)
+    assert worse == 0
+
+def test_folds_share_one_gram_matrix_of_all_training_rows():
+    """Solves on row subsets (cross-validation folds) take their exact Newton steps from
+    one Gram matrix of all the rows, computed once (in blocks above the diagonal), and
+    give the SVMs their own Gram matrix gives."""
+    rng = np.random.default_rng(1)
+    X = np.abs(rng.normal(size=(150, 30))).astype(np.float32)
+    Y = np.where(rng.normal(size=(150, 3)) + 4 * (X[:, :3] - X[:, :3].mean(0)) > 0, 1.0, -1.0)
+    C = np.array([10.0, 100.0, 1000.0])
+    shared = {"X": X}
+    grams = []
+    with torch_threads(1):
+        for rows in (np.arange(0, 120), np.arange(30, 150)):
+            together = newton.solve_squared_hinge_torch(X[rows], Y[rows], C, gram_cache=shared,
+                                                        gram_rows=rows, direct_max=10**9)
+            grams.append(shared["K"])
+            own = newton.solve_squared_hinge_torch(X[rows], Y[rows], C, gram_cache={},
+                                                   direct_max=10**9)
+            np.testing.assert_allclose(together[0], own[0], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(together[1], own[1], rtol=1e-4, atol=1e-5)
+    assert grams[0] is grams[1] and grams[0].shape == (150, 150)
+    Xa = np.concatenate([X, np.ones((150, 1), np.float32)], axis=1).astype(np.float64)
+    np.testing.assert_allclose(shared["K"].numpy(), Xa @ Xa.T, rtol=1e-5, atol=1e-4)
+
+
+def test_exact_steps_for_active_sets_up_to_where_they_cost_what_cg_does():
+    assert newton.direct_limit(12_336, 4_097) == pytest.approx(1_295, abs=5)
+    assert newton.direct_limit(8 * 12_336, 4_097) == pytest.approx(2 * 1_295, abs=10)
+    assert newton.direct_limit(1_500, 4_097) < 700  # few rows: CG is cheap
+    assert newton.direct_limit(10**6, 4_097, gram_fits=False) == 700

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from vggfeat.evaluation.metrics import mean_class_recall, voc_ap
-from vggfeat.evaluation.svm.path import fit_path
+from vggfeat.evaluation.svm.path import fit_from_starts, fit_path
 
 
 def holdout_split(y, fraction, random_state) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +70,10 @@ def held_out_scores(X, Y, folds, C_grid, *, progress=None, fold_scores=svm_fold_
     The SVMs of several folds (the torch solver) are one solve on all the training rows:
     a fold's columns hold 0, which leaves a row out of a column's problem, for the rows
     outside its training part, so each column's problem is exactly its fold's. Fewer,
-    wider matrix products, and no copy of each fold's rows. ``fold_mean`` (a dict), when
-    given, receives at each grid index p the folds' mean SVMs (W, b): `refit_from`'s start.
+    wider matrix products, and no copy of each fold's rows. The first group of folds
+    follows the path of C; later groups start each C from the mean of the finished folds'
+    SVMs at that C (`fit_from_starts`). ``fold_mean`` (a dict), when given, receives at
+    each grid index p the mean of all folds' SVMs (W, b): `refit_from`'s start.
     """
     if fold_scores is not svm_fold_scores or fit_kwargs.get("solver") == "liblinear":
         for train, val in folds:
@@ -80,25 +82,44 @@ def held_out_scores(X, Y, folds, C_grid, *, progress=None, fold_scores=svm_fold_
         return
     m = Y.shape[1]
     together = max(1, FOLD_BATCH_COLUMNS // m)
+    # One Gram matrix of all the training rows serves every fold's exact Newton steps.
+    fit_kwargs["gram_cache"] = fit_kwargs.get("gram_cache") or {"X": X}
+    sums, finished = {}, 0  # grid index -> (sum of W, sum of b) over the finished folds
     for start in range(0, len(folds), together):
         group = folds[start:start + together]
         step = None if progress is None else (lambda n=len(group): [progress() for _ in range(n)])
-        if len(group) == 1:  # wide enough alone: its own rows only
-            train, val = group[0]
-            path = fit_path(X[train], Y[train], C_grid, progress=step, **fit_kwargs)
+        X_group, Y_group = _group_problem(X, Y, group)
+        rows = group[0][0] if len(group) == 1 else None
+        if finished:
+            starts = [np.tile(np.concatenate([W, b[:, None]], axis=1) / finished, (len(group), 1))
+                      for W, b in (sums[p] for p in range(len(C_grid)))]
+            path = fit_from_starts(X_group, Y_group, C_grid, starts, progress=step,
+                                   gram_rows=rows, **fit_kwargs)
         else:
-            Y_group = np.zeros((len(Y), m * len(group)), dtype=Y.dtype)
-            for i, (train, _) in enumerate(group):
-                Y_group[train, i * m:(i + 1) * m] = Y[train]
-            path = fit_path(X, Y_group, C_grid, progress=step, **fit_kwargs)
+            path = fit_path(X_group, Y_group, C_grid, progress=step, gram_rows=rows,
+                            **fit_kwargs)
         for i, (_, val) in enumerate(group):
             columns = slice(i * m, (i + 1) * m)
-            if fold_mean is not None:
-                for p, (W, b) in enumerate(path):
-                    W_sum, b_sum = fold_mean.get(p, (0, 0))
-                    fold_mean[p] = (W_sum + W[columns] / len(folds),
-                                    b_sum + b[columns] / len(folds))
+            for p, (W, b) in enumerate(path):
+                W_sum, b_sum = sums.get(p, (0, 0))
+                sums[p] = (W_sum + W[columns], b_sum + b[columns])
+            finished += 1
             yield val, [X[val] @ W[columns].T + b[columns] for W, b in path]
+    if fold_mean is not None:
+        fold_mean.update({p: (W / finished, b / finished) for p, (W, b) in sums.items()})
+
+
+def _group_problem(X, Y, group):
+    """Rows and targets of one solve for a group of folds: a fold alone is its own rows
+    (wide enough); several share all rows, each fold's columns 0 outside its training part."""
+    if len(group) == 1:
+        train = group[0][0]
+        return X[train], Y[train]
+    m = Y.shape[1]
+    Y_group = np.zeros((len(Y), m * len(group)), dtype=Y.dtype)
+    for i, (train, _) in enumerate(group):
+        Y_group[train, i * m:(i + 1) * m] = Y[train]
+    return X, Y_group
 
 
 def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
