@@ -29,10 +29,10 @@ solver along a grid of C), `selection` (choosing C), `probe` (the estimator).
 """
 from vggfeat.evaluation.svm.liblinear import solve_squared_hinge_liblinear
 from vggfeat.evaluation.svm.newton import solve_squared_hinge_torch
-from vggfeat.evaluation.svm.path import fit_from_starts, fit_path, fit_svms, refit_from, refit_path
+from vggfeat.evaluation.svm.path import fit_path, fit_svms, refit_from, refit_path
 from vggfeat.evaluation.svm.probe import C_GRID, C_SELECTIONS, LinearSVMProbe
 from vggfeat.evaluation.svm.selection import cv_folds, holdout_split, select_C, select_shared_C
 
-__all__ = ["C_GRID", "C_SELECTIONS", "LinearSVMProbe", "cv_folds", "fit_from_starts",
-           "fit_path", "fit_svms", "holdout_split", "refit_from", "refit_path", "select_C",
-           "select_shared_C", "solve_squared_hinge_liblinear", "solve_squared_hinge_torch"]
+__all__ = ["C_GRID", "C_SELECTIONS", "LinearSVMProbe", "cv_folds", "fit_path", "fit_svms",
+           "holdout_split", "refit_from", "refit_path", "select_C", "select_shared_C",
+           "solve_squared_hinge_liblinear", "solve_squared_hinge_torch"]

@@ -131,13 +131,13 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
             fits = Xa.shape[0] ** 2 * Xa.element_size() <= GRAM_MAX_BYTES
             limit = direct_limit(n_used, Xa.shape[1], fits) if direct_max is None else direct_max
             direct = A.sum(0) <= limit
-            gram = (lambda: _gram(Xa, gram_cache, gram_rows)) if fits else (lambda: (None, None))
+            gram = _gram(Xa, gram_cache, gram_rows) if fits and direct.any() else (None, None)
             if direct.all():
-                D, XD = _woodbury_newton(Xa, A, Ca, G, *gram())
+                D, XD = _woodbury_newton(Xa, A, Ca, G, *gram)
             elif direct.any():
                 D, XD = torch.empty_like(G), torch.empty_like(Za)
                 D[:, direct], XD[:, direct] = _woodbury_newton(
-                    Xa, A[:, direct], Ca[direct], G[:, direct], *gram())
+                    Xa, A[:, direct], Ca[direct], G[:, direct], *gram)
                 rest = ~direct
                 D[:, rest], XD[:, rest] = _conjugate_gradient(
                     Xa, A[:, rest], Ca[rest], -G[:, rest], (eta * gnorm)[rest], cg_steps)

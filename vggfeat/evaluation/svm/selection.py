@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from vggfeat.evaluation.metrics import mean_class_recall, voc_ap
-from vggfeat.evaluation.svm.path import fit_from_starts, fit_path
+from vggfeat.evaluation.svm.path import fit_path
 
 
 def holdout_split(y, fraction, random_state) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +72,7 @@ def held_out_scores(X, Y, folds, C_grid, *, progress=None, fold_scores=svm_fold_
     outside its training part, so each column's problem is exactly its fold's. Fewer,
     wider matrix products, and no copy of each fold's rows. The first group of folds
     follows the path of C; later groups start each C from the mean of the finished folds'
-    SVMs at that C (`fit_from_starts`). ``fold_mean`` (a dict), when given, receives at
+    SVMs at that C (`fit_path`'s ``starts``). ``fold_mean`` (a dict), when given, receives at
     each grid index p the mean of all folds' SVMs (W, b): `refit_from`'s start.
     """
     if fold_scores is not svm_fold_scores or fit_kwargs.get("solver") == "liblinear":
@@ -90,14 +90,11 @@ def held_out_scores(X, Y, folds, C_grid, *, progress=None, fold_scores=svm_fold_
         step = None if progress is None else (lambda n=len(group): [progress() for _ in range(n)])
         X_group, Y_group = _group_problem(X, Y, group)
         rows = group[0][0] if len(group) == 1 else None
-        if finished:
-            starts = [np.tile(np.concatenate([W, b[:, None]], axis=1) / finished, (len(group), 1))
-                      for W, b in (sums[p] for p in range(len(C_grid)))]
-            path = fit_from_starts(X_group, Y_group, C_grid, starts, progress=step,
-                                   gram_rows=rows, **fit_kwargs)
-        else:
-            path = fit_path(X_group, Y_group, C_grid, progress=step, gram_rows=rows,
-                            **fit_kwargs)
+        starts = None if not finished else [
+            np.tile(np.concatenate([W, b[:, None]], axis=1) / finished, (len(group), 1))
+            for W, b in (sums[p] for p in range(len(C_grid)))]
+        path = fit_path(X_group, Y_group, C_grid, starts=starts, progress=step,
+                        gram_rows=rows, **fit_kwargs)
         for i, (_, val) in enumerate(group):
             columns = slice(i * m, (i + 1) * m)
             for p, (W, b) in enumerate(path):
