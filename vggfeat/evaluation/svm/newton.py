@@ -31,7 +31,7 @@ STALL_DECREASE = 1e-8
 ETA_MIN, ETA_MAX = 0.1, 0.3
 STALLED_ITERATIONS = 2
 # Exact Newton steps pay for active sets up to (DIRECT_COST n d)^(1/3) rows: `direct_limit`.
-DIRECT_COST = 43
+DIRECT_COST = 15
 
 
 def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, device="cpu",
@@ -205,14 +205,14 @@ class _Transposed:
 def direct_limit(n, d, gram_fits=True):
     """The largest active set that takes an exact Newton step by default.
 
-    A step by conjugate gradient costs about 20 steps x 4 n d float32 operations per column
-    (two products with the data per step); the exact step, a float64 Cholesky solve of the
-    s x s block of the shared Gram matrix, s^3 / 3 operations at about a fifth of the
-    rate: equal at s^3 = DIRECT_COST n d. Measured at n = 12,336, d = 4,097, 257 classes,
-    C = 100 (one fold of a Caltech-256-sized selection): 29.4 s with a limit of 700, 25.6 s
-    at 1,000, 26.8 s at 1,500 (this rule: 1,295), and 62 s for C = 10 at 2,500, where
-    most active sets hold about 2,100 rows. Without a shared Gram matrix each block is a
-    product of its rows (2 s^2 d more), so the limit stays small.
+    A step by preconditioned conjugate gradient costs about 7 steps x 4 n d float32
+    operations per column (two products with the data per step; 20 steps before the
+    preconditioner); the exact step, a float64 Cholesky solve of the s x s block of the
+    shared Gram matrix, s^3 / 3 operations at about a fifth of the rate: equal at
+    s^3 = DIRECT_COST n d. Whole default selections at Caltech-256 size (15,420 training
+    rows, 257 classes) with DIRECT_COST 43 / 15 / 7 / no exact steps: D = 4,096 173.8 /
+    167.3 / 166.5 / 163.7 s, D = 8,192 301 / 244 / 256 / 345 s. Without a shared Gram
+    matrix each block is a product of its rows (2 s^2 d more), so the limit stays small.
     """
     if not gram_fits:
         return 700
