@@ -107,10 +107,27 @@ def test_folds_share_one_gram_matrix_of_all_training_rows():
 
 
 def test_exact_steps_for_active_sets_up_to_where_they_cost_what_cg_does():
-    assert newton.direct_limit(12_336, 4_097) == pytest.approx(1_295, abs=5)
-    assert newton.direct_limit(8 * 12_336, 4_097) == pytest.approx(2 * 1_295, abs=10)
+    assert newton.direct_limit(12_336, 4_097) == pytest.approx(912, abs=5)
+    assert newton.direct_limit(8 * 12_336, 4_097) == pytest.approx(2 * 912, abs=10)
     assert newton.direct_limit(1_500, 4_097) < 700  # few rows: CG is cheap
     assert newton.direct_limit(10**6, 4_097, gram_fits=False) == 700
+    # Caltech-256 size: stacked scales (D = 8,192) pay for the Gram matrix, averaged do not
+    assert newton.gram_pays(15_420, 8_193) and not newton.gram_pays(15_420, 4_097)
+
+
+def test_no_gram_matrix_where_it_does_not_pay():
+    """More rows than twice the width: CG alone, no n x n matrix, the same SVMs as with
+    exact steps on it (forced with direct_max)."""
+    X, y = _fc7_like(n=600, d=64, k=3)
+    Y = np.where(y[:, None] == np.arange(3), 1.0, -1.0)
+    C = np.array([1.0, 10.0, 100.0])
+    cache, forced = {}, {}
+    with torch_threads(1):
+        alone = newton.solve_squared_hinge_torch(X, Y, C, gram_cache=cache)
+        exact = newton.solve_squared_hinge_torch(X, Y, C, gram_cache=forced, direct_max=600)
+    assert "K" not in cache and "K" in forced
+    np.testing.assert_allclose(alone[0], exact[0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(alone[1], exact[1], rtol=1e-3, atol=1e-4)
 
 
 def _fc7_like(n=2000, d=256, k=8, seed=0):

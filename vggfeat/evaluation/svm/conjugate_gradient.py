@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 # Directions of the data that the preconditioner treats exactly (`preconditioner`).
-PRECONDITIONER_RANK = 32
+PRECONDITIONER_RANK = 64
 
 
 def top_directions(Xa, used, cache, rank=PRECONDITIONER_RANK, iterations=2):

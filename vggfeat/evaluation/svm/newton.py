@@ -132,7 +132,12 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
             # The n x n Gram matrix is shared by every class only while it fits (ImageNet's
             # 1.28M rows would need 6.5 TB); beyond, each class's block is computed alone.
             fits = Xa.shape[0] ** 2 * Xa.element_size() <= GRAM_MAX_BYTES
-            limit = direct_limit(n_used, Xa.shape[1], fits) if direct_max is None else direct_max
+            if direct_max is not None:
+                limit = direct_max
+            elif fits and not gram_pays(_gram_size(Xa, gram_cache, gram_rows), Xa.shape[1]):
+                limit = 0  # preconditioned CG alone is faster, and holds no n x n matrix
+            else:
+                limit = direct_limit(n_used, Xa.shape[1], fits)
             direct = A.sum(0) <= limit
             gram = _gram(Xa, gram_cache, gram_rows) if fits and direct.any() else (None, None)
             if direct.all():
@@ -200,6 +205,22 @@ class _Transposed:
 
     def __matmul__(self, V):
         return torch.cat([self.X.T @ V, V.sum(0, keepdim=True)])
+
+
+def gram_pays(n, d):
+    """Whether exact Newton steps are worth a shared Gram matrix of n rows of width d: when
+    n <= 2 d (the matrix at most twice the rows' size). Its n^2 d cost is paid once, and an
+    exact step saves CG's products, whose cost grows with d. Default selections at
+    Caltech-256 size (15,420 training rows, 257 classes), with exact steps / without:
+    D = 4,096 161.5 / 145.6 s (and 0.9 GiB less), D = 8,192 217 / 289 s.
+    """
+    return n <= 2 * d
+
+
+def _gram_size(Xa, cache, rows):
+    """Rows of the Gram matrix `_gram` would hold: the parent set's when shared."""
+    parent = cache.get("X")
+    return len(parent) if rows is not None and parent is not None else Xa.shape[0]
 
 
 def direct_limit(n, d, gram_fits=True):
