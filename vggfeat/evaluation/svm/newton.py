@@ -5,7 +5,8 @@ what makes it fast on CPU and GPU alike (conjugate gradient on the generalised H
 preconditioned on the data's dominant directions: `conjugate_gradient`; exact line
 search). A column whose active set (rows with margin < 1) is small, as at large C, takes
 exact Newton steps instead: a Cholesky solve on the Gram matrix of its active rows
-(Woodbury identity), the Gram matrix computed once per training set.
+(Woodbury identity), the Gram matrix computed once per training set where it pays
+(`gram_pays`).
 
 A column also stops when float32 can take it no further (`STALL_DECREASE`): at large C on
 many rows the gradient can stay just above the tolerance while the line search's steps
@@ -107,6 +108,7 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
         n_iter = np.zeros(m, dtype=np.int64)
         active = torch.arange(m, device=device)
         objective = _objective(W, Z, Y, C)
+        limit, fits = _exact_step_limit(Xa, n_used, direct_max, gram_cache, gram_rows)
         stalled = torch.zeros(m, dtype=torch.int64, device=device)
         for _ in range(max_iter):
             Wa, Za, Ya, Ca = W[:, active], Z[:, active], Y[:, active], C[active]
@@ -129,16 +131,7 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
             eta = torch.clamp(torch.sqrt(gnorm / g0[active]), min=ETA_MIN, max=ETA_MAX)
             # CG would end in d + 1 steps in exact arithmetic; allow float32 some slack.
             cg_steps = min(max_cg, 2 * Xa.shape[1])
-            # The n x n Gram matrix is shared by every class only while it fits (ImageNet's
-            # 1.28M rows would need 6.5 TB); beyond, each class's block is computed alone.
-            fits = Xa.shape[0] ** 2 * Xa.element_size() <= GRAM_MAX_BYTES
-            if direct_max is not None:
-                limit = direct_max
-            elif fits and not gram_pays(_gram_size(Xa, gram_cache, gram_rows), Xa.shape[1]):
-                limit = 0  # preconditioned CG alone is faster, and holds no n x n matrix
-            else:
-                limit = direct_limit(n_used, Xa.shape[1], fits)
-            direct = A.sum(0) <= limit
+            direct = (A.sum(0) <= limit) & (limit > 0)  # 0: CG for every column
             gram = _gram(Xa, gram_cache, gram_rows) if fits and direct.any() else (None, None)
             if direct.all():
                 D, XD = _woodbury_newton(Xa, A, Ca, G, *gram)
@@ -166,6 +159,20 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
         W = W.T.double().cpu().numpy()
     return W[:, :-1], W[:, -1], n_iter
 
+
+def _exact_step_limit(Xa, n_used, direct_max, cache, rows):
+    """(largest active set that takes an exact Newton step, 0 for none; whether a shared
+    Gram matrix serves those steps).
+
+    The n x n Gram matrix is shared by every class only while it fits (ImageNet's 1.28M
+    rows would need 6.5 TB; beyond, each class's block is computed alone) and pays
+    (`gram_pays`; where it does not, preconditioned CG alone is faster)."""
+    fits = Xa.shape[0] ** 2 * Xa.element_size() <= GRAM_MAX_BYTES
+    if direct_max is not None:
+        return direct_max, fits
+    if fits and not gram_pays(_gram_size(Xa, cache, rows), Xa.shape[1]):
+        return 0, False
+    return direct_limit(n_used, Xa.shape[1], fits), fits
 
 
 class WithBias:

@@ -161,7 +161,7 @@ class LinearSVMProbe(ClassifierMixin, BaseEstimator):
             raise ValueError(f"C must be positive, got {self.C!r}")
         fit_kwargs = {"solver": self.solver, "tol": self.tol, "max_iter": self.max_iter,
                       "device": self.device}
-        if self.solver == "torch":  # the Gram matrix of X, shared by the folds and the refit
+        if self.solver == "torch":  # X's Gram matrix and top directions, shared by folds and refit
             fit_kwargs["gram_cache"] = {"X": X}
         self.C_selection_ = self._selection()
         self.cv_scores_ = None
