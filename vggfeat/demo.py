@@ -247,8 +247,8 @@ def pixels_step(cfg: DemoConfig, root: Path, splits: Path, out: Path, *, echo) -
              f"splits_file={str(splits)!r}, C={settings.C}), {str(out)!r})")
         ids, X = pixel_vectors(root)
         source = {"path": str(root), "arch": "pixels", "layer": f"{X.shape[1]} pixels"}
-        evaluate_features(open_dataset("folder", root), Features(ids, X, [root]), settings, out,
-                          sources=[source])
+        pixels = Features(ids, X, [root], own_rows=True)  # ours: training rows move, no copy
+        evaluate_features(open_dataset("folder", root), pixels, settings, out, sources=[source])
     return json.loads(summary.read_text())
 
 

@@ -115,10 +115,14 @@ def new_result(dataset: str, protocol: str, classes, settings: Settings) -> Resu
                   hyperparameter=HYPERPARAMETER[settings.probe])
 
 
-def fit_probe(settings: Settings, X, y, default_cv):
-    """The probe `settings` describe, fitted (`default_cv`: the protocol's folds)."""
+def fit_probe(settings: Settings, X, y, default_cv, copy_X=True):
+    """The probe `settings` describe, fitted (`default_cv`: the protocol's folds;
+    ``copy_X=False``: X's rows may move during the fit, as `LinearSVMProbe` says)."""
     _check_folds(settings, y, default_cv)
-    return settings.build_probe(default_cv).fit(X, y)
+    probe = settings.build_probe(default_cv)
+    if not copy_X and "copy_X" in probe.get_params():
+        probe.set_params(copy_X=False)
+    return probe.fit(X, y)
 
 
 # Rows scored at a time: the probe converts them to float64 (2x their float32 bytes), so
@@ -208,10 +212,12 @@ def multilabel_split(result, features, train: Labels, test: Labels, split, setti
         features.check(train.ids, f"split {split} (training)")
     if test_X is None:
         features.check(test.ids, f"split {split} (test)")
-    train_X = features.rows(train.ids, f"split {split} (training)") if train_X is None else train_X
+    copy_X = train_X is not None or not features.own_rows  # our own rows may move
+    if train_X is None:  # a view of the rows moved to the front where features own them
+        train_X = features.front(train.ids, f"split {split} (training)")
     check_positives(train.y, result.classes, f"{result.dataset} {train_name} images")
-    probe = fit_probe(settings, train_X, train.y, default_cv)
-    del train_X  # the training rows' copy is freed before the test rows are scored
+    probe = fit_probe(settings, train_X, train.y, default_cv, copy_X)
+    del train_X  # a copy of the training rows is freed before the test rows are scored
     scores = decision_values(probe, features, test.ids, f"split {split} (test)") \
         if test_X is None else probe.decision_function(test_X)
     record_chosen(result, split, chosen_values(probe))

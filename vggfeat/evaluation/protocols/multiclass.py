@@ -47,13 +47,15 @@ def _multiclass_splits(result: Result, reader, features, settings, splits) -> No
         features.check(test, f"split {s} (test)")
         plans.append((train, test))
     for s, (train, test) in enumerate(plans):
-        # one split's rows at a time: copied for its fit, freed before the next split
-        train_X = features.rows(train, f"split {s} (train)")
+        # one split's training rows at a time, moved to the front of the features' own rows
+        # (a view; `Features.front`), else copied for its fit and freed before the next split
+        train_X = features.front(train, f"split {s} (train)")
         y_train = y_all[[index[i] for i in train]]
         y_test = y_all[[index[i] for i in test]]
         onehot = np.where(y_train[:, None] == np.arange(len(labels.classes)), 1, -1)
         check_positives(onehot, labels.classes, f"{reader.name} training images of split {s}")
-        probe = fit_probe(settings, train_X, y_train, MULTICLASS_FOLDS)
+        probe = fit_probe(settings, train_X, y_train, MULTICLASS_FOLDS,
+                          copy_X=not features.own_rows)
         del train_X
         scores = decision_values(probe, features, test, f"split {s} (test)")
         scores = scores[:, None] if scores.ndim == 1 else scores

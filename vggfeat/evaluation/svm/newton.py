@@ -297,12 +297,24 @@ def _gram(Xa, cache, rows=None):
         if K is None or K.shape[0] != len(parent) or K.device != Xa.device:
             source = torch.as_tensor(np.require(parent, requirements="W"))
             K = cache["K"] = _symmetric_gram(source.to(Xa.device, Xa.dtype), plus=1.0)
-        return K, torch.as_tensor(np.asarray(rows), device=Xa.device)
+            # Rows moved in place (`RowOrder`, cache["order"]): K's rows are in the order of
+            # the moment; keep where each original row went.
+            order = cache.get("order")
+            cache["K_rows"] = None if order is None else order.position(np.arange(len(parent)))
+        return K, _in_gram(cache, rows, Xa.device)
     K = cache.get("K")
     if K is None or K.shape[0] != Xa.shape[0] or K.device != Xa.device:
         K = cache["K"] = _symmetric_gram(Xa.X, plus=1.0) if isinstance(Xa, WithBias) \
             else _symmetric_gram(Xa)
-    return K, None
+        cache["K_rows"] = None
+    return K, None if cache.get("K_rows") is None else _in_gram(cache, slice(None), Xa.device)
+
+
+def _in_gram(cache, rows, device):
+    """Rows of the Gram matrix holding the original rows ``rows`` of ``cache["X"]``."""
+    where = cache.get("K_rows")
+    index = np.arange(len(cache["X"]))[rows] if where is None else where[rows]
+    return torch.as_tensor(index, device=device)
 
 
 def _symmetric_gram(P, plus=0.0, blocks=4):

@@ -11,6 +11,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from vggfeat.evaluation.metrics import mean_class_recall, voc_ap
 from vggfeat.evaluation.svm.path import fit_path
+from vggfeat.utils.row_order import RowOrder
 
 
 def holdout_split(y, fraction, random_state) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +65,7 @@ def svm_fold_scores(X_train, Y_train, X_val, C_grid, *, progress=None, **fit_kwa
 
 
 def held_out_scores(X, Y, folds, C_grid, *, progress=None, fold_scores=svm_fold_scores,
-                    fold_mean=None, **fit_kwargs):
+                    fold_mean=None, copy_X=True, **fit_kwargs):
     """Yield (validation rows, the probe's held-out scores at each grid value) per fold.
 
     The SVMs of several folds (the torch solver) are one solve on all the training rows:
@@ -74,6 +75,9 @@ def held_out_scores(X, Y, folds, C_grid, *, progress=None, fold_scores=svm_fold_
     follows the path of C; later groups start each C from the mean of the finished folds'
     SVMs at that C (`fit_path`'s ``starts``). ``fold_mean`` (a dict), when given, receives at
     each grid index p the mean of all folds' SVMs (W, b): `refit_from`'s start.
+    ``copy_X=False``: a fold solved alone has its training rows moved to the front of X in
+    place (a view, not a copy; `RowOrder`), and X's rows are back in their order when the
+    generator ends.
     """
     if fold_scores is not svm_fold_scores or fit_kwargs.get("solver") == "liblinear":
         for train, val in folds:
@@ -84,35 +88,47 @@ def held_out_scores(X, Y, folds, C_grid, *, progress=None, fold_scores=svm_fold_
     together = max(1, FOLD_BATCH_COLUMNS // m)
     # One Gram matrix of all the training rows serves every fold's exact Newton steps (where
     # it pays), and one set of the data's top directions every fold's CG preconditioner.
-    fit_kwargs["gram_cache"] = fit_kwargs.get("gram_cache") or {"X": X}
+    cache = fit_kwargs["gram_cache"] = fit_kwargs.get("gram_cache") or {"X": X}
+    order = None if copy_X or together > 1 else RowOrder(X)
+    if order is not None:
+        cache["order"] = order  # the Gram matrix's rows follow the moves (`newton._gram`)
     sums, finished = {}, 0  # grid index -> (sum of W, sum of b) over the finished folds
-    for start in range(0, len(folds), together):
-        group = folds[start:start + together]
-        step = None if progress is None else (lambda n=len(group): [progress() for _ in range(n)])
-        X_group, Y_group = _group_problem(X, Y, group)
-        rows = group[0][0] if len(group) == 1 else None
-        starts = None if not finished else [
-            np.tile(np.concatenate([W, b[:, None]], axis=1) / finished, (len(group), 1))
-            for W, b in (sums[p] for p in range(len(C_grid)))]
-        path = fit_path(X_group, Y_group, C_grid, starts=starts, progress=step,
-                        gram_rows=rows, **fit_kwargs)
-        for i, (_, val) in enumerate(group):
-            columns = slice(i * m, (i + 1) * m)
-            for p, (W, b) in enumerate(path):
-                W_sum, b_sum = sums.get(p, (0, 0))
-                sums[p] = (W_sum + W[columns], b_sum + b[columns])
-            finished += 1
-            yield val, [X[val] @ W[columns].T + b[columns] for W, b in path]
+    try:
+        for start in range(0, len(folds), together):
+            group = folds[start:start + together]
+            step = None if progress is None else (
+                lambda n=len(group): [progress() for _ in range(n)])
+            X_group, Y_group = _group_problem(X, Y, group, order)
+            rows = group[0][0] if len(group) == 1 else None
+            starts = None if not finished else [
+                np.tile(np.concatenate([W, b[:, None]], axis=1) / finished, (len(group), 1))
+                for W, b in (sums[p] for p in range(len(C_grid)))]
+            path = fit_path(X_group, Y_group, C_grid, starts=starts, progress=step,
+                            gram_rows=rows, **fit_kwargs)
+            del X_group
+            for i, (_, val) in enumerate(group):
+                columns = slice(i * m, (i + 1) * m)
+                for p, (W, b) in enumerate(path):
+                    W_sum, b_sum = sums.get(p, (0, 0))
+                    sums[p] = (W_sum + W[columns], b_sum + b[columns])
+                finished += 1
+                X_val = X[val if order is None else order.position(val)]
+                yield val, [X_val @ W[columns].T + b[columns] for W, b in path]
+    finally:
+        if order is not None:
+            order.restore()
+            del cache["order"]
     if fold_mean is not None:
         fold_mean.update({p: (W / finished, b / finished) for p, (W, b) in sums.items()})
 
 
-def _group_problem(X, Y, group):
+def _group_problem(X, Y, group, order=None):
     """Rows and targets of one solve for a group of folds: a fold alone is its own rows
-    (wide enough); several share all rows, each fold's columns 0 outside its training part."""
+    (wide enough; moved to the front of X by ``order`` when given, else copied); several
+    share all rows, each fold's columns 0 outside its training part."""
     if len(group) == 1:
         train = group[0][0]
-        return X[train], Y[train]
+        return (X[train] if order is None else order.front(train)), Y[train]
     m = Y.shape[1]
     Y_group = np.zeros((len(Y), m * len(group)), dtype=Y.dtype)
     for i, (train, _) in enumerate(group):
