@@ -98,6 +98,11 @@ def test_a_selection_stopped_early_still_puts_the_rows_back():
     assert not np.array_equal(X, X_before)
     scores.close()
     np.testing.assert_array_equal(X, X_before)
+    scores = held_out_scores(X, Y, cv_folds(len(y), y, 5, 0), [1.0], copy_X=False)
+    next(scores)
+    with pytest.raises(KeyboardInterrupt):  # a stop raised inside the selection
+        scores.throw(KeyboardInterrupt)
+    np.testing.assert_array_equal(X, X_before)
 
 
 def test_probe_with_copy_X_false_fits_the_same_svms_and_returns_X_unchanged():
