@@ -196,3 +196,18 @@ def test_with_bias_gives_the_products_of_the_copy_with_a_ones_column():
     rows = torch.tensor([3, 7, 250])
     torch.testing.assert_close(Xa[rows], copy[rows])
     assert Xa.X.data_ptr() == Xt.data_ptr()  # X itself, not a copy
+
+
+@pytest.mark.parametrize("active", [0.05, 0.6])  # each column's own rows / all rows' products
+def test_projected_hessians_equal_a_float64_sum_over_each_columns_active_rows(active):
+    import torch
+
+    from vggfeat.evaluation.svm.conjugate_gradient import SPARSE_ACTIVE, projected_hessians
+
+    rng = np.random.default_rng(2)
+    XV = torch.from_numpy(rng.normal(size=(700, 6)).astype(np.float32))
+    A = torch.from_numpy((rng.random((700, 9)) < active).astype(np.float32))
+    assert (float(A.mean()) < SPARSE_ACTIVE) == (active < SPARSE_ACTIVE)
+    want = torch.einsum("ni,nj,nc->cij", XV.double(), XV.double(), A.double())
+    torch.testing.assert_close(projected_hessians(XV, A, block=128), want, rtol=1e-5,
+                               atol=1e-4)
