@@ -116,17 +116,29 @@ def conjugate_gradient(Xa, A, C, B, tol, max_cg, preconditioner=None):
     p = z.to(B.dtype)
     rz = (r.double() * z).sum(0)
     for _ in range(max_cg):
-        pi = p[:, idx]
+        # While every column iterates, update in place: no (n, columns) gathers and scatters.
+        every = idx.numel() == B.shape[1]
+        pi = p if every else p[:, idx]
         Xp = Xa @ pi
-        Hp = pi + 2 * C[idx] * (Xa.T @ (A[:, idx] * Xp))
+        Hp = pi + 2 * C[idx] * (Xa.T @ ((A if every else A[:, idx]) * Xp))
         alpha = (rz[idx] / (pi * Hp).sum(0).double()).to(B.dtype)
-        x[:, idx] += alpha * pi
-        Xx[:, idx] += alpha * Xp
-        r[:, idx] -= alpha * Hp
-        ri = r[:, idx]
+        if every:
+            x.addcmul_(pi, alpha)
+            Xx.addcmul_(Xp, alpha)
+            r.addcmul_(Hp, alpha, value=-1)
+            ri = r
+        else:
+            x[:, idx] += alpha * pi
+            Xx[:, idx] += alpha * Xp
+            r[:, idx] -= alpha * Hp
+            ri = r[:, idx]
         zi = ri.double() if preconditioner is None else preconditioner(ri, idx)
         rz_new = (ri.double() * zi).sum(0)
-        p[:, idx] = (zi + (rz_new / rz[idx]) * pi.double()).to(B.dtype)
+        direction = (zi + (rz_new / rz[idx]) * pi.double()).to(B.dtype)
+        if every:
+            p.copy_(direction)
+        else:
+            p[:, idx] = direction
         rz[idx] = rz_new
         idx = idx[ri.norm(dim=0) > tol[idx]]
         if idx.numel() == 0:
