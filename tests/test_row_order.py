@@ -114,6 +114,9 @@ def test_probe_with_copy_X_false_fits_the_same_svms_and_returns_X_unchanged():
     np.testing.assert_array_equal(probe.C_, reference.C_)
     np.testing.assert_allclose(probe.coef_, reference.coef_, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(probe.predict(X), reference.predict(X))
+    X.flags.writeable = False  # e.g. a memory map opened read-only: copied as before
+    frozen = LinearSVMProbe(C=[0.1, 10.0], cv=5, copy_X=False).fit(X, y)
+    np.testing.assert_allclose(frozen.coef_, reference.coef_, rtol=1e-4, atol=1e-5)
 
 
 def test_caltech_protocol_on_moved_rows_gives_the_results_of_copied_rows(tmp_path):

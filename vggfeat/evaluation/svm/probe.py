@@ -59,7 +59,8 @@ class LinearSVMProbe(ClassifierMixin, BaseEstimator):
     copy_X : bool, default=True
         False: the torch solver's cross-validation may move X's rows in place instead of
         copying each fold's training rows (one fold's copy less memory: 193 MiB at
-        Caltech-256 size); they are back in their order when `fit` returns.
+        Caltech-256 size); they are back in their order when `fit` returns. A read-only X
+        is copied fold by fold as with True.
 
     Attributes
     ----------

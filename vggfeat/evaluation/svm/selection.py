@@ -89,7 +89,7 @@ def held_out_scores(X, Y, folds, C_grid, *, progress=None, fold_scores=svm_fold_
     # One Gram matrix of all the training rows serves every fold's exact Newton steps (where
     # it pays), and one set of the data's top directions every fold's CG preconditioner.
     cache = fit_kwargs["gram_cache"] = fit_kwargs.get("gram_cache") or {"X": X}
-    order = None if copy_X or together > 1 else RowOrder(X)
+    order = None if copy_X or together > 1 or not X.flags.writeable else RowOrder(X)
     if order is not None:
         cache["order"] = order  # the Gram matrix's rows follow the moves (`newton._gram`)
     sums, finished = {}, 0  # grid index -> (sum of W, sum of b) over the finished folds
