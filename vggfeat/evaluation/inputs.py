@@ -25,7 +25,7 @@ from vggfeat.features.cache import (
 )
 from vggfeat.utils.errors import InputError
 from vggfeat.utils.memory import refuse_unless_fits
-from vggfeat.utils.row_order import permute_rows
+from vggfeat.utils.row_order import move_to_front
 
 
 class EvaluationInputError(InputError):
@@ -61,10 +61,7 @@ class Features:
         positions = self.positions(ids, what, boxes)
         if not self.own_rows or not X.flags.writeable:
             return X[positions]
-        others = np.ones(len(X), dtype=bool)
-        others[positions] = False
-        source = np.concatenate([positions, np.flatnonzero(others)])
-        permute_rows(X, source)
+        source = move_to_front(X, positions)
         if boxes:
             self.box_ids = [self.box_ids[k] for k in source]
         else:
@@ -207,8 +204,8 @@ def load(paths, aggregate: str, *, block_l2: bool = False, layer: str | None = N
 
 # What svm-eval holds at its peak, in float32 descriptors: all of them (a split's and a
 # fold's training rows are views of them, `Features.front`, `RowOrder`) and the solver's
-# scratch, about a quarter more at least (1.4-1.5x measured at Caltech-256 size, beside the
-# process's fixed start). A lower bound: a run refused by it cannot fit.
+# scratch, at least a quarter more (2.2-2.4x measured at Caltech-256 size, averaged scales,
+# beside the process's fixed start). A lower bound: a run refused by it cannot fit.
 FIT_MEMORY_FACTOR = 1.25
 
 

@@ -28,6 +28,17 @@ def permute_rows(X: np.ndarray, source) -> None:
             X[i], done[i] = saved, True
 
 
+def move_to_front(X: np.ndarray, positions) -> np.ndarray:
+    """Move the rows at ``positions`` to the first places of X, in that order, the others
+    after them in their order; return the permutation applied (`permute_rows`' source)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    others = np.ones(len(X), dtype=bool)
+    others[positions] = False
+    source = np.concatenate([positions, np.flatnonzero(others)])
+    permute_rows(X, source)
+    return source
+
+
 class RowOrder:
     """Tracks which of X's original rows each position holds while rows move in place;
     `restore` puts them back."""
@@ -45,16 +56,10 @@ class RowOrder:
     def front(self, rows) -> np.ndarray:
         """Move the original rows ``rows`` to the first positions, in that order (the others
         after them), and return those positions of X: a view, no copy."""
-        rows = np.asarray(rows, dtype=np.int64)
-        others = np.ones(len(self.X), dtype=bool)
-        others[self.position(rows)] = False
-        self._move_to(np.concatenate([rows, self.original[others]]))
+        self.original = self.original[move_to_front(self.X, self.position(rows))]
         return self.X[:len(rows)]
 
     def restore(self) -> None:
         """Every row back where it was."""
-        self._move_to(np.arange(len(self.X)))
-
-    def _move_to(self, order) -> None:  # order: the original row each position will hold
-        permute_rows(self.X, self.position(order))
-        self.original = order
+        permute_rows(self.X, self.position(np.arange(len(self.X))))
+        self.original = np.arange(len(self.X))

@@ -317,8 +317,7 @@ def _gram(Xa, cache, rows=None):
 def _in_gram(cache, rows, device):
     """Rows of the Gram matrix holding the original rows ``rows`` of ``cache["X"]``."""
     where = cache.get("K_rows")
-    index = np.arange(len(cache["X"]))[rows] if where is None else where[rows]
-    return torch.as_tensor(index, device=device)
+    return torch.as_tensor(np.asarray(rows) if where is None else where[rows], device=device)
 
 
 def _symmetric_gram(P, plus=0.0, blocks=4):
