@@ -140,3 +140,11 @@ def test_caltech_protocol_on_moved_rows_gives_the_results_of_copied_rows(tmp_pat
     assert moved.scores == copied.scores  # ids, truth and every decision value
     assert own.ids != list(ids)  # the rows did move
     np.testing.assert_array_equal(own.rows(ids, "all"), X)
+
+
+def test_copy_x_other_than_a_bool_is_refused_before_any_row_moves():
+    X, _, y = _many_classes(n_classes=3, d=10)
+    X_before = X.copy()
+    with pytest.raises(ValueError, match="copy_X must be True or False, got 'no'"):
+        LinearSVMProbe(C=[0.1, 10.0], copy_X="no").fit(X, y)
+    np.testing.assert_array_equal(X, X_before)

@@ -165,6 +165,8 @@ class LinearSVMProbe(ClassifierMixin, BaseEstimator):
         grid = sorted(float(c) for c in np.atleast_1d(self.C))
         if not grid or min(grid) <= 0:
             raise ValueError(f"C must be positive, got {self.C!r}")
+        if not isinstance(self.copy_X, bool | np.bool_):
+            raise ValueError(f"copy_X must be True or False, got {self.copy_X!r}")
         fit_kwargs = {"solver": self.solver, "tol": self.tol, "max_iter": self.max_iter,
                       "device": self.device}
         if self.solver == "torch":  # X's Gram matrix and top directions, shared by folds and refit
