@@ -194,17 +194,18 @@ def test_too_big_for_memory_refused_before_reading(tmp_path):
     assert TooBigError.exit_code == 2
 
 
-def test_scores_csv_same_bytes_as_dict_writer(tmp_path):
+def test_scores_csv_same_bytes_as_dict_writer(tmp_path, monkeypatch):
     """scores.csv, written from arrays a block at a time, is byte for byte what csv's
     DictWriter wrote from one dict per row (floats as repr), for float32 and float64
     scores, odd ids (commas, quotes), extreme values and splits without labels."""
     from vggfeat.evaluation import report
     from vggfeat.evaluation.protocols.common import Result, score_rows
 
+    monkeypatch.setattr(report, "SCORES_BLOCK_VALUES", 3_000)  # blocks of 1,000 rows
     rng = np.random.default_rng(0)
     classes = ("cat", "dog,2", 'say "hi"')
     result = Result("folder", "", classes)
-    n = 2 * report.SCORES_BLOCK_ROWS + 7
+    n = 2 * 1_000 + 7  # two whole blocks and part of a third
     values = rng.standard_normal((n, 3)) * 10.0 ** rng.integers(-20, 20, (n, 3))
     values[:6, 0] = [0.0, -0.0, 1e16, 1e-5, np.inf, np.nan]
     ids = [f"im,{k}" if k % 5 == 0 else f'q"{k}' if k % 7 == 0 else f"i{k}" for k in range(n)]
@@ -227,3 +228,32 @@ def test_scores_csv_same_bytes_as_dict_writer(tmp_path):
     report.write_scores(tmp_path / "scores.csv", result)
     assert (tmp_path / "scores.csv").read_bytes() == (tmp_path / "want.csv").read_bytes()
     assert result.scores[:3] == rows[:3]
+
+
+def test_svm_eval_frees_the_descriptors_before_drawing_the_report(tmp_path, monkeypatch):
+    """The report (a 257-class confusion matrix's image: 127 MiB) is drawn after the
+    descriptors it does not need are freed, so it does not add to their memory."""
+    import weakref
+
+    from helpers_datasets import small_voc_cache
+
+    from vggfeat.evaluation import inputs, report, run
+
+    loaded, alive_at_report = [], []
+    load, write_report = inputs.load, report.write_report
+
+    def recording_load(*args, **kwargs):
+        ids, features = load(*args, **kwargs)
+        loaded.append(weakref.ref(features.X))
+        return ids, features
+
+    def recording_write_report(*args, **kwargs):
+        alive_at_report.append(loaded[0]() is not None)
+        return write_report(*args, **kwargs)
+
+    monkeypatch.setattr(inputs, "load", recording_load)
+    monkeypatch.setattr(report, "write_report", recording_write_report)
+    cache = small_voc_cache(tmp_path / "voc")
+    done = run.run_svm_eval([cache], run.Settings(C=(1.0,), cv=2), out=tmp_path / "out")
+    assert (tmp_path / "out" / "results.csv").exists() and done.table
+    assert alive_at_report == [False]

@@ -39,9 +39,11 @@ from vggfeat.evaluation.protocols import Result
 from vggfeat.utils import atomic
 from vggfeat.utils.progress import progress_bar
 
-# scores.csv is converted and written this many rows at a time (bounded scratch), with a
+# scores.csv is converted and written about this many values (rows x classes) at a time,
+# and never fewer than a row: bounded scratch (a block's Python floats and text are about
+# 60 bytes a value; 20,000 rows of 257 classes held 112 MiB at the end of a run), with a
 # progress bar once writing has taken this many seconds.
-SCORES_BLOCK_ROWS = 20_000
+SCORES_BLOCK_VALUES = 500_000
 SCORES_PROGRESS_AFTER = 3.0
 
 # paper Table 11: dataset -> net -> (value, std or None). The VOC 2012
@@ -143,10 +145,11 @@ def write_scores(path: Path, result: Result) -> Path:
     line = "%s,%s,%s," + ",".join(["%r"] * len(result.classes)) + "\r\n"
     with atomic.open_text(path, newline="") as fh, bar:
         csv.writer(fh).writerow(["split", "id", "true", *result.classes])
+        rows = max(1, SCORES_BLOCK_VALUES // max(1, len(result.classes)))
         for block in result.score_blocks:
             split = _csv_field(block.split)
-            for start in range(0, len(block.ids), SCORES_BLOCK_ROWS):
-                stop = min(start + SCORES_BLOCK_ROWS, len(block.ids))
+            for start in range(0, len(block.ids), rows):
+                stop = min(start + rows, len(block.ids))
                 ids = map(_csv_field, block.ids[start:stop])
                 truth = repeat("", stop - start) if block.truth is None \
                     else map(_csv_field, block.truth[start:stop])

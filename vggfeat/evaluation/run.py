@@ -101,8 +101,15 @@ def run_plan(caches: Sequence, plan: dict, *, aggregate=None, block_l2=False, ro
     reader, left_out = inputs.leave_out_missing(reader, features, strict=strict)
     if left_out:
         echo(left_out.message(), err=True)
-    return [_evaluate(out, reader, features, settings, recorded[out], sources, echo, left_out)
-            for out, settings in plan.items()]
+    runs = []
+    for k, (out, settings) in enumerate(plan.items()):
+        result = _run_protocol(out, reader, features, settings)
+        if k == len(plan) - 1:
+            # Done with the descriptors: the report is drawn without them (a 257-class
+            # confusion matrix's image took 127 MiB, on top of them, at the run's peak).
+            del features
+        runs.append(_report(out, result, settings, recorded[out], sources, echo, left_out))
+    return runs
 
 
 def recorded_settings(settings: Settings) -> dict:
@@ -133,20 +140,25 @@ def evaluate_features(reader, features: Features, settings: Settings | None, out
     recorded = {**recorded_settings(settings), **(extra_settings or {})}
     out = Path(out)
     output_folder.prepare(out, recorded, sources, overwrite=overwrite)
-    return _evaluate(out, reader, features, settings, recorded, sources, echo or _silent)
+    result = _run_protocol(out, reader, features, settings)
+    return _report(out, result, settings, recorded, sources, echo or _silent)
 
 
-def _evaluate(out: Path, reader, features: Features, settings: Settings, recorded: dict,
-              sources: list[dict], echo: Echo, left_out=None) -> SvmEvalRun:
-    """Run the protocol into a claimed `out`, say what is doubtful, write the report."""
+def _run_protocol(out: Path, reader, features: Features, settings: Settings):
+    """Run the protocol into `out`, claimed for it (released by `_report`)."""
     made_folder = not out.exists()
     output_folder.claim_outputs(out)  # files written from here on are known as ours
     try:
         with interrupts.progress_note(lambda: _stopped_note(out)):
-            result = run_protocol(reader, features, settings, out)
+            return run_protocol(reader, features, settings, out)
     except BaseException:
         output_folder.unclaim_if_unused(out, made_folder)  # a refused run leaves no trace
         raise
+
+
+def _report(out: Path, result, settings: Settings, recorded: dict, sources: list[dict],
+            echo: Echo, left_out=None) -> SvmEvalRun:
+    """Say what is doubtful in `result`, print its table and write the report into `out`."""
     edge = grid_edge_warning(result.chosen_C, settings.C) if result.hyperparameter == "C" else None
     for warning in (edge, chance_warning(result.headline, result.rows, len(result.classes))):
         if warning:
