@@ -33,8 +33,8 @@ def fit_svms(X, Y, C, *, solver="torch", tol=None, max_iter=None, device="cpu", 
 
 def fit_path(X, Y, C_grid, *, starts=None, progress=None, gram_cache=None, **fit_kwargs):
     """All columns of Y at each C of an ascending grid, each C warm-started from the last,
-    or, with ``starts``, each C from its own start ``starts[p]`` ((m, d + 1) weights, bias
-    last).
+    or, with ``starts`` (a function of the grid index p), each C from its own start
+    ``starts(p)`` ((m, d + 1) weights, bias last), made when that C's turn comes.
 
     Cross-validation starts a fold at each C from the folds before it at that C: 80% of
     the rows are the same, so those solutions lie closer than the fold's own at the C ten
@@ -42,18 +42,25 @@ def fit_path(X, Y, C_grid, *, starts=None, progress=None, gram_cache=None, **fit
     C = 0.1 4.6 s against 6.8 s along the path, C = 1 9.5 against 11.9, C = 10 18.5
     against 22.3, C = 100 20.2 against 28.0).
 
-    Returns a list of (W, b) pairs, one per C.
+    Returns a list of (W, b) pairs, one per C; W in float32, which holds the solver's
+    float32 weights exactly in half the memory (stacked Caltech-256 size: 8 MiB a C).
     """
     path, W0, cache = [], None, {} if gram_cache is None else gram_cache
     for p, c in enumerate(C_grid):
-        start = W0 if starts is None else starts[p]
+        start = W0 if starts is None else starts(p)
         W, b, _ = fit_svms(X, Y, np.full(Y.shape[1], c), W0=start, gram_cache=cache,
                            **fit_kwargs)
-        path.append((W, b))
         W0 = np.concatenate([W, b[:, None]], axis=1)
+        path.append((_exactly_float32(W), b))
         if progress is not None:
             progress()
     return path
+
+
+def _exactly_float32(W):
+    """W as float32 when that loses nothing (the torch solver's float32 weights), else W."""
+    W32 = W.astype(np.float32)
+    return W32 if np.array_equal(W32, W) else W
 
 
 def refit_path(X, Y, C_grid, chosen, **fit_kwargs):
