@@ -1,6 +1,7 @@
 """The torch SVM solver past the size where the shared Gram matrix fits (ImageNet-size n)."""
 import numpy as np
 import pytest
+import torch
 from scipy.optimize import minimize_scalar
 
 from vggfeat.evaluation.svm import newton
@@ -64,8 +65,8 @@ def test_the_line_search_ends_at_the_minimum_along_each_direction(monkeypatch):
         calls.append([a.double().numpy().copy() for a in (W, D, Z, XD, Y, C, t)])
         return t
 
-    line_search = newton._line_search
-    monkeypatch.setattr(newton, "_line_search", recording)
+    line_search = newton.line_search
+    monkeypatch.setattr(newton, "line_search", recording)
     W0 = None
     with torch_threads(1):
         for c in (1.0, 100.0, 1000.0):
@@ -211,3 +212,25 @@ def test_projected_hessians_equal_a_float64_sum_over_each_columns_active_rows(ac
     want = torch.einsum("ni,nj,nc->cij", XV.double(), XV.double(), A.double())
     torch.testing.assert_close(projected_hessians(XV, A, block=128), want, rtol=1e-5,
                                atol=1e-4)
+
+
+def test_exact_steps_solve_in_float32_and_retry_in_float64_when_float32_cannot():
+    """The exact step's Cholesky solve runs in the block's float32, accurate to about
+    cond x 6e-8; a block float32 cannot factor (positive definite only thanks to a ridge
+    below float32's resolution) is solved again in float64 (reference: numpy float64)."""
+    rng = np.random.default_rng(0)
+    rows = rng.random((200, 64))
+    K = (rows @ rows.T / 64).astype(np.float32)  # positive semi-definite, rank 64
+    rhs = rng.normal(size=200).astype(np.float32)
+    u = newton._solve_positive(torch.tensor(K), 0.05, torch.tensor(rhs))
+    want = np.linalg.solve(K.astype(np.float64) + 0.05 * np.eye(200), rhs.astype(np.float64))
+    assert u.dtype == torch.float32
+    assert np.linalg.norm(u.numpy() - want) <= 1e-4 * np.linalg.norm(want)
+
+    v = rng.random(60)
+    K = np.outer(v, v).astype(np.float32)  # rank one: the ridge 1e-7 vanishes in float32
+    rhs = rng.normal(size=60).astype(np.float32)
+    assert newton._solve_positive(torch.tensor(K), 1e-7, torch.tensor(rhs)) is None
+    u = newton._solve_positive(torch.tensor(K).double(), 1e-7, torch.tensor(rhs).double())
+    want = np.linalg.solve(K.astype(np.float64) + 1e-7 * np.eye(60), rhs.astype(np.float64))
+    assert np.allclose(u.numpy(), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())

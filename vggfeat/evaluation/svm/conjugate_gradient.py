@@ -108,19 +108,29 @@ def conjugate_gradient(Xa, A, C, B, tol, max_cg, preconditioner=None):
     Xa @ x is accumulated from the products CG computes anyway, so the line search
     needs no extra pass over the data.
     """
+    n, m = Xa.shape[0], B.shape[1]
     x = torch.zeros_like(B)
-    Xx = torch.zeros(Xa.shape[0], B.shape[1], dtype=B.dtype, device=B.device)
+    Xx = torch.zeros(n, m, dtype=B.dtype, device=B.device)
+    # Each step's two (n, columns) products go into scratch allocated once: new arrays at
+    # every step (of a shrinking number of columns) fragmented the allocator's heap, which
+    # held 100-200 MiB more than the live arrays at Caltech-256 size.
+    scratch = torch.empty(2, n * m, dtype=B.dtype, device=B.device)
     r = B.clone()
-    idx = torch.arange(B.shape[1], device=B.device)
+    idx = torch.arange(m, device=B.device)
     z = r.double() if preconditioner is None else preconditioner(r, idx)
     p = z.to(B.dtype)
     rz = (r.double() * z).sum(0)
     for _ in range(max_cg):
         # While every column iterates, update in place: no (n, columns) gathers and scatters.
-        every = idx.numel() == B.shape[1]
+        every = idx.numel() == m
+        Xp, AXp = (part[:n * idx.numel()].view(n, -1) for part in scratch)
         pi = p if every else p[:, idx]
-        Xp = Xa @ pi
-        Hp = pi + 2 * C[idx] * (Xa.T @ ((A if every else A[:, idx]) * Xp))
+        multiply(Xa, pi, out=Xp)
+        if every:
+            torch.mul(A, Xp, out=AXp)
+        else:
+            torch.index_select(A, 1, idx, out=AXp).mul_(Xp)
+        Hp = pi + 2 * C[idx] * (Xa.T @ AXp)
         alpha = (rz[idx] / (pi * Hp).sum(0).double()).to(B.dtype)
         if every:
             x.addcmul_(pi, alpha)
@@ -129,7 +139,7 @@ def conjugate_gradient(Xa, A, C, B, tol, max_cg, preconditioner=None):
             ri = r
         else:
             x[:, idx] += alpha * pi
-            Xx[:, idx] += alpha * Xp
+            Xx.index_add_(1, idx, Xp.mul_(alpha))
             r[:, idx] -= alpha * Hp
             ri = r[:, idx]
         zi = ri.double() if preconditioner is None else preconditioner(ri, idx)
@@ -144,3 +154,10 @@ def conjugate_gradient(Xa, A, C, B, tol, max_cg, preconditioner=None):
         if idx.numel() == 0:
             break
     return x, Xx
+
+
+def multiply(Xa, V, out):
+    """``Xa @ V`` into ``out`` (Xa a tensor or `newton.WithBias`)."""
+    if hasattr(Xa, "matmul_into"):
+        return Xa.matmul_into(V, out)
+    return torch.matmul(Xa, V, out=out)
