@@ -31,8 +31,8 @@ def line_search(W, D, Z, XD, Y, C, max_steps=30, slope0=None):
         M, AXD, T, below = scratch.step(todo.numel())
         torch.mul(XDi, ti, out=T)
         torch.add(Zi, T, out=M)  # margins at t: Z + t XD
-        torch.mul(torch.lt(torch.mul(Yi, M, out=T), 1, out=below).logical_and_(usedi), XDi,
-                  out=AXD)  # XD on the rows active at t
+        torch.lt(torch.mul(Yi, M, out=T), 1, out=below).logical_and_(usedi)  # active at t
+        torch.mul(below, XDi, out=AXD)  # XD on those rows, 0 elsewhere
         slope = wd[todo] + ti * dd[todo] + 2 * Ci * torch.mul(AXD, M.sub_(Yi), out=T).sum(0)
         curvature = dd[todo] + 2 * Ci * torch.mul(AXD, XDi, out=T).sum(0)
         above = slope > 0
