@@ -69,7 +69,7 @@ class _SearchScratch:
 
     def columns(self, arrays, todo):
         """The arrays themselves while every column searches, else copies of ``todo``'s
-        columns in scratch (no copies while every column is searching)."""
+        columns in scratch."""
         if todo.numel() == self.m:
             return arrays
         if self.gathered is None:
