@@ -189,8 +189,13 @@ def test_too_big_for_memory_refused_before_reading(tmp_path):
         cache.load_features(path, "stack")
     from vggfeat.evaluation import inputs
 
-    with pytest.raises(TooBigError, match=r"^svm-eval on .*huge.h5 needs .* GiB of memory "):
-        inputs.load([path], "stack")  # from the header, before any row is read
+    _, features = inputs.load([path], "stack")  # opened, nothing read
+    try:
+        with pytest.raises(TooBigError, match=r"^svm-eval: the \d+ rows x 262144 float32 of "
+                                              r"split 0 \(train\) needs .* GiB of memory "):
+            features.front(features.ids, "split 0 (train)")  # before any row is read
+    finally:
+        features.close()
     assert TooBigError.exit_code == 2
 
 
@@ -230,30 +235,123 @@ def test_scores_csv_same_bytes_as_dict_writer(tmp_path, monkeypatch):
     assert result.scores[:3] == rows[:3]
 
 
-def test_svm_eval_frees_the_descriptors_before_drawing_the_report(tmp_path, monkeypatch):
-    """The report (a 257-class confusion matrix's image: 127 MiB) is drawn after the
-    descriptors it does not need are freed, so it does not add to their memory."""
+def test_svm_eval_holds_no_descriptor_when_drawing_the_report(tmp_path, monkeypatch):
+    """svm-eval reads rows when a split needs them (`CachedRows`): every array of rows it
+    read is freed by the time the report is drawn (a 257-class confusion matrix's image:
+    127 MiB), and the caches are closed after the run."""
     import weakref
 
     from helpers_datasets import small_voc_cache
 
-    from vggfeat.evaluation import inputs, report, run
+    from vggfeat.evaluation import report, run
+    from vggfeat.features.cache import reader
 
-    loaded, alive_at_report = [], []
-    load, write_report = inputs.load, report.write_report
+    read_arrays, alive_at_report, opened = [], [], []
+    read, write_report, init = reader.CachedRows.read, report.write_report, \
+        reader.CachedRows.__init__
 
-    def recording_load(*args, **kwargs):
-        ids, features = load(*args, **kwargs)
-        loaded.append(weakref.ref(features.X))
-        return ids, features
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    def recording_read(self, positions):
+        rows = read(self, positions)
+        read_arrays.append(weakref.ref(rows))
+        return rows
 
     def recording_write_report(*args, **kwargs):
-        alive_at_report.append(loaded[0]() is not None)
+        alive_at_report.append(sum(ref() is not None for ref in read_arrays))
         return write_report(*args, **kwargs)
 
-    monkeypatch.setattr(inputs, "load", recording_load)
+    monkeypatch.setattr(reader.CachedRows, "__init__", recording_init)
+    monkeypatch.setattr(reader.CachedRows, "read", recording_read)
     monkeypatch.setattr(report, "write_report", recording_write_report)
-    cache = small_voc_cache(tmp_path / "voc")
-    done = run.run_svm_eval([cache], run.Settings(C=(1.0,), cv=2), out=tmp_path / "out")
+    cache_path = small_voc_cache(tmp_path / "voc")
+    done = run.run_svm_eval([cache_path], run.Settings(C=(1.0,), cv=2), out=tmp_path / "out")
     assert (tmp_path / "out" / "results.csv").exists() and done.table
-    assert alive_at_report == [False]
+    assert len(read_arrays) >= 2 and alive_at_report == [0]  # training and test rows read
+    assert opened and all(not r._readers[0].dataset.id.valid for r in opened)  # closed
+
+
+def test_rows_on_demand_are_the_rows_read_whole(tmp_path, small_blocks):
+    """`CachedRows.read` of any positions (out of order, repeated: persons of one image)
+    is exactly those rows of `load_features`, for one cache and two stacked in different
+    orders, in blocks of a few rows."""
+    first = build_cache(tmp_path / "d.h5", 40, 2, 24)
+    second = build_cache(tmp_path / "e.h5", 40, 3, 16, seed=1,
+                         order=np.random.default_rng(3).permutation(40))
+    positions = np.array([5, 3, 3, 39, 0, 17, 5, 22, 21, 20])
+    for paths, aggregate in (([first], "stack"), ([first, second], "avg")):
+        ids, whole = cache.load_features(paths, aggregate, block_l2=True)
+        rows = cache.CachedRows(paths, aggregate, block_l2=True)
+        try:
+            assert rows.ids == ids and rows.shape == whole.shape
+            np.testing.assert_array_equal(rows.read(positions), whole[positions])
+            np.testing.assert_array_equal(rows.read(np.arange(40)[::-1]), whole[::-1])
+            assert rows.read(np.array([], dtype=np.int64)).shape == (0, whole.shape[1])
+        finally:
+            rows.close()
+
+
+def test_rows_on_demand_repeated_and_far_apart(tmp_path):
+    """Rows far apart are read by HDF5's point selection, which takes each row once: a
+    repeated row among them is read once and given twice."""
+    path = build_cache(tmp_path / "a.h5", 200, 2, 8)
+    _, whole = cache.load_features(path, "avg")
+    rows = cache.CachedRows(path, "avg")
+    try:
+        positions = np.array([199, 0, 199, 100, 0])
+        np.testing.assert_array_equal(rows.read(positions), whole[positions])
+    finally:
+        rows.close()
+
+
+def test_rows_on_demand_from_the_files_opened(tmp_path):
+    """A cache replaced under its name while an evaluation reads it (a new extraction):
+    the rows read are still the opened file's, never a mix of two extractions."""
+    path = build_cache(tmp_path / "a.h5", 30, 2, 8)
+    _, whole = cache.load_features(path, "avg")
+    rows = cache.CachedRows(path, "avg")
+    try:
+        replacement = build_cache(tmp_path / "b.h5", 30, 2, 8, seed=5)
+        replacement.replace(path)
+        np.testing.assert_array_equal(rows.read(np.arange(30)), whole)
+    finally:
+        rows.close()
+
+
+def test_on_demand_features_refuse_non_finite_rows_before_use(tmp_path):
+    """Rows read on demand are checked finite, all of them, before the first is returned:
+    the error names the cache and the row, as the whole read's did."""
+    from vggfeat.evaluation import inputs
+    from vggfeat.features.cache.integrity import row_checksums
+
+    path = build_cache(tmp_path / "a.h5", 30, 2, 8)
+    with h5py.File(path, "r+") as f:  # checksums that agree: a bad extraction, not damage
+        row = f["descriptors"][17:18]
+        row[0, 0, 3] = np.inf
+        f["descriptors"][17] = row[0]
+        f["checksums"][17] = row_checksums(row)[0]
+    _, features = inputs.load([path], "avg")
+    try:
+        with pytest.raises(inputs.EvaluationInputError, match=r"a\.h5: 1 images .*img000017"):
+            features.rows(["img000001"], "split 0 (train)")
+    finally:
+        features.close()
+
+
+def test_on_demand_rows_too_big_refused_by_name(tmp_path, monkeypatch):
+    """Training rows that cannot fit are refused before they are read, naming the split and
+    the fixes."""
+    from vggfeat.evaluation import inputs
+    from vggfeat.utils import memory
+
+    path = build_cache(tmp_path / "a.h5", 30, 2, 8)
+    _, features = inputs.load([path], "stack")
+    monkeypatch.setattr(memory, "available_bytes", lambda: 100)
+    try:
+        with pytest.raises(TooBigError, match=r"^svm-eval: the 20 rows x 16 float32 of split 0 "
+                                              r"\(train\) needs .*\(--aggregate avg\)"):
+            features.front([f"img{k:06d}" for k in range(20)], "split 0 (train)")
+    finally:
+        features.close()

@@ -17,8 +17,8 @@ from vggfeat.features.cache import (
     BOXES_GROUP,
     ROOT_GROUP,
     TOO_BIG_FIXES,
+    CachedRows,
     CacheError,
-    load_features,
     read_descriptors,
     read_failed,
     read_overview,
@@ -38,26 +38,50 @@ PAPER_NETS = {"vgg16": "D", "D": "D", "vgg19": "E", "E": "E"}
 
 @dataclass
 class Features:
-    """Descriptor rows by id (images, and person boxes for voc2012-action)."""
+    """Descriptor rows by id (images, and person boxes for voc2012-action).
+
+    X and box_X are arrays, or `CachedRows` (as `load` gives them): rows read from
+    the caches when asked for, so that an evaluation holds one split's training rows, not
+    every descriptor, and scores its test rows a block at a time."""
 
     ids: list[str]
-    X: np.ndarray
+    X: np.ndarray | CachedRows
     sources: list[Path]
     box_ids: list[str] | None = None
-    box_X: np.ndarray | None = None
+    box_X: np.ndarray | CachedRows | None = None
     # X and box_X are this object's own (read from caches): `front` may move their rows.
     own_rows: bool = False
     _index: dict = field(default_factory=dict, repr=False)
+    _finite: set = field(default_factory=set, repr=False)  # on-demand kinds checked
+
+    def width(self, boxes: bool = False) -> int:
+        """Columns of a descriptor row."""
+        return (self.box_X if boxes else self.X).shape[1]
 
     def rows(self, ids, what: str, boxes: bool = False) -> np.ndarray:
         """Descriptors of `ids`, in that order (a copy); a clear error if any is missing."""
-        return (self.box_X if boxes else self.X)[self.positions(ids, what, boxes)]
+        source = self.box_X if boxes else self.X
+        positions = self.positions(ids, what, boxes)
+        if not isinstance(source, CachedRows):
+            return source[positions]
+        # Refused before the first read when they cannot fit, checked finite before any
+        # row is used.
+        refuse_unless_fits(4 * len(positions) * source.width, f"svm-eval: the {len(positions)}"
+                           f" rows x {source.width} float32 of {what}", TOO_BIG_FIXES)
+        try:
+            self._check_finite(boxes)
+            return source.read(positions)
+        except CacheError as exc:
+            raise EvaluationInputError(str(exc)) from exc
 
     def front(self, ids, what: str, boxes: bool = False) -> np.ndarray:
         """Descriptors of `ids`, in that order, as a view: with `own_rows`, the rows are moved
         to the front of X in place instead of copied (a split's training rows: 241 MiB less
-        at Caltech-256 size) and ids and positions follow; else a copy, as `rows`."""
+        at Caltech-256 size) and ids and positions follow; else a copy, as `rows`. Rows read
+        on demand are a new array, the caller's own (its rows free to move)."""
         X = self.box_X if boxes else self.X
+        if isinstance(X, CachedRows):
+            return self.rows(ids, what, boxes)
         positions = self.positions(ids, what, boxes)
         if not self.own_rows or not X.flags.writeable:
             return X[positions]
@@ -68,6 +92,23 @@ class Features:
             self.ids = [self.ids[k] for k in source]
         self._index.pop("boxes" if boxes else "images", None)
         return X[:len(positions)]
+
+    def close(self) -> None:
+        """Close the caches rows are read from on demand (nothing for arrays)."""
+        for source in (self.X, self.box_X):
+            if isinstance(source, CachedRows):
+                source.close()
+
+    def _check_finite(self, boxes: bool) -> None:
+        """Every row read on demand finite: one pass over the stored rows, once per kind."""
+        kind = "boxes" if boxes else "images"
+        if kind in self._finite:
+            return
+        source = self.box_X if boxes else self.X
+        if not source.stored_finite():
+            raise EvaluationInputError(_non_finite_message(
+                self.sources, source.aggregate, kind, source.layer))
+        self._finite.add(kind)
 
     def check(self, ids, what: str, boxes: bool = False) -> None:
         """Raise the error `rows` would, without copying any descriptor: the protocols
@@ -180,53 +221,22 @@ def open_reader(info: CacheInfo, root=None) -> DatasetReader:
 
 def load(paths, aggregate: str, *, block_l2: bool = False, layer: str | None = None,
          ) -> tuple[list[CacheInfo], Features]:
-    """Read and check caches: same dataset, same images, finite descriptors; `layer` as in
-    `read_cache_info`."""
+    """Open and check caches (same dataset, same images; `layer` as in `read_cache_info`):
+    `Features` whose rows are read when asked for, checked finite before the first is used.
+    Close them (`Features.close`) when done."""
     paths = [Path(p) for p in paths]
     infos = [read_cache_info(p, layer) for p in paths]
     check_same_dataset(infos)
-    refuse_unless_fits(fit_bytes(paths, aggregate, layer), f"svm-eval on {paths[0]}",
-                       TOO_BIG_FIXES)
+    box_ids = box_X = None
     try:
-        ids, X = load_features(paths, aggregate=aggregate, l2=True, block_l2=block_l2,
-                               layer=layer)
-        box_ids = box_X = None
+        X = CachedRows(paths, aggregate, True, block_l2=block_l2, layer=layer)
         if all(info.has_boxes for info in infos):
-            box_ids, box_X = load_features(paths, aggregate=aggregate, l2=True, layer=layer,
-                                           block_l2=block_l2, group=BOXES_GROUP)
+            box_X = CachedRows(paths, aggregate, True, BOXES_GROUP, block_l2=block_l2,
+                               layer=layer)
+            box_ids = box_X.ids
     except CacheError as exc:
         raise EvaluationInputError(str(exc)) from exc
-    for name, block in (("images", X), ("boxes", box_X)):
-        if block is not None and not _all_finite(block):
-            raise EvaluationInputError(_non_finite_message(paths, aggregate, name, layer))
-    return infos, Features(ids, X, paths, box_ids, box_X, own_rows=True)
-
-
-# What svm-eval holds at its peak, in float32 descriptors: all of them (a split's and a
-# fold's training rows are views of them, `Features.front`, `RowOrder`) and the solver's
-# scratch, at least a quarter more (2.2-2.4x measured at Caltech-256 size, averaged scales,
-# beside the process's fixed start). A lower bound: a run refused by it cannot fit.
-FIT_MEMORY_FACTOR = 1.25
-
-
-def fit_bytes(paths, aggregate: str, layer: str | None = None) -> int:
-    """Memory an evaluation of `paths` needs at least (`FIT_MEMORY_FACTOR`), from the
-    caches' headers, before anything is read."""
-    rows, width = 0, 0
-    for k, path in enumerate(paths):
-        overview = read_overview(path)
-        images = overview.counts.get("images", {})
-        dim = overview.layer_dims.get(layer, images.get("dimension", 0)) if layer \
-            else images.get("dimension", 0)
-        width += dim * (images.get("scales", 1) if aggregate == "stack" else 1)
-        rows = images.get("done", 0) if k == 0 else rows
-    return int(FIT_MEMORY_FACTOR * 4 * rows * width)
-
-
-def _all_finite(X: np.ndarray) -> bool:
-    """np.isfinite(X).all() without a boolean array the size of X."""
-    step = max(1, 2**22 // max(1, X.shape[1]))
-    return all(np.isfinite(X[k:k + step]).all() for k in range(0, len(X), step))
+    return infos, Features(X.ids, X, paths, box_ids, box_X, own_rows=True)
 
 
 def _non_finite_message(paths, aggregate, name, layer=None) -> str:

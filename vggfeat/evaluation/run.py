@@ -97,18 +97,21 @@ def run_plan(caches: Sequence, plan: dict, *, aggregate=None, block_l2=False, ro
     for out in plan:  # before any loading
         output_folder.prepare(out, recorded[out], sources, overwrite=overwrite)
     _warn_low_variation(caches, echo)
+    # Rows read when a split needs them: a split's training rows are held, not every
+    # descriptor, and test rows are scored a block at a time; none is held by the report
+    # (a 257-class confusion matrix's image takes 127 MiB).
     _, features = inputs.load(caches, aggregate, block_l2=block_l2, layer=layer)
-    reader, left_out = inputs.leave_out_missing(reader, features, strict=strict)
-    if left_out:
-        echo(left_out.message(), err=True)
-    runs = []
-    for k, (out, settings) in enumerate(plan.items()):
-        result = _run_protocol(out, reader, features, settings)
-        if k == len(plan) - 1:
-            # Done with the descriptors: the report is drawn without them (a 257-class
-            # confusion matrix's image took 127 MiB, on top of them, at the run's peak).
-            del features
-        runs.append(_report(out, result, settings, recorded[out], sources, echo, left_out))
+    try:
+        reader, left_out = inputs.leave_out_missing(reader, features, strict=strict)
+        if left_out:
+            echo(left_out.message(), err=True)
+        runs = []
+        for out, settings in plan.items():
+            result = _run_protocol(out, reader, features, settings)
+            runs.append(_report(out, result, settings, recorded[out], sources, echo,
+                                left_out))
+    finally:
+        features.close()
     return runs
 
 

@@ -136,7 +136,7 @@ SCORE_BLOCK_MIN_ROWS = 1024
 def decision_values(probe, features, ids, what: str, boxes: bool = False) -> np.ndarray:
     """`probe.decision_function` of the rows of `ids`, copied and scored a block at a time
     (each sample's value depends on its own row only)."""
-    width = (features.box_X if boxes else features.X).shape[1]
+    width = features.width(boxes)
     rows = max(SCORE_BLOCK_MIN_ROWS, SCORE_BLOCK_BYTES // (8 * max(1, width)))
     blocks = max(1, len(ids) // rows)  # equal blocks of at least `rows` rows
     bounds = np.linspace(0, len(ids), blocks + 1).astype(int)

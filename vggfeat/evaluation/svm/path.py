@@ -50,7 +50,7 @@ def fit_path(X, Y, C_grid, *, starts=None, progress=None, gram_cache=None, **fit
         start = W0 if starts is None else starts(p)
         W, b, _ = fit_svms(X, Y, np.full(Y.shape[1], c), W0=start, gram_cache=cache,
                            **fit_kwargs)
-        W0 = np.concatenate([W, b[:, None]], axis=1)
+        W0 = _exactly_float32(np.concatenate([W, b[:, None]], axis=1))  # the next start
         path.append((_exactly_float32(W), b))
         if progress is not None:
             progress()

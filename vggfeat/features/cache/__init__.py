@@ -71,6 +71,7 @@ from vggfeat.features.cache.layout import (
 )
 from vggfeat.features.cache.messages import evaluation_problem, unfinished_message
 from vggfeat.features.cache.reader import (
+    CachedRows,
     FeatureDataset,
     load_features,
     read_descriptors,
@@ -107,7 +108,7 @@ from vggfeat.features.cache.writer import (
 __all__ = [
     "BOXES_GROUP", "DTYPES", "FORMAT", "LOW_VARIATION", "ROOT_GROUP", "VARIATION_ATTR",
     "TOO_BIG_FIXES",
-    "NO_CHECKSUMS", "CacheError", "CacheInUseError", "ConfigMismatchError",
+    "NO_CHECKSUMS", "CacheError", "CachedRows", "CacheInUseError", "ConfigMismatchError",
     "DamagedCacheError", "FeatureDataset", "Verification", "is_complete", "verify",
     "NotACacheError", "Overview", "RowWriter", "aggregate_rows", "aggregate_scales",
     "aggregated_rows",    "cache_attributes",

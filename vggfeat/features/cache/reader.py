@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -127,22 +128,88 @@ def load_features(path_or_paths, aggregate: str = "avg", l2: bool = True,
     CacheError
         A file is missing, holds no `layer`, or the files hold different sets of ids.
     """
-    paths = [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) \
-        else list(path_or_paths)
-    if not paths:
-        raise InputError("load_features needs at least one path")
-    with ExitStack() as stack:
-        readers = [open_done_rows(stack, path, group, layer) for path in paths]
-        ids = readers[0].ids
-        positions = [np.arange(len(ids))] + [aligned_positions(r, ids, paths[0])
-                                             for r in readers[1:]]
-        width = sum(aggregated_width(r.scales_dim, aggregate) for r in readers)
-        x = allocate_rows(len(ids), width, f"reading {', '.join(map(str, paths))}")
-        for start, stop, block in aggregated_blocks(readers, positions, aggregate, l2, block_l2):
-            x[start:stop] = block
+    rows = CachedRows(path_or_paths, aggregate, l2, group, block_l2=block_l2, layer=layer)
+    try:
+        x = rows.read(np.arange(len(rows)))
+    finally:
+        rows.close()
     if return_labels:
-        return ids, x, stored_labels(paths[0], ids)
-    return ids, x
+        return rows.ids, x, stored_labels(rows.paths[0], rows.ids)
+    return rows.ids, x
+
+
+class CachedRows:
+    """The rows `load_features` returns, read on demand by position instead of all held:
+    an evaluation holds one split's training rows at a time and scores its test rows a
+    block at a time (Caltech-256 size: half the descriptors' memory). Same arguments as
+    `load_features`.
+
+    The files stay open, read-only, until `close`: every read is of the files opened, even
+    if their paths are replaced meanwhile (a new extraction of the same name).
+    """
+
+    def __init__(self, path_or_paths, aggregate: str = "avg", l2: bool = True,
+                 group: str | None = None, *, block_l2: bool = False,
+                 layer: str | None = None):
+        self.paths = [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) \
+            else list(path_or_paths)
+        if not self.paths:
+            raise InputError("load_features needs at least one path")
+        self._files = ExitStack()
+        try:
+            self._readers = [open_done_rows(self._files, path, group, layer)
+                             for path in self.paths]
+            self.ids = self._readers[0].ids
+            self._positions = [np.arange(len(self.ids))] + [
+                aligned_positions(r, self.ids, self.paths[0]) for r in self._readers[1:]]
+            self.width = sum(aggregated_width(r.scales_dim, aggregate) for r in self._readers)
+        except BaseException:
+            self._files.close()
+            raise
+        self.aggregate, self.layer = aggregate, layer
+        self._arithmetic = (aggregate, l2, block_l2)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, width), as the array `read` of every row would have."""
+        return len(self.ids), self.width
+
+    def read(self, positions) -> np.ndarray:
+        """(len(positions), width) float32: the rows at `positions` (of `ids`), in that
+        order, repeats allowed; refused first (`allocate_rows`) when they cannot fit."""
+        positions = np.asarray(positions, dtype=np.int64)
+        x = allocate_rows(len(positions), self.width,
+                          f"reading {', '.join(map(str, self.paths))}")
+        for start, stop, block in self.blocks(positions):
+            x[start:stop] = block
+        return x
+
+    def blocks(self, positions=None) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(start, stop, float32 rows) over `positions` (default: every row), a bounded
+        block at a time (`aggregated_blocks`)."""
+        where = self._positions if positions is None else [p[positions]
+                                                           for p in self._positions]
+        return aggregated_blocks(self._readers, where, *self._arithmetic)
+
+    def stored_finite(self) -> bool:
+        """Whether every stored row is finite, read a block at a time and checked against
+        its checksum. Then every row `read` gives is finite too: a mean or a concatenation
+        of finite float32 values, and an L2 normalisation, in float64, stay finite; so this
+        pass reads the rows without their arithmetic."""
+        for reader in self._readers:
+            step = rows_per_block(4 * int(np.prod(reader.scales_dim)))
+            for start in range(0, len(reader), step):
+                rows = reader.read(np.arange(start, min(start + step, len(reader))))
+                if not np.isfinite(rows).all():
+                    return False
+            reader.raise_if_damaged()
+        return True
+
+    def close(self) -> None:
+        self._files.close()
 
 
 def stored_labels(path, ids: list[str]) -> list:

@@ -106,8 +106,13 @@ class DoneRows:
         order = np.argsort(rows, kind="stable")
         wanted = rows[order]  # HDF5 reads rows in increasing order
         lo, hi = int(wanted[0]), int(wanted[-1]) + 1
-        stored = self.dataset[lo:hi][wanted - lo] if hi - lo <= 2 * len(wanted) \
-            else self.dataset[wanted]
+        if hi - lo <= 2 * len(wanted):
+            stored = self.dataset[lo:hi][wanted - lo]
+        else:  # HDF5 takes each row once: repeated rows (persons of one image) read once
+            distinct = np.unique(wanted)
+            stored = self.dataset[distinct]
+            stored = stored if len(distinct) == len(wanted) \
+                else stored[np.searchsorted(distinct, wanted)]
         self._check(wanted, stored)
         block = np.empty(stored.shape, np.float32)
         block[order] = stored  # float16 storage widens exactly as astype(float32) does
