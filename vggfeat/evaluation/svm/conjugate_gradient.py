@@ -69,7 +69,7 @@ def preconditioner(Xa, A, C, used, cache, projected=None, block=1024):
         R64 = R.double()
         VR = V64.T @ R64  # (k, c)
         inside = torch.bmm(inverse[columns], VR.T.unsqueeze(2)).squeeze(2).T
-        return R64 + V64 @ (inside - VR)
+        return (V64 @ (inside - VR)).add_(R64)  # R64 + V64 (...), one float64 (d, c) less
 
     return apply
 
@@ -82,9 +82,9 @@ SPARSE_ACTIVE = 0.25
 
 
 def projected_hessians(XV, A, block=1024):
-    """(m, k, k) float64: XV^T diag(A_j) XV for each column j of A (0/1, (n, m))."""
+    """(m, k, k) float64: XV^T diag(A_j) XV for each column j of A (bool or 0/1, (n, m))."""
     k = XV.shape[1]
-    if float(A.mean()) < SPARSE_ACTIVE:
+    if int(A.sum()) / A.numel() < SPARSE_ACTIVE:
         B = torch.empty(A.shape[1], k, k, dtype=torch.float64, device=XV.device)
         for j, rows in enumerate(A.T.bool()):
             part = XV[rows]
@@ -96,7 +96,7 @@ def projected_hessians(XV, A, block=1024):
     for start in range(0, len(XV), block):
         part = XV[start:start + block]
         outer = (part.unsqueeze(2) * part.unsqueeze(1)).reshape(len(part), k * k)
-        B += (A[start:start + block].T @ outer).double()
+        B += (A[start:start + block].T.to(outer.dtype) @ outer).double()
     return B.view(-1, k, k)
 
 
@@ -115,6 +115,7 @@ def conjugate_gradient(Xa, A, C, B, tol, max_cg, preconditioner=None):
     # every step (of a shrinking number of columns) fragmented the allocator's heap, which
     # held 100-200 MiB more than the live arrays at Caltech-256 size.
     scratch = torch.empty(2, n * m, dtype=B.dtype, device=B.device)
+    picked = torch.empty(n * m, dtype=A.dtype, device=A.device)  # A's iterating columns
     r = B.clone()
     idx = torch.arange(m, device=B.device)
     z = r.double() if preconditioner is None else preconditioner(r, idx)
@@ -129,7 +130,8 @@ def conjugate_gradient(Xa, A, C, B, tol, max_cg, preconditioner=None):
         if every:
             torch.mul(A, Xp, out=AXp)
         else:
-            torch.index_select(A, 1, idx, out=AXp).mul_(Xp)
+            Ai = torch.index_select(A, 1, idx, out=picked[:n * idx.numel()].view(n, -1))
+            torch.mul(Ai, Xp, out=AXp)
         Hp = pi + 2 * C[idx] * (Xa.T @ AXp)
         alpha = (rz[idx] / (pi * Hp).sum(0).double()).to(B.dtype)
         if every:
@@ -144,7 +146,8 @@ def conjugate_gradient(Xa, A, C, B, tol, max_cg, preconditioner=None):
             ri = r[:, idx]
         zi = ri.double() if preconditioner is None else preconditioner(ri, idx)
         rz_new = (ri.double() * zi).sum(0)
-        direction = (zi + (rz_new / rz[idx]) * pi.double()).to(B.dtype)
+        # zi + (rz_new / rz) pi, in place in one float64 copy of pi
+        direction = pi.double().mul_(rz_new / rz[idx]).add_(zi).to(B.dtype)
         if every:
             p.copy_(direction)
         else:

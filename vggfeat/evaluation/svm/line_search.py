@@ -28,13 +28,12 @@ def line_search(W, D, Z, XD, Y, C, max_steps=30, slope0=None):
     for _ in range(max_steps):
         XDi, Yi, Zi, usedi = scratch.columns((XD, Y, Z, used), todo)
         ti, Ci = t[todo], C[todo]
-        M, AXD, T, below = scratch.step(todo.numel())
-        torch.mul(XDi, ti, out=T)
-        torch.add(Zi, T, out=M)  # margins at t: Z + t XD
-        torch.lt(torch.mul(Yi, M, out=T), 1, out=below).logical_and_(usedi)  # active at t
+        M, AXD, below = scratch.step(todo.numel())
+        torch.mul(XDi, ti, out=M).add_(Zi)  # margins at t: Z + t XD
+        torch.lt(torch.mul(Yi, M, out=AXD), 1, out=below).logical_and_(usedi)  # active at t
         torch.mul(below, XDi, out=AXD)  # XD on those rows, 0 elsewhere
-        slope = wd[todo] + ti * dd[todo] + 2 * Ci * torch.mul(AXD, M.sub_(Yi), out=T).sum(0)
-        curvature = dd[todo] + 2 * Ci * torch.mul(AXD, XDi, out=T).sum(0)
+        slope = wd[todo] + ti * dd[todo] + 2 * Ci * M.sub_(Yi).mul_(AXD).sum(0)
+        curvature = dd[todo] + 2 * Ci * torch.mul(AXD, XDi, out=M).sum(0)
         above = slope > 0
         lo[todo] = torch.where(above, lo[todo], ti)
         hi[todo] = torch.where(above, ti, hi[todo])
@@ -58,14 +57,14 @@ class _SearchScratch:
     def __init__(self, Z):
         n, m = Z.shape
         self.n, self.m = n, m
-        self.floats = torch.empty(3, n * m, dtype=Z.dtype, device=Z.device)
+        self.floats = torch.empty(2, n * m, dtype=Z.dtype, device=Z.device)
         self.below = torch.empty(n * m, dtype=torch.bool, device=Z.device)
         self.gathered = None  # for the searching columns' XD, Y, Z and rows used
 
     def step(self, width):
-        """Scratch (M, AXD, T, below) of ``width`` columns."""
-        M, AXD, T = (part[:self.n * width].view(self.n, width) for part in self.floats)
-        return M, AXD, T, self.below[:self.n * width].view(self.n, width)
+        """Scratch (M, AXD, below) of ``width`` columns."""
+        M, AXD = (part[:self.n * width].view(self.n, width) for part in self.floats)
+        return M, AXD, self.below[:self.n * width].view(self.n, width)
 
     def columns(self, arrays, todo):
         """The arrays themselves while every column searches, else copies of ``todo``'s

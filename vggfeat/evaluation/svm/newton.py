@@ -89,7 +89,9 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
         X = torch.as_tensor(np.require(X, requirements="W"), device=device).to(dtype)
         Xa = WithBias(X)  # bias as a regularised feature, like liblinear
         del X
-        Y = torch.as_tensor(np.asarray(Y), device=device).to(dtype)
+        # int8: +1 / -1 / 0 exactly, a quarter of float32's memory in each (n, m) copy (the
+        # solver's, its active columns', the line search's); products promote it exactly.
+        Y = torch.as_tensor(np.asarray(Y, dtype=np.int8), device=device)
         C = torch.as_tensor(np.asarray(C), device=device).to(dtype)
         m = Y.shape[1]
         used = (Y != 0).any(1, keepdim=True).to(dtype)  # rows some column's problem has
@@ -105,7 +107,7 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
             Xa, basis = _row_space(Xa.materialised())
             W = basis.T @ W
         Z = Xa @ W
-        g0 = (2 * C * (Xa.T @ Y)).norm(dim=0)  # gradient at w = 0 is -2C Xa^T Y
+        g0 = (2 * C * (Xa.T @ Y.to(dtype))).norm(dim=0)  # gradient at w = 0 is -2C Xa^T Y
         n_iter = np.zeros(m, dtype=np.int64)
         active = torch.arange(m, device=device)
         objective = _objective(W, Z, Y, C)
@@ -176,10 +178,11 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
 
 
 def _active_and_gradient(Xa, W, Z, Y, C):
-    """Each column's active rows A (margin y z < 1 on its problem's rows; 0/1 of Z's dtype)
-    and the gradient W + 2C Xa^T (A (Z - Y)), with one (n, m) array of scratch."""
+    """Each column's active rows A (margin y z < 1 on its problem's rows; bool: a quarter of
+    float32's memory in each of its copies, and products promote it exactly) and the
+    gradient W + 2C Xa^T (A (Z - Y)), with one (n, m) array of scratch."""
     scratch = torch.mul(Y, Z)
-    A = (scratch < 1).logical_and_(Y != 0).to(Z.dtype)
+    A = (scratch < 1).logical_and_(Y != 0)
     torch.sub(Z, Y, out=scratch)
     return A, W + 2 * C * (Xa.T @ scratch.mul_(A))
 
