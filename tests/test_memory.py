@@ -355,3 +355,27 @@ def test_on_demand_rows_too_big_refused_by_name(tmp_path, monkeypatch):
             features.front([f"img{k:06d}" for k in range(20)], "split 0 (train)")
     finally:
         features.close()
+
+
+def test_rows_on_demand_give_the_results_of_rows_in_memory(tmp_path):
+    """A VOC 2007 protocol run on rows read on demand (svm-eval's way) gives exactly the
+    scores and chosen C of the same run on every row read first, in memory."""
+    from helpers_datasets import small_voc_cache
+
+    from vggfeat.evaluation import inputs
+    from vggfeat.evaluation.protocols import Settings, run_protocol
+
+    path = small_voc_cache(tmp_path / "voc")
+    infos, on_demand = inputs.load([path], "avg")
+    reader = inputs.open_reader(infos[0])
+    settings = Settings(C=(0.1, 1.0, 10.0))  # the protocol's folds
+    try:
+        lazy = run_protocol(reader, on_demand, settings)
+    finally:
+        on_demand.close()
+    ids, X = cache.load_features(path, "avg")
+    whole = run_protocol(reader, inputs.Features(ids, X, [path], own_rows=True), settings)
+    assert lazy.chosen_C == whole.chosen_C and lazy.headline == whole.headline
+    for a, b in zip(lazy.score_blocks, whole.score_blocks, strict=True):
+        assert a.ids == b.ids
+        np.testing.assert_array_equal(a.values, b.values)
