@@ -379,3 +379,22 @@ def test_rows_on_demand_give_the_results_of_rows_in_memory(tmp_path):
     for a, b in zip(lazy.score_blocks, whole.score_blocks, strict=True):
         assert a.ids == b.ids
         np.testing.assert_array_equal(a.values, b.values)
+
+
+def test_bad_rows_refused_before_a_protocol_writes_its_splits(tmp_path):
+    """Rows are read when a split needs them, but a NaN row is refused before the folder
+    protocol writes splits.csv: the refused run leaves no output folder behind."""
+    from helpers_datasets import class_descriptors, make_folder_dataset, write_feature_cache
+
+    from vggfeat.data.readers import open_dataset
+    from vggfeat.evaluation import inputs, run
+
+    make_folder_dataset(tmp_path / "data", classes=("ant", "bee"), per_class=8, size=(16, 16))
+    labels = open_dataset("folder", tmp_path / "data").labels()
+    x = class_descriptors(labels.y, dim=8, noise=1.0, seed=1)
+    x[5, 0, 2] = np.nan
+    path = write_feature_cache(tmp_path / "nan.h5", dataset="folder", root=tmp_path / "data",
+                               ids=labels.ids, descriptors=x)
+    with pytest.raises(inputs.EvaluationInputError, match=r"nan\.h5: 1 images .*NaN or Inf"):
+        run.run_svm_eval([path], run.Settings(C=(1.0,)), out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

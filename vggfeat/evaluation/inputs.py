@@ -19,7 +19,6 @@ from vggfeat.features.cache import (
     TOO_BIG_FIXES,
     CachedRows,
     CacheError,
-    read_descriptors,
     read_failed,
     read_overview,
 )
@@ -68,8 +67,8 @@ class Features:
         # row is used.
         refuse_unless_fits(4 * len(positions) * source.width, f"svm-eval: the {len(positions)}"
                            f" rows x {source.width} float32 of {what}", TOO_BIG_FIXES)
+        self._check_finite(boxes)
         try:
-            self._check_finite(boxes)
             return source.read(positions)
         except CacheError as exc:
             raise EvaluationInputError(str(exc)) from exc
@@ -99,15 +98,29 @@ class Features:
             if isinstance(source, CachedRows):
                 source.close()
 
+    def check_finite(self) -> None:
+        """Every row read on demand finite and undamaged (one pass over the stored rows), now:
+        an evaluation calls it before its protocol writes anything (`rows` would, at the
+        first rows it reads)."""
+        for boxes in (False, True):
+            if isinstance(self.box_X if boxes else self.X, CachedRows):
+                self._check_finite(boxes)
+
     def _check_finite(self, boxes: bool) -> None:
         """Every row read on demand finite: one pass over the stored rows, once per kind."""
         kind = "boxes" if boxes else "images"
         if kind in self._finite:
             return
         source = self.box_X if boxes else self.X
-        if not source.stored_finite():
-            raise EvaluationInputError(_non_finite_message(
-                self.sources, source.aggregate, kind, source.layer))
+        try:
+            found = source.non_finite()
+        except CacheError as exc:  # damaged rows
+            raise EvaluationInputError(str(exc)) from exc
+        for path, bad in found:
+            raise EvaluationInputError(
+                f"{path}: {len(bad)} {kind} descriptor(s) contain NaN or Inf (e.g. {bad[0]!r});"
+                " the extraction went wrong: delete the file and rerun `vggfeat extract` (try "
+                "--precision fp32)")
         self._finite.add(kind)
 
     def check(self, ids, what: str, boxes: bool = False) -> None:
@@ -237,20 +250,6 @@ def load(paths, aggregate: str, *, block_l2: bool = False, layer: str | None = N
     except CacheError as exc:
         raise EvaluationInputError(str(exc)) from exc
     return infos, Features(X.ids, X, paths, box_ids, box_X, own_rows=True)
-
-
-def _non_finite_message(paths, aggregate, name, layer=None) -> str:
-    for path in paths:
-        ids, raw = read_descriptors(path, None if name == "images" else BOXES_GROUP, layer)
-        bad = ~np.isfinite(raw).reshape(len(raw), -1).all(axis=1)
-        if bad.any():
-            first = ids[int(np.flatnonzero(bad)[0])]
-            return (
-                f"{path}: {int(bad.sum())} {name} descriptor(s) contain NaN or Inf "
-                f"(e.g. {first!r}); the extraction went wrong: delete the file and rerun "
-                "`vggfeat extract` (try --precision fp32)"
-            )
-    return f"{', '.join(map(str, paths))}: descriptors are not finite after {aggregate} + L2"
 
 
 # -- images without a descriptor (extract --skip-bad) ----------------------------------

@@ -102,6 +102,7 @@ def run_plan(caches: Sequence, plan: dict, *, aggregate=None, block_l2=False, ro
     # (a 257-class confusion matrix's image takes 127 MiB).
     _, features = inputs.load(caches, aggregate, block_l2=block_l2, layer=layer)
     try:
+        features.check_finite()  # bad rows refused before a protocol writes its splits
         reader, left_out = inputs.leave_out_missing(reader, features, strict=strict)
         if left_out:
             echo(left_out.message(), err=True)

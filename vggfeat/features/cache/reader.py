@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -166,7 +165,6 @@ class CachedRows:
         except BaseException:
             self._files.close()
             raise
-        self.aggregate, self.layer = aggregate, layer
         self._arithmetic = (aggregate, l2, block_l2)
 
     def __len__(self) -> int:
@@ -183,30 +181,28 @@ class CachedRows:
         positions = np.asarray(positions, dtype=np.int64)
         x = allocate_rows(len(positions), self.width,
                           f"reading {', '.join(map(str, self.paths))}")
-        for start, stop, block in self.blocks(positions):
+        where = [p[positions] for p in self._positions]
+        for start, stop, block in aggregated_blocks(self._readers, where, *self._arithmetic):
             x[start:stop] = block
         return x
 
-    def blocks(self, positions=None) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(start, stop, float32 rows) over `positions` (default: every row), a bounded
-        block at a time (`aggregated_blocks`)."""
-        where = self._positions if positions is None else [p[positions]
-                                                           for p in self._positions]
-        return aggregated_blocks(self._readers, where, *self._arithmetic)
-
-    def stored_finite(self) -> bool:
-        """Whether every stored row is finite, read a block at a time and checked against
-        its checksum. Then every row `read` gives is finite too: a mean or a concatenation
-        of finite float32 values, and an L2 normalisation, in float64, stay finite; so this
-        pass reads the rows without their arithmetic."""
-        for reader in self._readers:
+    def non_finite(self) -> list[tuple[str, list[str]]]:
+        """(path, ids) of the stored rows holding NaN or Inf, per file that has any: one pass,
+        a block at a time, every row checked against its checksum too. Finite stored rows
+        give finite rows to `read` (a mean or concatenation of finite float32 values, and an
+        L2 normalisation, in float64, stay finite), so the pass skips that arithmetic."""
+        found = []
+        for path, reader in zip(self.paths, self._readers, strict=True):
             step = rows_per_block(4 * int(np.prod(reader.scales_dim)))
+            bad = []
             for start in range(0, len(reader), step):
                 rows = reader.read(np.arange(start, min(start + step, len(reader))))
-                if not np.isfinite(rows).all():
-                    return False
+                finite = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+                bad += [reader.ids[start + k] for k in np.flatnonzero(~finite)]
             reader.raise_if_damaged()
-        return True
+            if bad:
+                found.append((str(path), bad))
+        return found
 
     def close(self) -> None:
         self._files.close()
