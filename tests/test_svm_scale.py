@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.optimize import minimize_scalar
 
-from vggfeat.evaluation.svm import newton
+from vggfeat.evaluation.svm import gram, newton
 from vggfeat.utils.threads import torch_threads
 
 
@@ -15,7 +15,7 @@ def test_without_the_shared_gram_matrix_the_same_svms(monkeypatch):
     C = np.array([0.1, 10.0, 100.0])
     with torch_threads(1):
         shared = newton.solve_squared_hinge_torch(X, Y, C, gram_cache={})
-        monkeypatch.setattr(newton, "GRAM_MAX_BYTES", 0)  # as if n were in the millions
+        monkeypatch.setattr(gram, "GRAM_MAX_BYTES", 0)  # as if n were in the millions
         cache = {}
         alone = newton.solve_squared_hinge_torch(X, Y, C, gram_cache=cache)
     assert "K" not in cache  # no n x n matrix was made
@@ -85,7 +85,7 @@ def test_the_line_search_ends_at_the_minimum_along_each_direction(monkeypatch):
 
 def test_folds_share_one_gram_matrix_of_all_training_rows():
     """Solves on row subsets (cross-validation folds) take their exact Newton steps from
-    one Gram matrix of all the rows, computed once (in blocks above the diagonal), and
+    one Gram matrix of all the rows, computed once (its lower triangle), and
     give the SVMs their own Gram matrix gives."""
     rng = np.random.default_rng(1)
     X = np.abs(rng.normal(size=(150, 30))).astype(np.float32)
@@ -102,9 +102,9 @@ def test_folds_share_one_gram_matrix_of_all_training_rows():
                                                    direct_max=10**9)
             np.testing.assert_allclose(together[0], own[0], rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(together[1], own[1], rtol=1e-4, atol=1e-5)
-    assert grams[0] is grams[1] and grams[0].shape == (150, 150)
+    assert grams[0] is grams[1] and grams[0].n == 150
     Xa = np.concatenate([X, np.ones((150, 1), np.float32)], axis=1).astype(np.float64)
-    np.testing.assert_allclose(shared["K"].numpy(), Xa @ Xa.T, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(shared["K"].square().numpy(), Xa @ Xa.T, rtol=1e-5, atol=1e-4)
 
 
 def test_exact_steps_for_active_sets_up_to_where_they_cost_what_cg_does():
@@ -113,7 +113,7 @@ def test_exact_steps_for_active_sets_up_to_where_they_cost_what_cg_does():
     assert newton.direct_limit(1_500, 4_097) < 700  # few rows: CG is cheap
     assert newton.direct_limit(10**6, 4_097, gram_fits=False) == 700
     # Caltech-256 size: stacked scales (D = 8,192) pay for the Gram matrix, averaged do not
-    assert newton.gram_pays(15_420, 8_193) and not newton.gram_pays(15_420, 4_097)
+    assert gram.gram_pays(15_420, 8_193) and not gram.gram_pays(15_420, 4_097)
 
 
 def test_no_gram_matrix_where_it_does_not_pay():

@@ -5,8 +5,8 @@ what makes it fast on CPU and GPU alike (conjugate gradient on the generalised H
 preconditioned on the data's dominant directions: `conjugate_gradient`; exact line
 search). A column whose active set (rows with margin < 1) is small, as at large C, takes
 exact Newton steps instead: a Cholesky solve on the Gram matrix of its active rows
-(Woodbury identity), the Gram matrix computed once per training set where it pays
-(`gram_pays`).
+(Woodbury identity), the Gram matrix computed once per training set where it pays and
+kept as its lower triangle (`gram`).
 
 A column also stops when float32 can take it no further (`STALL_DECREASE`): at large C on
 many rows the gradient can stay just above the tolerance while the line search's steps
@@ -19,10 +19,9 @@ import numpy as np
 import torch
 
 from vggfeat.evaluation.svm.conjugate_gradient import conjugate_gradient, preconditioner
+from vggfeat.evaluation.svm.gram import gram_block, gram_fits, gram_pays, gram_size, shared_gram
 from vggfeat.evaluation.svm.line_search import line_search
 
-# Largest shared Gram matrix (n x n) the solver keeps: 4 GiB, n = 32,768 rows in float32.
-GRAM_MAX_BYTES = 4 << 30
 # A column whose objective fell by less than this fraction in each of STALLED_ITERATIONS
 # successive Newton iterations has reached what float32 resolves (about 6e-8 relative):
 # measured at 18,000 rows x 8,193, C = 100, the decrease went 1e-5, 2e-7, 5e-8, 1e-8, 3e-9,
@@ -139,7 +138,7 @@ def solve_squared_hinge_torch(X, Y, C, *, tol=1e-3, max_iter=100, max_cg=500, de
             # CG would end in d + 1 steps in exact arithmetic; allow float32 some slack.
             cg_steps = min(max_cg, 2 * Xa.shape[1])
             direct = (A.sum(0) <= limit) & (limit > 0)  # 0: CG for every column
-            gram = _gram(Xa, gram_cache, gram_rows) if fits and direct.any() else (None, None)
+            gram = shared_gram(Xa, gram_cache, gram_rows) if fits and direct.any() else (None, None)
             if direct.all():
                 D, XD = _woodbury_newton(Xa, A, Ca, G, *gram)
             elif direct.any():
@@ -194,10 +193,10 @@ def _exact_step_limit(Xa, n_used, direct_max, cache, rows):
     The n x n Gram matrix is shared by every class only while it fits (ImageNet's 1.28M
     rows would need 6.5 TB; beyond, each class's block is computed alone) and pays
     (`gram_pays`; where it does not, preconditioned CG alone is faster)."""
-    fits = Xa.shape[0] ** 2 * Xa.element_size() <= GRAM_MAX_BYTES
+    fits = gram_fits(Xa.shape[0], Xa.element_size())
     if direct_max is not None:
         return direct_max, fits
-    if fits and not gram_pays(_gram_size(Xa, cache, rows), Xa.shape[1]):
+    if fits and not gram_pays(gram_size(Xa, cache, rows), Xa.shape[1]):
         return 0, False
     return direct_limit(n_used, Xa.shape[1], fits), fits
 
@@ -245,22 +244,6 @@ class _Transposed:
         # 38% for 64 (MKL, 12,336 x 4,096 float32 rows, 2 cores), the third of a selection's
         # time these products take at Caltech-256 size.
         return torch.cat([(V.T @ self.X).T, V.sum(0, keepdim=True)])
-
-
-def gram_pays(n, d):
-    """Whether exact Newton steps are worth a shared Gram matrix of n rows of width d: when
-    n <= 2 d (the matrix at most twice the rows' size). Its n^2 d cost is paid once, and an
-    exact step saves CG's products, whose cost grows with d. Default selections at
-    Caltech-256 size (15,420 training rows, 257 classes), with exact steps / without:
-    D = 4,096 161.5 / 145.6 s (and 0.9 GiB less), D = 8,192 217 / 289 s.
-    """
-    return n <= 2 * d
-
-
-def _gram_size(Xa, cache, rows):
-    """Rows of the Gram matrix `_gram` would hold: the parent set's when shared."""
-    parent = cache.get("X")
-    return len(parent) if rows is not None and parent is not None else Xa.shape[0]
 
 
 def direct_limit(n, d, gram_fits=True):
@@ -319,62 +302,11 @@ def _row_space(Xa, block=1024):
     return (U * lam.sqrt()).to(Xa.dtype), basis
 
 
-def _gram(Xa, cache, rows=None):
-    """(K, index): a Gram matrix holding this solve's rows, and where they are in it.
-
-    ``cache["K"]`` is reused when it fits: the Gram matrix of ``cache["X"]`` (plus the bias's
-    1) when ``rows`` says which of those rows Xa's are (index: them), else Xa's own
-    (index: None). Computed here, and stored there, otherwise.
-    """
-    parent = cache.get("X")
-    if rows is not None and parent is not None and \
-            len(parent) ** 2 * Xa.element_size() <= GRAM_MAX_BYTES:
-        K = cache.get("K")
-        if K is None or K.shape[0] != len(parent) or K.device != Xa.device:
-            source = torch.as_tensor(np.require(parent, requirements="W"))
-            K = cache["K"] = _symmetric_gram(source.to(Xa.device, Xa.dtype), plus=1.0)
-            # Rows moved in place (`RowOrder`, cache["order"]): K's rows are in the order of
-            # the moment; keep where each original row went.
-            order = cache.get("order")
-            cache["K_rows"] = None if order is None else order.position(np.arange(len(parent)))
-        return K, _in_gram(cache, rows, Xa.device)
-    K = cache.get("K")
-    if K is None or K.shape[0] != Xa.shape[0] or K.device != Xa.device:
-        K = cache["K"] = _symmetric_gram(Xa.X, plus=1.0) if isinstance(Xa, WithBias) \
-            else _symmetric_gram(Xa)
-        cache["K_rows"] = None
-    return K, None if cache.get("K_rows") is None else _in_gram(cache, slice(None), Xa.device)
-
-
-def _in_gram(cache, rows, device):
-    """Rows of the Gram matrix holding the original rows ``rows`` of ``cache["X"]``."""
-    where = cache.get("K_rows")
-    return torch.as_tensor(np.asarray(rows) if where is None else where[rows], device=device)
-
-
-def _symmetric_gram(P, plus=0.0, blocks=4):
-    """P P^T + plus, computing only the blocks on and above the diagonal (10 of 16 with
-    4 blocks) and mirroring the rest."""
-    n = P.shape[0]
-    K = torch.empty(n, n, dtype=P.dtype, device=P.device)
-    edges = np.linspace(0, n, blocks + 1).astype(int)
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
-        K[a:b, a:] = P[a:b] @ P[a:].T
-        K[b:, a:b] = K[a:b, b:].T
-    if plus:
-        K += plus
-    return K
-
-
-def _gram_block(Xa, K, rows, at):
-    """The Gram matrix of Xa's ``rows`` (rows ``at`` of K when given), a new array."""
-    return Xa[rows] @ Xa[rows].T if K is None else K[at.unsqueeze(1), at]
-
-
 def _solve_positive(M, ridge, rhs):
-    """(M + ridge I)^-1 rhs for a symmetric positive semi-definite M (a new array: the
-    ridge is added in place), by Cholesky in M's precision; None where float32 cannot
-    factor it (the caller retries in float64, then LU solves).
+    """(M + ridge I)^-1 rhs for a symmetric positive semi-definite M given by its lower
+    triangle (a new array: the ridge is added in place; above the diagonal it may hold
+    anything, as `gram.PackedGram.block`'s does), by Cholesky in M's precision; None where
+    float32 cannot factor it (the caller retries in float64, then LU solves).
 
     float32 is 1.6x faster than float64 at 700-1,165 rows and needs no float64 copy of the
     block. The exact step needs no more: its error, at most about cond x 6e-8, was at most
@@ -394,7 +326,7 @@ def _solve_positive(M, ridge, rhs):
     elif M.dtype != torch.float64:
         return None
     else:  # pragma: no cover - not positive definite in float64 either: LU
-        u = torch.linalg.solve(M, column)
+        u = torch.linalg.solve(M.tril() + M.tril(-1).mT, column)
     return u.squeeze(1)
 
 
@@ -403,8 +335,8 @@ def _woodbury_newton(Xa, A, C, G, K, index=None):
 
     With S the active rows of a column, (I + 2C X_S^T X_S)^-1 = I - X_S^T (I / 2C + K_SS)^-1
     X_S (Woodbury), so each column costs a Cholesky solve of size |S| on a block of the Gram
-    matrix K (rows ``index`` of K when given), plus matrix products batched over all
-    columns. Without K, each block is a product of the column's rows.
+    matrix K (a `gram.PackedGram`; rows ``index`` of K when given), plus matrix products
+    batched over all columns. Without K, each block is a product of the column's rows.
     """
     XG = Xa @ G
     U = torch.zeros_like(XG)
@@ -412,11 +344,14 @@ def _woodbury_newton(Xa, A, C, G, K, index=None):
         rows = torch.nonzero(A[:, j], as_tuple=True)[0]
         if rows.numel() == 0:
             continue
-        at = rows if index is None else index[rows]
+        at = rows
+        if index is not None:  # K's blocks are read in ascending order of its rows
+            at, ascending = torch.sort(index[rows])
+            rows = rows[ascending]
         ridge, rhs = 1.0 / (2.0 * float(C[j])), XG[rows, j]
-        u = _solve_positive(_gram_block(Xa, K, rows, at), ridge, rhs)
+        u = _solve_positive(gram_block(Xa, K, rows, at), ridge, rhs)
         if u is None:  # too near singular for float32: again in float64
-            u = _solve_positive(_gram_block(Xa, K, rows, at).double(), ridge, rhs.double())
+            u = _solve_positive(gram_block(Xa, K, rows, at).double(), ridge, rhs.double())
         U[rows, j] = u.to(U.dtype)
     D = Xa.T @ U - G
     return D, Xa @ D
