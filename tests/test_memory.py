@@ -398,3 +398,39 @@ def test_bad_rows_refused_before_a_protocol_writes_its_splits(tmp_path):
     with pytest.raises(inputs.EvaluationInputError, match=r"nan\.h5: 1 images .*NaN or Inf"):
         run.run_svm_eval([path], run.Settings(C=(1.0,)), out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+MKL_WATCH = """
+import importlib.abc, os, sys
+seen = []
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("MKL_DISABLE_FAST_MM"))
+sys.meta_path.insert(0, Watch())
+from vggfeat.cli import cli
+cli(["svm-eval", sys.argv[1], "--C", "1", "--out", sys.argv[2], "--quiet"], standalone_mode=False)
+print(seen)
+"""
+
+
+@pytest.mark.parametrize("user", [None, "0"])
+def test_svm_eval_asks_mkl_to_keep_no_buffers_before_torch_loads(tmp_path, user):
+    """MKL reads MKL_DISABLE_FAST_MM when torch loads it: svm-eval sets it before its first
+    import of torch (its buffers held 62 MiB at the solver's peak), and keeps a user's."""
+    from helpers_datasets import class_descriptors, make_folder_dataset, write_feature_cache
+
+    from vggfeat.data.readers import open_dataset
+
+    make_folder_dataset(tmp_path / "data", classes=("ant", "bee"), per_class=6, size=(16, 16))
+    labels = open_dataset("folder", tmp_path / "data").labels()
+    path = write_feature_cache(tmp_path / "f.h5", dataset="folder", root=tmp_path / "data",
+                               ids=labels.ids, descriptors=class_descriptors(labels.y, dim=8))
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    if user is not None:
+        env["MKL_DISABLE_FAST_MM"] = user
+    done = subprocess.run([sys.executable, "-c", MKL_WATCH, str(path), str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == repr(["1" if user is None else user])
+    assert (tmp_path / "out" / "results.csv").exists()

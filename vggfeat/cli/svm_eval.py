@@ -147,6 +147,9 @@ def svm_eval(features, aggregate, block_l2, C, cv, solver, device, difficult, se
         vggfeat svm-eval caltech101-vgg16-fc7.h5 --probe svm,knn --train-per-class 1,5,30
         vggfeat svm-eval voc2007-vgg16-conv5_3+fc7.h5 --layer conv5_3 --out results/c53
     """
+    from vggfeat.utils.memory import keep_no_blas_buffers
+
+    keep_no_blas_buffers()  # before torch is imported
     from vggfeat.data.readers import DatasetLayoutError
     from vggfeat.evaluation.inputs import EvaluationInputError
     from vggfeat.evaluation.learning_curve import run_evaluation

@@ -66,10 +66,10 @@ def preconditioner(Xa, A, C, used, cache, projected=None, block=1024):
     V64 = V.double()
 
     def apply(R, columns):
-        R64 = R.double()
-        VR = V64.T @ R64  # (k, c)
+        VR = V64.T @ R.double()  # (k, c)
         inside = torch.bmm(inverse[columns], VR.T.unsqueeze(2)).squeeze(2).T
-        return (V64 @ (inside - VR)).add_(R64)  # R64 + V64 (...), one float64 (d, c) less
+        # R + V64 (...): R converted on the fly, as exactly, without a float64 copy of it
+        return (V64 @ (inside - VR)).add_(R)
 
     return apply
 
@@ -120,7 +120,10 @@ def conjugate_gradient(Xa, A, C, B, tol, max_cg, preconditioner=None):
     idx = torch.arange(m, device=B.device)
     z = r.double() if preconditioner is None else preconditioner(r, idx)
     p = z.to(B.dtype)
-    rz = (r.double() * z).sum(0)
+    # float64 products with float32 factors converted on the fly (exactly, as .double()
+    # would, but without a float64 (d, columns) copy: 16 MiB at Caltech-256 size, stacked)
+    rz = (z * r).sum(0)
+    del z
     for _ in range(max_cg):
         # While every column iterates, update in place: no (n, columns) gathers and scatters.
         every = idx.numel() == m
@@ -145,9 +148,9 @@ def conjugate_gradient(Xa, A, C, B, tol, max_cg, preconditioner=None):
             r[:, idx] -= alpha * Hp
             ri = r[:, idx]
         zi = ri.double() if preconditioner is None else preconditioner(ri, idx)
-        rz_new = (ri.double() * zi).sum(0)
-        # zi + (rz_new / rz) pi, in place in one float64 copy of pi
-        direction = pi.double().mul_(rz_new / rz[idx]).add_(zi).to(B.dtype)
+        rz_new = (zi * ri).sum(0)
+        direction = zi.addcmul_(pi, rz_new / rz[idx]).to(B.dtype)  # zi + (rz_new / rz) pi
+        del zi
         if every:
             p.copy_(direction)
         else:

@@ -50,8 +50,11 @@ def fit_path(X, Y, C_grid, *, starts=None, progress=None, gram_cache=None, **fit
         start = W0 if starts is None else starts(p)
         W, b, _ = fit_svms(X, Y, np.full(Y.shape[1], c), W0=start, gram_cache=cache,
                            **fit_kwargs)
-        W0 = _exactly_float32(np.concatenate([W, b[:, None]], axis=1))  # the next start
+        del start
+        if starts is None:
+            W0 = _exactly_float32(np.concatenate([W, b[:, None]], axis=1))  # the next start
         path.append((_exactly_float32(W), b))
+        del W  # the float64 copy, not held through the next fit
         if progress is not None:
             progress()
     return path

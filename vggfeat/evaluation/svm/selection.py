@@ -122,21 +122,27 @@ def held_out_scores(X, Y, folds, C_grid, *, progress=None, fold_scores=svm_fold_
 
 def _add_fold(sums, path, columns):
     """Add one fold's SVMs at each C (``columns`` of the path's) to ``sums`` (grid index ->
-    [sum of W, sum of b], float64 sums of float32 W), in place: a new sum at each C held
-    the old one too."""
+    [sum of W, sum of b]), in place: a new sum at each C held the old one too.
+
+    W is summed in float32: the sums only make starts (`_fold_mean_start`, `refit_from`),
+    which the solver rounds to float32 anyway, and float64 sums at every C were 80 MiB at
+    Caltech-256 size, stacked, held through the whole selection."""
     for p, (W, b) in enumerate(path):
         if p in sums:
             sums[p][0] += W[columns]
             sums[p][1] += b[columns]
         else:
-            sums[p] = [W[columns].astype(np.float64), b[columns].astype(np.float64)]
+            sums[p] = [W[columns].astype(np.float32), b[columns].astype(np.float64)]
 
 
 def _fold_mean_start(sums, finished, folds):
     """The finished folds' mean SVMs (weights and bias: ``sums / finished``), repeated for
-    each of ``folds`` folds' columns: a start for `fit_path`."""
+    each of ``folds`` folds' columns: a start for `fit_path`, in the sums' float32, to
+    which the solver rounds its start anyway."""
     W, b = sums
-    return np.tile(np.concatenate([W, b[:, None]], axis=1) / finished, (folds, 1))
+    mean = np.concatenate([W, b[:, None].astype(W.dtype)], axis=1)
+    mean /= finished
+    return mean if folds == 1 else np.tile(mean, (folds, 1))
 
 
 # Held-out rows are scored this many bytes of float64 at a time, never fewer than 1,024
@@ -202,6 +208,7 @@ def select_C(X, Y, C_grid, *, cv=3, strata=None, random_state=0, progress=None,
                 if (Y[val, k] == 1).any():
                     totals[k, p] += voc_ap(scores[:, k], Y[val, k])
                     counts[k, p] += 1
+        del path  # not held through the next fold's fits
     with np.errstate(invalid="ignore"):
         mean = totals / counts
     best = np.where(
@@ -249,6 +256,7 @@ def select_shared_C(X, Y, C_grid, *, strata, cv=5, random_state=0, progress=None
         for p, scores in enumerate(path):
             predicted[p, val] = (scores[:, 0] > 0) if scores.shape[1] == 1 else scores.argmax(1)
         held[val] = True
+        del path  # the fold's scores at each C, not held through the next fold's fits
     recalls = np.array([mean_class_recall(strata[held], predicted[p, held])
                         for p in range(len(C_grid))])
     return recalls, int(np.argmax(recalls))
