@@ -55,3 +55,30 @@ def test_exact_steps_from_the_packed_matrix_match_steps_from_the_rows():
 
 def test_the_matrix_fits_by_its_triangle():
     assert gram.gram_fits(46_340, 4) and not gram.gram_fits(46_341, 4)
+
+
+PEAK = """
+import resource, sys, torch
+from vggfeat.evaluation.svm import gram
+P = torch.rand(4000, 256)
+P @ P[:8].T  # the product's code loaded before the baseline
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+K = gram.PackedGram(P, plus=1.0)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, K.values.nbytes)
+"""
+
+
+def test_the_triangle_is_made_in_its_own_memory_and_a_strip_of_scratch():
+    """The packed rows are copied out of each strip's product one row at a time: a mask of
+    the triangle and masked_select's scratch held several strips' worth more."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", PEAK], capture_output=True, text=True,
+                          cwd=repo, check=True,
+                          env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin",
+                               "OMP_NUM_THREADS": "1"})
+    growth, packed = map(int, done.stdout.split())
+    assert growth <= packed + gram.STRIP_BYTES + (8 << 20), (growth >> 20, packed >> 20)
