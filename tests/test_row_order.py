@@ -86,7 +86,10 @@ def test_folds_moved_in_place_score_as_copied_folds_and_leave_X_as_it_was(width)
     for (val_a, scores_a), (val_b, scores_b) in zip(copied, moved, strict=True):
         np.testing.assert_array_equal(val_a, val_b)
         for a, b in zip(scores_a, scores_b, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+            # Exact steps gather their Gram blocks in the matrix's row order, which differs
+            # when rows were moved before it was made: float32 Cholesky rounding, within the
+            # solver's tolerance (1e-3 of the gradient).
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
             np.testing.assert_array_equal(a.argmax(1), b.argmax(1))
 
 

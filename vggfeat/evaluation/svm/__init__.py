@@ -18,7 +18,8 @@ reference path) fit the same models. The torch solver is a truncated Newton meth
 and every value of C is one column of the same matrix products, which is what makes it
 fast on CPU and GPU alike. A class whose active set (rows with margin < 1) is small, as at
 large C, takes exact Newton steps instead: a Cholesky solve on the Gram matrix of its
-active rows (Woodbury identity), the Gram matrix computed once per training set.
+active rows (Woodbury identity), the Gram matrix computed once per training set and kept
+as its lower triangle (`gram`).
 
 VOC labels: in a 2-D label matrix containing -1, a 0 marks a "difficult" example which is
 left out of that class's training (``difficult="ignore"``, as the devkit leaves it out of
