@@ -57,8 +57,8 @@ class PackedGram:
         for a in range(0, n, strip):
             b = min(n, a + strip)
             square = P[a:b] @ P[:b].T  # rows a..b-1 against rows 0..b-1
-            # Row i's first i + 1 entries, one copy each: a mask of the triangle, and
-            # masked_select's own scratch, held more than the strip itself.
+            # Row i's first i + 1 entries, one copy each (a mask of the triangle with
+            # masked_select held several strips' worth of scratch more)
             for i in range(a, b):
                 self.values[starts[i]:starts[i + 1]] = square[i - a, :i + 1]
             del square

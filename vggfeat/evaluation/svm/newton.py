@@ -190,8 +190,9 @@ def _exact_step_limit(Xa, n_used, direct_max, cache, rows):
     """(largest active set that takes an exact Newton step, 0 for none; whether a shared
     Gram matrix serves those steps).
 
-    The n x n Gram matrix is shared by every class only while it fits (ImageNet's 1.28M
-    rows would need 6.5 TB; beyond, each class's block is computed alone) and pays
+    The n x n Gram matrix is shared by every class only while its lower triangle fits
+    (ImageNet's 1.28M rows would need 3.3 TB; beyond, each class's block is computed alone)
+    and pays
     (`gram_pays`; where it does not, preconditioned CG alone is faster)."""
     fits = gram_fits(Xa.shape[0], Xa.element_size())
     if direct_max is not None:

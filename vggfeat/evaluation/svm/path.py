@@ -9,7 +9,6 @@ import numpy as np
 
 from vggfeat.evaluation.svm.liblinear import solve_squared_hinge_liblinear
 from vggfeat.evaluation.svm.newton import solve_squared_hinge_torch
-from vggfeat.utils.memory import return_free_memory
 
 
 def fit_svms(X, Y, C, *, solver="torch", tol=None, max_iter=None, device="cpu", W0=None,
@@ -48,9 +47,6 @@ def fit_path(X, Y, C_grid, *, starts=None, progress=None, gram_cache=None, **fit
     """
     path, W0, cache = [], None, {} if gram_cache is None else gram_cache
     for p, c in enumerate(C_grid):
-        # The last fit's scratch, freed but still held by the C allocator, given back first:
-        # else each fit's new arrays come on top of it (`return_free_memory`).
-        return_free_memory()
         start = W0 if starts is None else starts(p)
         W, b, _ = fit_svms(X, Y, np.full(Y.shape[1], c), W0=start, gram_cache=cache,
                            **fit_kwargs)

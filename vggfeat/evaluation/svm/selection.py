@@ -11,7 +11,6 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from vggfeat.evaluation.metrics import mean_class_recall, voc_ap
 from vggfeat.evaluation.svm.path import fit_path
-from vggfeat.utils.memory import return_free_memory
 from vggfeat.utils.row_order import RowOrder
 
 
@@ -106,7 +105,6 @@ def held_out_scores(X, Y, folds, C_grid, *, progress=None, fold_scores=svm_fold_
             path = fit_path(X_group, Y_group, C_grid, starts=starts, progress=step,
                             gram_rows=rows, **fit_kwargs)
             del X_group
-            return_free_memory()  # the solver's scratch, before the held-out rows' blocks
             for i, (_, val) in enumerate(group):
                 columns = slice(i * m, (i + 1) * m)
                 _add_fold(sums, path, columns)
